@@ -1,0 +1,47 @@
+"""`dfj` entry point. Commands are listed here explicitly; each lives in its own module and calls
+library functions. `main(argv)` returns the exit code so the CLI is testable in-process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .. import __version__
+from . import data, demo, judge
+
+COMMANDS = (judge, data, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfj",
+        description="DeepfakeJudge: judge deepfake detectors' explanations with VLM judges.",
+    )
+    parser.add_argument("--version", action="version", version=f"deepfakejudge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ValueError, ImportError) as exc:
+        # User errors (bad paths, bad options, a missing extra): one clear line, no traceback
+        # unless DFJ_DEBUG is set.
+        if os.environ.get("DFJ_DEBUG"):
+            raise
+        print(f"dfj {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dfj {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

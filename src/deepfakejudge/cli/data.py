@@ -1,0 +1,86 @@
+"""`dfj data validate|stats`: check a dataset row by row, or describe it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from ..data import InputError, load_records, open_image
+from ..data.images import MAX_IMAGE_PIXELS
+from ..prompts import load_template
+from .options import emit, progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="validate or describe a dataset")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    v = verbs.add_parser("validate", help="check every row and image; list each problem with file, line and field")
+    s = verbs.add_parser("stats", help="counts per label, source, score, preference and artifact category")
+    for q in (v, s):
+        q.add_argument("data", help="canonical or ms-swift JSONL, or a split folder with data.jsonl")
+        q.add_argument("--template", action="append", default=[], metavar="PATH",
+                       help="template the ms-swift rows were built with (repeatable)")
+        q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    v.add_argument("--no-images", action="store_true", help="check rows only, do not open images")
+    v.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS)
+    v.set_defaults(run=validate)
+    s.set_defaults(run=stats)
+
+
+def _templates(paths: list[str]):
+    out = []
+    for path in paths:
+        for kind in ("pointwise", "pairwise"):
+            try:
+                out.append(load_template(path, kind))
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"--template {path}: contains neither the pointwise nor the pairwise placeholders")
+    return tuple(out)
+
+
+def validate(args: argparse.Namespace) -> int:
+    dataset = load_records(args.data, templates=_templates(args.template))
+    problems = [str(e) for e in dataset.errors]
+    if not args.no_images:
+        with progress(len(dataset.samples), "validate images") as bar:
+            for sample in dataset.samples:
+                try:
+                    open_image(sample, args.max_image_pixels)
+                except InputError as exc:
+                    problems.append(f"{sample.where}: field '{exc.field}': {exc.message}")
+                bar.update(1)
+    for line in problems:
+        print(line, file=sys.stderr)
+    summary = {"data": str(dataset.path), "rows": len(dataset.samples) + len(dataset.errors),
+               "valid": len(dataset.samples) + len(dataset.errors) - len(problems), "problems": len(problems)}
+    verdict = "ok" if not problems else f"{len(problems)} problem(s), listed above"
+    emit(summary, args.json, [f"{dataset.path}: {summary['rows']} rows, {verdict}"])
+    return 1 if problems else 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    dataset = load_records(args.data, templates=_templates(args.template))
+    samples = dataset.samples
+    summary = {
+        "data": str(dataset.path),
+        "rows": len(samples),
+        "errors": len(dataset.errors),
+        "images": len({s.image for s in samples}),
+        "label": dict(Counter(s.label for s in samples)),
+        "source": dict(Counter(s.source or "(none)" for s in samples).most_common()),
+        "score": {str(k): sum(s.score == k for s in samples) for k in range(1, 6)},
+        "pointwise_rows": sum(s.response is not None for s in samples),
+        "pairwise_rows": sum(s.response_a is not None and s.response_b is not None for s in samples),
+        "preferred": dict(Counter(s.preferred for s in samples if s.preferred)),
+        "artifact_category": dict(Counter(a.category for s in samples for a in s.artifacts).most_common()),
+    }
+    lines = [f"{dataset.path}: {summary['rows']} rows ({summary['errors']} unreadable), {summary['images']} images"]
+    for key in ("label", "source", "score", "preferred", "artifact_category"):
+        if summary[key]:
+            lines.append(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
+    emit(summary, args.json, lines)
+    return 0

@@ -1,0 +1,97 @@
+"""`dfj judge pointwise|pairwise`: judge explanations with a local or remote VLM judge."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from ..backends import GenerationConfig, PixelBudget
+from ..data import load_records
+from ..judge import MODES, PairwiseJudge, PointwiseJudge
+from ..judge.runner import RunResult, run_judge
+from ..prompts import resolve_template
+from .options import add_model_options, add_run_options, backend_from_args, emit, progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge", help="judge explanations (pointwise 1-5 or pairwise A/B)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, help_text in (
+        ("pointwise", "score each explanation 1..5 with a justification"),
+        ("pairwise", "pick the better of response_a / response_b (both orders by default)"),
+    ):
+        k = kinds.add_parser(kind, help=help_text, description=help_text)
+        add_model_options(k)
+        add_run_options(k)
+        g = k.add_argument_group("judging")
+        g.add_argument("--mode", choices=MODES, default="generate",
+                       help="generate: greedy output with justification (default, as the released judges were used); "
+                            "score-only: one forward pass reading the answer distribution, no text")
+        g.add_argument("--template", default=None,
+                       help="prompt template file with the released placeholders (default: the project's own)")
+        g.add_argument("--max-new-tokens", type=int, default=512 if kind == "pointwise" else 64,
+                       help="generation length limit in generate mode")
+        if kind == "pairwise":
+            g.add_argument("--one-order", action="store_true",
+                           help="judge (A, B) only, as the paper did; default judges both orders and debiases")
+        k.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = judge_command(args)
+    s = result.summary
+    unparsable = s["unparsable"]
+    lines = [
+        f"{s['kind']}: {s['judged']} judged, {unparsable} unparsable, {s['errors']} errors "
+        f"-> {result.out} (summary: {result.summary_path})"
+    ]
+    if s["kind"] == "pointwise" and s["mean_score"] is not None:
+        lines.append(f"mean score {s['mean_score']}; histogram {s['score_histogram']}")
+    if s["kind"] == "pairwise" and s["prefer_a"] is not None:
+        lines.append(f"prefers A in {s['prefer_a']:.0%}; order agreement {s['order_agreement']}")
+    emit(s, args.json, lines)
+    return 1 if s["errors"] and not args.allow_errors else 0
+
+
+def judge_command(args: argparse.Namespace) -> RunResult:
+    template = resolve_template(args.template, args.kind)
+    # Validate cheap arguments before loading a model.
+    budget = PixelBudget(args.min_pixels, args.max_pixels)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    dataset = load_records(args.data, templates=(template,))
+    backend = None
+
+    def batches(samples):
+        nonlocal backend
+        backend = backend_from_args(args)
+        generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+        common = dict(template=template, mode=args.mode, generation=generation,
+                      max_image_pixels=args.max_image_pixels)
+        if args.kind == "pointwise":
+            return PointwiseJudge(backend, **common).iter_batches(samples, args.batch_size)
+        return PairwiseJudge(backend, **common).iter_batches(samples, not args.one_order, args.batch_size)
+
+    settings = {
+        "mode": args.mode,
+        "both_orders": None if args.kind == "pointwise" else not args.one_order,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "pixel_budget": asdict(budget),
+        **template.provenance(),
+    }
+    try:
+        return run_judge(
+            args.kind,
+            batches,
+            dataset,
+            args.out,
+            settings=settings,
+            backend_info=lambda: backend.describe(),
+            limit=args.limit,
+            overwrite=args.overwrite,
+            progress=lambda n: progress(n, f"judge {args.kind}"),
+        )
+    finally:
+        if backend is not None:
+            backend.close()

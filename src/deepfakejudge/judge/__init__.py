@@ -1,0 +1,6 @@
+"""Pointwise and pairwise judges over one backend: two prompt+parser pairs, one model wrapper."""
+
+from .pairwise import PairwiseJudge, combine
+from .pointwise import MODES, PointwiseJudge
+
+__all__ = ["MODES", "PairwiseJudge", "PointwiseJudge", "combine"]

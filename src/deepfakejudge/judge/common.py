@@ -1,0 +1,104 @@
+"""What pointwise and pairwise judging share: preparing items, calling the backend in batches with
+per-item failure isolation, and reading a choice distribution out of generated log-probs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+from ..backends.base import BackendError, Generation
+from ..data import InputError, LoadedImage, open_image
+from ..data.images import MAX_IMAGE_PIXELS
+from ..records import RowError, Sample
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    sample: Sample
+    image: LoadedImage
+
+
+def prepare(
+    sample: Sample,
+    required: Sequence[str],
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+) -> Prepared | RowError:
+    """Check the fields a task needs and open the image; any problem becomes a `RowError`."""
+    for name in required:
+        value = getattr(sample, name)
+        if value is None or not str(value).strip():
+            return RowError(sample.where, name, f"is empty: nothing to judge", id=sample.id)
+    try:
+        return Prepared(sample, open_image(sample, max_image_pixels))
+    except InputError as exc:
+        return RowError(sample.where, exc.field, exc.message, id=sample.id)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def call_isolated(
+    items: Sequence[Prepared],
+    call: Callable[[Sequence[Prepared]], list[R]],
+) -> list[R | RowError]:
+    """Run `call` on the whole batch; if the backend fails, retry item by item so that one bad
+    item (or an out-of-memory batch) costs only its own row."""
+    try:
+        return list(call(items))
+    except BackendError as exc:
+        if len(items) == 1:
+            item = items[0]
+            return [RowError(item.sample.where, "<model>", f"model call failed: {exc}", id=item.sample.id)]
+    out: list[R | RowError] = []
+    for item in items:
+        out.extend(call_isolated([item], call))
+    return out
+
+
+def distribution_at(
+    generation: Generation, start: int, end: int, choices: Sequence[str]
+) -> tuple[dict[str, float], float] | None:
+    """The probability of each choice at the generated token that wrote text[start:end].
+
+    Tokenisers may merge the value with neighbouring characters (">A" as one token), so each
+    choice is looked up as the same token with the value swapped. Returns the distribution
+    renormalised over the choices and the raw mass they held, or None when the engine gave no
+    log-probs or the value is split across tokens.
+    """
+    for step in generation.steps:
+        lo, hi = step.offset, step.offset + len(step.token)
+        if lo <= start < hi:
+            break
+    else:
+        return None
+    if end > hi:
+        return None
+    head, tail = step.token[: start - lo], step.token[end - lo :]
+    logprobs = dict(step.top)
+    logprobs.setdefault(step.token, step.logprob)
+    probs = {c: math.exp(logprobs[head + c + tail]) if head + c + tail in logprobs else 0.0 for c in choices}
+    mass = sum(probs.values())
+    if mass <= 0.0:
+        return None
+    return {c: p / mass for c, p in probs.items()}, mass
+
+
+def normalise(probs: dict[str, float], choices: Sequence[str]) -> tuple[dict[str, float], float] | None:
+    mass = sum(probs[c] for c in choices)
+    if not mass > 0.0:
+        return None
+    return {c: probs[c] / mass for c in choices}, mass

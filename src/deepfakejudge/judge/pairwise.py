@@ -1,0 +1,109 @@
+"""Pairwise judging: which of two explanations is better, optionally in both orders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+from ..backends.base import Backend, ChatRequest, GenerationConfig
+from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
+from ..parsing import find_choice
+from ..prompts import SCORE_PREFIX, Template, default_template
+from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
+from .common import Prepared, batched, call_isolated, distribution_at, normalise, prepare
+from .pointwise import Mode, check_mode
+
+_SWAP = {"A": "B", "B": "A"}
+
+
+def combine(sample_id: str, orders: Sequence[PairwiseOrder]) -> PairwiseVerdict:
+    """Merge one or two passes into a verdict in the caller's A/B positions."""
+    first = orders[0]
+    if len(orders) == 1:
+        return PairwiseVerdict(sample_id, first.choice, first.p_a, None, tuple(orders))
+    second = orders[1]
+    # In the swapped pass "A" is the caller's B: map its answer back.
+    c1 = first.choice
+    c2 = _SWAP[second.choice] if second.choice else None
+    agree = c1 is not None and c1 == c2
+    if first.p_a is not None and second.p_a is not None:
+        p_a = (first.p_a + (1.0 - second.p_a)) / 2.0
+        choice = "A" if p_a > 0.5 else "B" if p_a < 0.5 else None
+    else:
+        p_a = None
+        choice = c1 if agree else None
+    return PairwiseVerdict(sample_id, choice, p_a, agree, tuple(orders))
+
+
+@dataclass
+class PairwiseJudge:
+    """Pick the better of two explanations (`response_a`, `response_b`) with a VLM judge.
+
+    With `both_orders` (the default) every pair is judged as (A, B) and as (B, A) in one batch;
+    the verdict's `p_a` is the mean of the two passes, which cancels the judge's position bias.
+    """
+
+    backend: Backend
+    template: Template = field(default_factory=lambda: default_template("pairwise"))
+    mode: Mode = "generate"
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
+    answer_prefix: str = SCORE_PREFIX["pairwise"]
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.template.kind != "pairwise":
+            raise ValueError(f"PairwiseJudge needs a pairwise template, got a {self.template.kind} one")
+
+    def request(self, sample: Sample, image: LoadedImage, swapped: bool) -> ChatRequest:
+        a, b = (sample.response_b, sample.response_a) if swapped else (sample.response_a, sample.response_b)
+        text = self.template.fill(ground_truth_label=sample.label, response_a=a or "", response_b=b or "")
+        prefix = self.answer_prefix if self.mode == "score-only" else ""
+        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256)
+
+    def compare(
+        self, samples: Iterable[Sample], both_orders: bool = True, batch_size: int = 8
+    ) -> list[PairwiseVerdict | RowError]:
+        """Judge every pair; one entry per sample, in order."""
+        return [r for batch in self.iter_batches(samples, both_orders, batch_size) for r in batch]
+
+    def iter_batches(
+        self, samples: Iterable[Sample], both_orders: bool = True, batch_size: int = 8
+    ) -> Iterator[list[PairwiseVerdict | RowError]]:
+        def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict]:
+            return self._judge(items, both_orders)
+
+        for batch in batched(samples, batch_size):
+            prepared = [prepare(s, ("response_a", "response_b"), self.max_image_pixels) for s in batch]
+            ready = [p for p in prepared if isinstance(p, Prepared)]
+            judged = iter(call_isolated(ready, judge) if ready else [])
+            yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
+
+    def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict]:
+        passes = (False, True) if both_orders else (False,)
+        keys = [(item, swapped) for item in items for swapped in passes]
+        requests = [self.request(item.sample, item.image, swapped) for item, swapped in keys]
+        orders = [self._order(swapped, r) for (item, swapped), r in zip(keys, self._run(requests))]
+        n = len(passes)
+        return [combine(item.sample.id, orders[i * n : (i + 1) * n]) for i, item in enumerate(items)]
+
+    def _run(self, requests: list[ChatRequest]) -> list[tuple[str | None, dict[str, float] | None, str | None]]:
+        """(choice, distribution over A/B, raw text) per request."""
+        if self.mode == "score-only":
+            out = []
+            for probs in self.backend.choice_probs(requests, CHOICES):
+                dist = normalise(probs, CHOICES)
+                choice = None if dist is None else max(CHOICES, key=lambda c: dist[0][c])
+                out.append((choice, dist[0] if dist else None, None))
+            return out
+        out = []
+        for gen in self.backend.generate(requests, self.generation):
+            match = find_choice(gen.text)
+            dist = distribution_at(gen, match.start, match.end, CHOICES) if match else None
+            out.append((match.value if match else None, dist[0] if dist else None, gen.text))
+        return out
+
+    @staticmethod
+    def _order(swapped: bool, result: tuple[str | None, dict[str, float] | None, str | None]) -> PairwiseOrder:
+        choice, dist, raw = result
+        return PairwiseOrder(swapped=swapped, choice=choice, p_a=dist["A"] if dist else None, raw=raw)

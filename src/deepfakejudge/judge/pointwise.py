@@ -1,0 +1,107 @@
+"""Pointwise judging: one explanation, one 1..5 score with a justification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal, Sequence
+
+from ..backends.base import Backend, ChatRequest, GenerationConfig
+from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
+from ..parsing import find_score, parse_reasoning
+from ..prompts import SCORE_PREFIX, Template, default_template
+from ..records import SCORES, PointwiseVerdict, RowError, Sample
+from .common import Prepared, batched, call_isolated, distribution_at, normalise, prepare
+
+Mode = Literal["generate", "score-only"]
+MODES: tuple[str, ...] = ("generate", "score-only")
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def expected_value(probs: Sequence[float]) -> float:
+    return sum((k + 1) * p for k, p in enumerate(probs))
+
+
+@dataclass
+class PointwiseJudge:
+    """Score candidate explanations 1..5 with a VLM judge.
+
+    mode "generate": greedy generation of `<reasoning>…</reasoning><score>N</score>`; the score
+    distribution is read at the generated score token when the backend gives log-probs.
+    mode "score-only": one forward pass with the answer prefilled up to the score tag; the score
+    is the most likely digit and there is no justification.
+    """
+
+    backend: Backend
+    template: Template = field(default_factory=lambda: default_template("pointwise"))
+    mode: Mode = "generate"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    score_prefix: str = SCORE_PREFIX["pointwise"]
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        if self.template.kind != "pointwise":
+            raise ValueError(f"PointwiseJudge needs a pointwise template, got a {self.template.kind} one")
+
+    def request(self, sample: Sample, image: LoadedImage) -> ChatRequest:
+        text = self.template.fill(ground_truth_label=sample.label, candidate_response=sample.response or "")
+        prefix = self.score_prefix if self.mode == "score-only" else ""
+        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256)
+
+    def score(self, samples: Iterable[Sample], batch_size: int = 8) -> list[PointwiseVerdict | RowError]:
+        """Judge every sample; the result has one entry per sample, in order."""
+        return [r for batch in self.iter_batches(samples, batch_size) for r in batch]
+
+    def iter_batches(
+        self, samples: Iterable[Sample], batch_size: int = 8
+    ) -> Iterator[list[PointwiseVerdict | RowError]]:
+        for batch in batched(samples, batch_size):
+            prepared = [prepare(s, ("response",), self.max_image_pixels) for s in batch]
+            ready = [p for p in prepared if isinstance(p, Prepared)]
+            judged = iter(call_isolated(ready, self._judge) if ready else [])
+            yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
+
+    def _judge(self, items: Sequence[Prepared]) -> list[PointwiseVerdict]:
+        requests = [self.request(item.sample, item.image) for item in items]
+        if self.mode == "score-only":
+            dists = self.backend.choice_probs(requests, SCORES)
+            return [self._from_probs(item.sample.id, d) for item, d in zip(items, dists)]
+        generations = self.backend.generate(requests, self.generation)
+        out = []
+        for item, gen in zip(items, generations):
+            match = find_score(gen.text)
+            dist = distribution_at(gen, match.start, match.end, SCORES) if match else None
+            probs = tuple(dist[0][c] for c in SCORES) if dist else None
+            out.append(
+                PointwiseVerdict(
+                    id=item.sample.id,
+                    score=int(match.value) if match else None,
+                    reasoning=parse_reasoning(gen.text),
+                    probs=probs,
+                    expected_score=expected_value(probs) if probs else None,
+                    choice_mass=dist[1] if dist else None,
+                    raw=gen.text,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _from_probs(sample_id: str, raw_probs: dict[str, float]) -> PointwiseVerdict:
+        dist = normalise(raw_probs, SCORES)
+        if dist is None:
+            return PointwiseVerdict(sample_id, None, None, None, None, 0.0, None)
+        probs = tuple(dist[0][c] for c in SCORES)
+        best = max(range(5), key=lambda k: probs[k])
+        return PointwiseVerdict(
+            id=sample_id,
+            score=best + 1,
+            reasoning=None,
+            probs=probs,
+            expected_score=expected_value(probs),
+            choice_mass=dist[1],
+            raw=None,
+        )

@@ -1,0 +1,113 @@
+"""Run a judge over a dataset into a resumable results file plus a provenance summary."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from ..data import Dataset
+from ..records import RowError, Sample
+from ..results import ResultsWriter, error_row, provenance, read_rows, verdict_row, write_summary
+
+
+class _NoProgress:
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out: Path
+    summary_path: Path
+    summary: dict[str, Any]
+
+    @property
+    def errors(self) -> int:
+        return int(self.summary["errors"])
+
+
+def run_judge(
+    kind: str,
+    batches: Callable[[Sequence[Sample]], Iterator[list[Any]]],
+    dataset: Dataset,
+    out: str | Path,
+    *,
+    settings: dict[str, Any],
+    backend_info: Callable[[], dict[str, Any]],
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int], Any] | None = None,
+) -> RunResult:
+    """Judge every not-yet-done sample of `dataset` with `batches` and write rows as they come.
+
+    `batches(samples)` yields lists of verdicts/RowErrors aligned with the samples it was given
+    (a judge's `iter_batches`). Load errors of the dataset are written as error rows first.
+    """
+    out = Path(out)
+    started = time.perf_counter()
+    with ResultsWriter(out, resume=not overwrite) as writer:
+        writer.write(error_row(e) for e in dataset.errors)
+        todo = [s for s in dataset.samples if not writer.is_done(f"id:{s.id}")]
+        if limit is not None:
+            todo = todo[:limit]
+        with progress(len(todo)) if progress and todo else _NoProgress() as bar:
+            for rows in batches(todo) if todo else ():
+                writer.write(verdict_row(r) for r in rows)
+                bar.update(len(rows))
+    elapsed = time.perf_counter() - started
+    rows = read_rows(out)
+    summary = {
+        "kind": kind,
+        "data": str(dataset.path),
+        "out": str(out),
+        **_counts(kind, rows),
+        "this_run": {
+            "judged": len(todo),
+            "seconds": round(elapsed, 3),
+            "items_per_second": round(len(todo) / elapsed, 4) if todo and elapsed > 0 else None,
+        },
+        "settings": settings,
+        "backend": backend_info() if todo else None,
+        "provenance": provenance(),
+    }
+    path = write_summary(out, summary)
+    return RunResult(out=out, summary_path=path, summary=summary)
+
+
+def _counts(kind: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    rows = list(rows)
+    errors = [r for r in rows if "error" in r]
+    ok = [r for r in rows if "error" not in r]
+    counts: dict[str, Any] = {
+        "rows": len(rows),
+        "judged": len(ok),
+        "errors": len(errors),
+        "error_fields": dict(Counter(r.get("field", "?") for r in errors)),
+    }
+    if kind == "pointwise":
+        scores = [r["score"] for r in ok if r.get("score") is not None]
+        expected = [r["expected_score"] for r in ok if r.get("expected_score") is not None]
+        counts.update(
+            unparsable=len(ok) - len(scores),
+            score_histogram={str(k): scores.count(k) for k in range(1, 6)},
+            mean_score=round(sum(scores) / len(scores), 4) if scores else None,
+            mean_expected_score=round(sum(expected) / len(expected), 4) if expected else None,
+        )
+    else:
+        choices = [r["choice"] for r in ok if r.get("choice") is not None]
+        both = [r for r in ok if r.get("agree") is not None]
+        counts.update(
+            unparsable=len(ok) - len(choices),
+            prefer_a=round(choices.count("A") / len(choices), 4) if choices else None,
+            order_agreement=round(sum(r["agree"] for r in both) / len(both), 4) if both else None,
+        )
+    return counts

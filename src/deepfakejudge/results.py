@@ -1,0 +1,131 @@
+"""Results files: one JSONL row per input, written as produced, resumable after a kill.
+
+A row carries `id` and either result fields or `error`. Rows whose input had no usable id (a
+malformed line, a duplicate) carry `id: null` and `where` ("file:line"); resume keys on the id,
+or on `where` for those. A kill can leave a half-written last line: it is cut off before
+appending, so every input ends up exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from .records import PairwiseVerdict, PointwiseVerdict, RowError
+
+
+def row_key(row: dict[str, Any]) -> str:
+    return f"id:{row['id']}" if row.get("id") is not None else f"where:{row.get('where')}"
+
+
+def error_row(error: RowError) -> dict[str, Any]:
+    return {"id": error.id, "where": error.where, "field": error.field, "error": error.message}
+
+
+def verdict_row(verdict: PointwiseVerdict | PairwiseVerdict | RowError) -> dict[str, Any]:
+    if isinstance(verdict, RowError):
+        return error_row(verdict)
+    row = asdict(verdict)
+    if isinstance(verdict, PointwiseVerdict):
+        row["probs"] = None if verdict.probs is None else dict(zip("12345", verdict.probs))
+    return row
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Complete rows of a results file; a torn last line (a kill mid-write) is truncated away."""
+    if not path.exists():
+        return []
+    rows, good_end = [], 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good_end += len(raw)
+    if good_end != path.stat().st_size:
+        with path.open("r+b") as fh:
+            fh.truncate(good_end)
+    return rows
+
+
+class ResultsWriter:
+    """Append rows with a flush (and fsync) per batch; knows which inputs are already done."""
+
+    def __init__(self, path: str | Path, resume: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume and self.path.exists():
+            self.path.unlink()
+        self.done = {row_key(r) for r in read_rows(self.path)}
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def is_done(self, key: str) -> bool:
+        return key in self.done
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            key = row_key(row)
+            if key in self.done:
+                continue
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.done.add(key)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def summary_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".summary.json")
+
+
+def _git_hash() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    from . import __version__
+
+    info = {
+        "deepfakejudge": __version__,
+        "git": _git_hash(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+    info.update({k: (asdict(v) if is_dataclass(v) else v) for k, v in extra.items()})
+    return info
+
+
+def write_summary(out: str | Path, summary: dict[str, Any]) -> Path:
+    path = summary_path(out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)  # atomic: a kill never leaves a half-written summary
+    return path

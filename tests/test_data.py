@@ -1,0 +1,133 @@
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deepfakejudge.data import InputError, load_records, open_image, sample_to_dict
+from deepfakejudge.prompts import default_template, load_template
+
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepfakejudge-official"
+
+
+def _row(**kw):
+    row = {"id": "a", "image": "img.png", "label": "fake", "response": "<reasoning>r</reasoning> <answer>fake</answer>"}
+    row.update(kw)
+    return row
+
+
+def _write(path: Path, rows) -> Path:
+    with path.open("wb") as fh:
+        for row in rows:
+            fh.write(row if isinstance(row, bytes) else (json.dumps(row) + "\n").encode())
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    Image.new("RGB", (40, 30), (120, 10, 10)).save(tmp_path / "img.png")
+    return tmp_path
+
+
+def test_bad_rows_become_errors_and_valid_rows_survive(folder):
+    path = _write(folder / "d.jsonl", [
+        _row(id="ok1", artifacts=[{"category": "texture", "bbox": [1, 2, 10, 20], "expression": "left"}],
+             custom={"keep": 1}),
+        b'{"id": "broken", "image": \n',
+        b'{"id": "latin1", "image": "img.png", "label": "fake", "response": "caf\xe9"}\n',
+        _row(id="lab", label="synthetic"),
+        _row(id="ok1", response="again"),
+        _row(id="box", artifacts=[{"category": "texture", "bbox": [10, 2, 5, 20]}]),
+        _row(id="sc", score=7),
+        _row(id=None),
+        b"\n",
+        _row(id=7, label="REAL"),
+    ])
+    ds = load_records(path)
+    assert [s.id for s in ds.samples] == ["ok1", "7"]
+    assert ds.samples[0].extra == {"custom": {"keep": 1}}
+    assert ds.samples[1].label == "real"
+    by_line = {int(e.where.rsplit(":", 1)[1]): e for e in ds.errors}
+    assert sorted(by_line) == [2, 3, 4, 5, 6, 7, 8]
+    assert by_line[2].field == "<row>" and "malformed JSON" in by_line[2].message
+    assert by_line[3].field == "<row>" and "not UTF-8" in by_line[3].message
+    assert by_line[4].field == "label" and "'synthetic'" in by_line[4].message and by_line[4].id == "lab"
+    assert by_line[5].field == "id" and "duplicate id 'ok1' (first on line 1)" in by_line[5].message
+    assert by_line[5].id is None  # the id stays with the valid first row
+    assert by_line[6].field == "artifacts[0].bbox"
+    assert by_line[7].field == "score"
+    assert by_line[8].field == "id"
+    assert str(by_line[4]).startswith(f"{path}:4: field 'label'")
+
+
+def test_canonical_round_trip(folder):
+    path = _write(folder / "d.jsonl", [_row(source="sd-xl", artifacts=[{"category": "anatomy", "bbox": [0, 0, 5, 5], "expression": "hand"}], score=3, extra_field="x")])
+    s = load_records(path).samples[0]
+    assert s.image == (folder / "img.png").resolve()
+    row = sample_to_dict(s, folder)
+    assert row == _row(source="sd-xl", artifacts=[{"category": "anatomy", "bbox": [0.0, 0.0, 5.0, 5.0], "expression": "hand"}], score=3, extra_field="x")
+
+
+def test_split_folder_layout(folder):
+    _write(folder / "data.jsonl", [_row()])
+    assert len(load_records(folder)) == 1
+    (folder / "empty").mkdir()
+    with pytest.raises(ValueError, match="must contain data.jsonl"):
+        load_records(folder / "empty")
+    with pytest.raises(ValueError, match="no such file"):
+        load_records(folder / "absent.jsonl")
+
+
+def test_image_problems(folder):
+    (folder / "corrupt.png").write_bytes(Image.open(folder / "img.png").tobytes()[:50])
+    path = _write(folder / "d.jsonl", [
+        _row(id="missing", image="nope.png"),
+        _row(id="corrupt", image="corrupt.png"),
+        _row(id="outside", artifacts=[{"category": "texture", "bbox": [0, 0, 41, 10]}]),
+        _row(id="fine", artifacts=[{"category": "texture", "bbox": [0, 0, 40, 30]}]),
+    ])
+    samples = {s.id: s for s in load_records(path).samples}
+    for sid, field, text in [("missing", "image", "not found"), ("corrupt", "image", "cannot decode"),
+                             ("outside", "artifacts[0].bbox", "outside the 40x30 image")]:
+        with pytest.raises(InputError, match=text) as info:
+            open_image(samples[sid])
+        assert info.value.field == field
+    loaded = open_image(samples["fine"])
+    assert loaded.size == (40, 30) and len(loaded.sha256) == 64
+
+
+def test_decompression_bomb_is_refused_before_decoding(folder):
+    path = _write(folder / "d.jsonl", [_row()])
+    sample = load_records(path).samples[0]
+    with pytest.raises(InputError, match="exceeds the limit of 1000"):
+        open_image(sample, max_image_pixels=1000)
+
+
+def test_msswift_rows_with_default_templates(folder):
+    pw = default_template("pointwise").fill(ground_truth_label="edited", candidate_response="<reasoning>seam</reasoning> <answer>fake</answer>")
+    pr = default_template("pairwise").fill(ground_truth_label="real", response_a="one", response_b="two")
+    path = _write(folder / "data.jsonl", [
+        {"messages": [{"role": "user", "content": "<image>" + pw}, {"role": "assistant", "content": "<reasoning>ok</reasoning>\n<score>4</score>"}], "images": ["img.png"]},
+        {"id": "p1", "messages": [{"role": "user", "content": "<image>" + pr}, {"role": "assistant", "content": "<answer>B</answer>"}], "images": ["img.png"]},
+        {"messages": [{"role": "user", "content": "<image>Something else entirely"}], "images": ["img.png"]},
+        {"messages": [{"role": "user", "content": "<image>" + pw}], "images": []},
+    ])
+    ds = load_records(path)
+    first, second = ds.samples
+    assert (first.id, first.label, first.response, first.score) == ("data-1", "edited", "<reasoning>seam</reasoning> <answer>fake</answer>", 4)
+    assert first.extra["target"].endswith("<score>4</score>")
+    assert (second.id, second.response_a, second.response_b, second.preferred) == ("p1", "one", "two", "B")
+    assert [(e.field, e.where.endswith(str(n))) for e, n in zip(ds.errors, (3, 4))] == [
+        ("messages[user].content", True), ("images", True)]
+
+
+@pytest.mark.skipif(not OFFICIAL.is_dir(), reason="shared/reference not beside the clone")
+def test_msswift_rows_built_with_the_official_template(folder):
+    template = load_template(OFFICIAL / "pointwise_prompt.txt", "pointwise")
+    # ms-swift JSON rows usually carry LF line ends even though the template file is CRLF.
+    user = template.fill(ground_truth_label="fake", candidate_response="<reasoning>warped text</reasoning> <answer>fake</answer>").replace("\r\n", "\n")
+    path = _write(folder / "data.jsonl", [{"messages": [{"role": "user", "content": "<image>" + user}, {"role": "assistant", "content": "<reasoning>x</reasoning>\n<score>2</score>"}], "images": ["img.png"]}])
+    assert load_records(path).errors[0].field == "messages[user].content"  # not our template
+    s = load_records(path, templates=(template,)).samples[0]
+    assert (s.label, s.response, s.score) == ("fake", "<reasoning>warped text</reasoning> <answer>fake</answer>", 2)
+    assert s.extra["template_sha256"] == template.sha256
