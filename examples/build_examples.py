@@ -10,8 +10,8 @@ licence), the hand-written annotations and graded explanations in ``annotations.
 edit recipes below. Outputs: ``images/`` (real photos, their programmatic edits, two procedural
 synthetic images), ``detect.jsonl``, ``pointwise.jsonl`` and ``pairwise.jsonl``.
 
-No randomness is drawn at run time except from fixed-seed generators, JPEGs are written with
-fixed settings and no metadata, and JSON is written with sorted-free, fixed key order.
+Determinism: the only noise comes from fixed-seed generators, images are written with fixed
+encoder settings and no metadata, and JSON rows keep a fixed key order.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 LONG_SIDE = 320
 JPEG_SETTINGS = {"quality": 95, "subsampling": 0, "optimize": False}  # 4:4:4, baseline
 MIN_EDIT_FRACTION, MAX_EDIT_FRACTION = 0.05, 0.30
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
 # ---------------------------------------------------------------------------------------------
 # Real photographs. Only scikit-image photos whose loader docstring states public domain or CC0.
@@ -64,7 +65,7 @@ def load_photo(photo_id: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def box_mask(shape: tuple[int, ...], box: tuple[int, int, int, int]) -> np.ndarray:
+def box_mask(shape: tuple[int, ...], box: Box) -> np.ndarray:
     mask = np.zeros(shape[:2], dtype=np.float64)
     x0, y0, x1, y1 = box
     mask[y0:y1, x0:x1] = 1.0
@@ -76,7 +77,7 @@ def ellipse_mask(shape: tuple[int, ...], cx: float, cy: float, rx: float, ry: fl
     return ((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) <= 1.0).astype(np.float64)
 
 
-def feather(mask: np.ndarray, sigma: float, box: tuple[int, int, int, int]) -> np.ndarray:
+def feather(mask: np.ndarray, sigma: float, box: Box) -> np.ndarray:
     """Soft-edged version of a binary mask, clipped to ``box`` so nothing outside changes."""
     soft = ndimage.gaussian_filter(mask.astype(np.float64), sigma, mode="constant")
     return np.clip(soft, 0.0, 1.0) * box_mask(mask.shape, box)
@@ -115,9 +116,9 @@ def render_text(lines: list[str], scale: int, gap: int, line_gap: int) -> np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# The six edits. Each takes the resized original (and, for the splice, a donor photo) and returns
-# the edited array; ``box`` is the edited region ``[x0, y0, x1, y1]`` in pixels of the saved
-# image; ``photos`` holds every resized original (the splice takes its donor from there).
+# The six edits. Each takes the resized original, the edited region ``box`` in pixels of the saved
+# image, and every resized original in ``photos`` (the splice takes its donor from there), and
+# returns the edited array. Nothing outside ``box`` may change; ``build_images`` checks it.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -126,11 +127,11 @@ class Edit:
     id: str
     original: str
     source: str
-    box: tuple[int, int, int, int]
-    apply: Callable[[np.ndarray, tuple[int, int, int, int], dict[str, np.ndarray]], np.ndarray]
+    box: Box
+    apply: Callable[[np.ndarray, Box, dict[str, np.ndarray]], np.ndarray]
 
 
-def edit_text_overlay(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -> np.ndarray:
+def edit_text_overlay(img: np.ndarray, box: Box, photos: dict) -> np.ndarray:
     """Flat block letters "STS / 63" pasted onto the curved black helmet visor."""
     x0, y0, x1, y1 = box
     text = render_text(["STS", "63"], scale=5, gap=5, line_gap=8)
@@ -142,8 +143,8 @@ def edit_text_overlay(img: np.ndarray, box: tuple[int, int, int, int], photos: d
     return blend(img, paint, alpha)
 
 
-def edit_colour_shift(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -> np.ndarray:
-    """A cold, bright cast on the cat's right cheek that no light in the scene explains."""
+def edit_colour_shift(img: np.ndarray, box: Box, photos: dict) -> np.ndarray:
+    """A cold blue-grey cast on the cheek below the cat's right-hand eye (as seen) that no light explains."""
     x0, y0, x1, y1 = box
     shape = ellipse_mask(img.shape, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2 - 7, (y1 - y0) / 2 - 7)
     alpha = feather(shape, 4.0, box)
@@ -151,7 +152,7 @@ def edit_colour_shift(img: np.ndarray, box: tuple[int, int, int, int], photos: d
     return blend(img, np.clip(shifted, 0, 255), alpha)
 
 
-def edit_inpaint_smear(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -> np.ndarray:
+def edit_inpaint_smear(img: np.ndarray, box: Box, photos: dict) -> np.ndarray:
     """The teaspoon's bowl erased by smooth (biharmonic) inpainting, leaving a featureless smear."""
     from skimage.restoration import inpaint_biharmonic
 
@@ -167,7 +168,7 @@ def edit_inpaint_smear(img: np.ndarray, box: tuple[int, int, int, int], photos: 
     return blend(img, smeared, alpha)
 
 
-def edit_splice(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -> np.ndarray:
+def edit_splice(img: np.ndarray, box: Box, photos: dict) -> np.ndarray:
     """A strip of the Hubble deep field spliced into the starless twilight sky ("lighten" blend)."""
     x0, y0, x1, y1 = box
     patch = photos["hubble"][30 : 30 + (y1 - y0), 60 : 60 + (x1 - x0)].astype(np.float64) * 1.3
@@ -178,12 +179,13 @@ def edit_splice(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -
     return blend(img, np.clip(lightened, 0, 255), alpha)
 
 
-def edit_clone_stamp(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -> np.ndarray:
+def edit_clone_stamp(img: np.ndarray, box: Box, photos: dict) -> np.ndarray:
     """The tripod's right leg painted out with grass cloned from 58 px further right."""
     x0, y0, x1, y1 = box
     yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
-    # the leg runs from about (199, 206) down to (250, 316): a 13 px wide brush stroke along it
-    ax, ay, bx, by = 199.0, 206.0, 251.0, 318.0
+    # the leg runs from the hinge at about (194, 207) to its foot at (252, 320); a 13 px wide
+    # brush stroke along it from just below the hinge leaves a short stub under the hinge
+    ax, ay, bx, by = 199.0, 217.0, 254.0, 323.0
     t = np.clip(((xx - ax) * (bx - ax) + (yy - ay) * (by - ay)) / ((bx - ax) ** 2 + (by - ay) ** 2), 0, 1)
     dist = np.hypot(xx - (ax + t * (bx - ax)), yy - (ay + t * (by - ay)))
     stroke = (dist <= 6.5).astype(np.float64) * box_mask(img.shape, (x0 + 2, y0 + 2, x1 - 2, y1 - 2))
@@ -194,7 +196,7 @@ def edit_clone_stamp(img: np.ndarray, box: tuple[int, int, int, int], photos: di
     return blend(img, cloned, alpha)
 
 
-def edit_copy_move(img: np.ndarray, box: tuple[int, int, int, int], photos: dict) -> np.ndarray:
+def edit_copy_move(img: np.ndarray, box: Box, photos: dict) -> np.ndarray:
     """The bright orange elliptical galaxy and its spiked star copied to the lower-left."""
     x0, y0, x1, y1 = box
     sx, sy = 200, 124  # top-left of the source patch (the same size as the box)
@@ -206,7 +208,7 @@ def edit_copy_move(img: np.ndarray, box: tuple[int, int, int, int], photos: dict
 
 EDITS = [
     Edit("astronaut_text", "astronaut", "edit:text-overlay", (202, 234, 292, 316), edit_text_overlay),
-    Edit("camera_clone", "camera", "edit:clone-stamp", (194, 200, 258, 320), edit_clone_stamp),
+    Edit("camera_clone", "camera", "edit:clone-stamp", (188, 204, 264, 320), edit_clone_stamp),
     Edit("chelsea_relight", "chelsea", "edit:colour-shift", (192, 100, 272, 196), edit_colour_shift),
     Edit("coffee_smear", "coffee", "edit:inpaint-smear", (160, 110, 226, 180), edit_inpaint_smear),
     Edit("hubble_duplicate", "hubble", "edit:copy-move-duplicate", (22, 196, 92, 266), edit_copy_move),
@@ -234,12 +236,13 @@ def transposed_conv_upsample(img: np.ndarray) -> np.ndarray:
     The uneven kernel overlap (1, 2 or 4 taps per output pixel, summing to 1.00, 1.08 and 0.92)
     imprints the classic checkerboard of GAN/decoder upsampling on every smooth area.
     """
-    h, w, c = img.shape
+    padded = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")  # so the borders get full overlap
+    h, w, c = padded.shape
     up = np.zeros((2 * h, 2 * w, c))
-    up[::2, ::2] = img
+    up[::2, ::2] = padded
     kernel = np.array([[0.23, 0.54, 0.23], [0.54, 1.0, 0.54], [0.23, 0.54, 0.23]])
-    out = np.stack([ndimage.convolve(up[..., k], kernel, mode="nearest") for k in range(c)], axis=-1)
-    return out
+    out = np.stack([ndimage.convolve(up[..., k], kernel, mode="constant") for k in range(c)], axis=-1)
+    return out[2:-2, 2:-2]
 
 
 def synth_landscape() -> np.ndarray:

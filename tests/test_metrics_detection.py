@@ -132,6 +132,16 @@ def test_ece_hand_case():
     assert bins[0].count == 0 and bins[0].mean_p_fake is None
 
 
+def test_reliability_bin_edges():
+    # bins are (lower, upper]; 0 goes to the first bin and 1 to the last; an inner edge belongs
+    # to the bin below it, as in sklearn's calibration_curve
+    edge = float(np.linspace(0.0, 1.0, ECE_BINS + 1)[1])
+    r = detection_report(["real"] * 3, ["real"] * 3, [0.0, edge, 1.0]).probability
+    counts = [b.count for b in r.reliability]
+    assert counts[0] == 2 and counts[-1] == 1 and sum(counts) == 3
+    assert r.reliability[0].lower == 0.0 and r.reliability[-1].upper == 1.0
+
+
 @pytest.mark.parametrize(
     "fake_scores, real_scores, eer",
     [
@@ -174,6 +184,10 @@ def test_accepts_numpy_arrays():
     a = detection_report(gold, pred, p_fake)
     b = detection_report(np.array(gold), np.array(pred), np.array(p_fake))
     assert a == b
+    with pytest.raises(ValueError, match=r"p_fake\[1\] = nan is not a probability"):
+        detection_report(np.array(gold[:2]), np.array(pred[:2]), np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match=r"gold\[0\] = 'REAL'"):
+        detection_report(np.array(["REAL", "fake"]), ["real", "fake"])
 
 
 def test_breakdown_matches_subsets():

@@ -135,7 +135,16 @@ def _corpus() -> list[str]:
 def build_tokenizer(vocab_size: int = 1000):
     """Train a byte-level BPE with Qwen2's normaliser, pre-tokenizer and decoder, then add
     Qwen's special tokens after the learned vocabulary (as in the real tokenizer)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -191,8 +200,7 @@ def _tokenizer_config(tok) -> dict:
 def _model_config(vocab_size: int, ids: dict[str, int]):
     from transformers import Qwen2_5_VLConfig
 
-    hidden, heads = 64, 4
-    head_dim = hidden // heads
+    hidden, heads = 64, 4  # head_dim 16
     # mrope splits head_dim/2 rotary frequencies between (temporal, height, width); real 3B/7B
     # use [16, 24, 24] for head_dim 128; ours sums to head_dim // 2 = 8 in the same proportions.
     mrope_section = [2, 3, 3]

@@ -7,9 +7,10 @@ plain JSON values, with None wherever a figure is undefined (never NaN, which JS
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from numbers import Real
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,30 @@ def is_number(value: Any) -> bool:
 def is_missing(value: Any) -> bool:
     """None or a float NaN."""
     return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def float_array(values: Sequence[Any]) -> tuple[np.ndarray, int] | None:
+    """Fast path for checks: (floats with NaN for None, number of None) when every item is None
+    or a real number (bools excluded); None otherwise, so that the caller walks the items and
+    names the offending one."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        return values.astype(float), 0
+    items = values if isinstance(values, list) else list(values)
+    for t in set(map(type, items)):
+        if t is not type(None) and (not issubclass(t, _NUMBER_TYPES) or issubclass(t, bool)):
+            return None
+    n_none = items.count(None)
+    if n_none:
+        items = [math.nan if v is None else v for v in items]
+    return np.asarray(items, dtype=float), n_none
+
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+
+
+def show(value: Any) -> str:
+    """repr of a value for an error message, numpy scalars shown as the Python value."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def ratio(num: float, den: float) -> float | None:

@@ -15,8 +15,9 @@ computed on the parsed items only.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from scipy.stats import kendalltau, rankdata
@@ -25,9 +26,11 @@ from deepfakejudge.metrics._common import (
     Result,
     as_items,
     check_aligned,
+    float_array,
     is_missing,
     is_number,
     ratio,
+    show,
 )
 
 SCORE_MIN, SCORE_MAX = 1, 5
@@ -75,27 +78,40 @@ class PairwiseAccuracy(Result):
     accuracy_parsed: float | None
 
 
-def _check_gold_scores(name: str, values: list[Any]) -> np.ndarray:
+def _check_gold_scores(name: str, values: Sequence[Any]) -> np.ndarray:
+    fast = float_array(values)
+    if fast is not None:
+        x, n_none = fast
+        if not n_none and np.all((x >= SCORE_MIN) & (x <= SCORE_MAX) & (x == np.round(x))):
+            return x
     for i, v in enumerate(values):
         if not is_number(v) or not float(v).is_integer() or not SCORE_MIN <= v <= SCORE_MAX:
-            raise ValueError(f"{name}[{i}] = {v!r} is not an integer score in {SCORE_MIN}..{SCORE_MAX}")
-    return np.asarray(values, dtype=float)
+            raise ValueError(f"{name}[{i}] = {show(v)} is not an integer score in {SCORE_MIN}..{SCORE_MAX}")
+    return np.array([float(v) for v in values])  # valid numbers of a type the fast path skips
 
 
-def _check_pred_scores(name: str, values: list[Any]) -> np.ndarray:
+def _check_pred_scores(name: str, values: Sequence[Any]) -> np.ndarray:
     """Scores as floats with NaN for None; a number outside [1, 5] (or NaN itself) is an error."""
-    out = np.empty(len(values))
+    fast = float_array(values)
+    if fast is not None:
+        x, n_none = fast
+        ok = ~np.isnan(x)
+        if ok.sum() == len(x) - n_none and np.all((x[ok] >= SCORE_MIN) & (x[ok] <= SCORE_MAX)):
+            return x
     for i, v in enumerate(values):
-        if v is None:
-            out[i] = np.nan
-        elif not is_number(v) or math.isnan(v) or not SCORE_MIN <= v <= SCORE_MAX:
+        if v is not None and (not is_number(v) or math.isnan(v) or not SCORE_MIN <= v <= SCORE_MAX):
             raise ValueError(
-                f"{name}[{i}] = {v!r} is not a score in [{SCORE_MIN}, {SCORE_MAX}]; "
+                f"{name}[{i}] = {show(v)} is not a score in [{SCORE_MIN}, {SCORE_MAX}]; "
                 "use None for an unparsable score"
             )
-        else:
-            out[i] = v
-    return out
+    return np.array([math.nan if v is None else float(v) for v in values])
+
+
+def _items(name: str, values: Sequence[Any]) -> Sequence[Any]:
+    """Numeric numpy arrays pass as they are (checked vectorised); anything else as a list."""
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iuf":
+        return values
+    return as_items(name, values)
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -120,8 +136,8 @@ def pointwise_agreement(
 
     Raises ValueError on mismatched lengths, empty input or a score outside 1..5.
     """
-    gold_list = as_items("gold_scores", gold_scores)
-    pred_list = as_items("pred_scores", pred_scores)
+    gold_list = _items("gold_scores", gold_scores)
+    pred_list = _items("pred_scores", pred_scores)
     check_aligned("gold_scores", gold_list, "pred_scores", pred_list)
     gold = _check_gold_scores("gold_scores", gold_list)
     pred = _check_pred_scores("pred_scores", pred_list)
@@ -165,12 +181,10 @@ def pairwise_accuracy(gold: Sequence[str], pred: Sequence[str | None]) -> Pairwi
     check_aligned("gold", gold, "pred", pred)
     for i, g in enumerate(gold):
         if not isinstance(g, str) or g not in PAIRWISE_CHOICES:
-            raise ValueError(f"gold[{i}] = {g!r} is not a choice; expected 'A' or 'B'")
+            raise ValueError(f"gold[{i}] = {show(g)} is not a choice; expected 'A' or 'B'")
     for i, p in enumerate(pred):
         if p is not None and (not isinstance(p, str) or p not in PAIRWISE_CHOICES):
-            raise ValueError(
-                f"pred[{i}] = {p!r} is not a choice; expected 'A', 'B' or None (unparsable)"
-            )
+            raise ValueError(f"pred[{i}] = {show(p)} is not a choice; expected 'A', 'B' or None (unparsable)")
     n = len(gold)
     n_unparsable = sum(p is None for p in pred)
     n_correct = sum(g == p for g, p in zip(gold, pred))
@@ -224,7 +238,7 @@ def cohen_kappa(
     for name, values in (("a", a), ("b", b)):
         for i, v in enumerate(values):
             if v not in index:
-                raise ValueError(f"{name}[{i}] = {v!r} is not in labels {labels!r}")
+                raise ValueError(f"{name}[{i}] = {show(v)} is not in labels {labels!r}")
 
     k = len(labels)
     observed = np.zeros((k, k))
@@ -274,9 +288,9 @@ def krippendorff_alpha(
             if is_missing(v):
                 continue
             if level != "nominal" and not is_number(v):
-                raise ValueError(f"ratings[{u}][{c}] = {v!r} is not a number ({level} data)")
+                raise ValueError(f"ratings[{u}][{c}] = {show(v)} is not a number ({level} data)")
             if level == "ratio" and v < 0:
-                raise ValueError(f"ratings[{u}][{c}] = {v!r} is negative (ratio data)")
+                raise ValueError(f"ratings[{u}][{c}] = {show(v)} is negative (ratio data)")
             cells.append((u, values.setdefault(v, len(values))))
 
     if level != "nominal":  # order the value index numerically

@@ -15,8 +15,9 @@ the interval) and it needs numeric arrays, while these metrics take labels with 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,12 +42,16 @@ class BootstrapCI(Result):
         return iter((self.low, self.high))
 
 
-def _prepare(arrays: Sequence[Sequence[Any]], n_resamples: int, confidence: float) -> list[np.ndarray]:
+def _prepare(
+    arrays: Sequence[Sequence[Any]], n_resamples: int, confidence: float, seed: int
+) -> list[np.ndarray]:
     if not arrays:
         raise ValueError("bootstrap needs at least one array to resample")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples = {n_resamples!r}; expected a positive integer")
-    if not 0.0 < confidence < 1.0:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed = {seed!r}; expected an integer (a fixed seed keeps intervals reproducible)")
+    if not is_number(confidence) or not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence = {confidence!r}; expected a number strictly between 0 and 1")
     out = []
     for k, a in enumerate(arrays):
@@ -60,8 +65,7 @@ def _prepare(arrays: Sequence[Sequence[Any]], n_resamples: int, confidence: floa
     for k, arr in enumerate(out[1:], start=1):
         if len(arr) != n:
             raise ValueError(
-                f"arrays[{k}] has {len(arr)} items but arrays[0] has {n}; "
-                "they must be aligned item by item"
+                f"arrays[{k}] has {len(arr)} items but arrays[0] has {n}; they must be aligned item by item"
             )
     if n == 0:
         raise ValueError("the arrays are empty; there is nothing to resample")
@@ -121,11 +125,14 @@ def bootstrap_ci(
 
     `metric_fn` takes the arrays (numpy arrays, resampled along the first axis together) and
     returns a number, or None/NaN when undefined. Deterministic for a fixed `seed`. Raises
-    ValueError on arrays of different lengths, empty arrays, or bad `n_resamples`/`confidence`.
+    ValueError on arrays of different lengths, empty arrays, or a bad `n_resamples`,
+    `confidence` or `seed`.
     """
-    data = _prepare(arrays, n_resamples, confidence)
+    data = _prepare(arrays, n_resamples, confidence, seed)
     estimate = _value(metric_fn(*data))
-    values = np.fromiter((_value(v) for v in _resample(metric_fn, data, n_resamples, seed)), float, n_resamples)
+    values = np.fromiter(
+        (_value(v) for v in _resample(metric_fn, data, n_resamples, seed)), float, n_resamples
+    )
     low, high, used = _interval(values, confidence)
     return BootstrapCI(estimate, low, high, confidence, n_resamples, used, seed)
 
@@ -139,12 +146,12 @@ def bootstrap_cis(
 ) -> dict[str, BootstrapCI]:
     """Like `bootstrap_ci` for a metric that returns several figures at once (a mapping of name
     to number or None, e.g. `lambda g, p: pointwise_agreement(g, p).to_dict()`): one pass over
-    the resamples, one interval per numeric figure of the full-sample result (non-numeric
-    entries such as a confusion matrix are ignored). Each figure skips its own undefined
-    resamples."""
-    data = _prepare(arrays, n_resamples, confidence)
+    the resamples, one interval per figure that is a number on the full sample (non-numeric
+    entries such as a confusion matrix, and figures undefined on the full sample, get none).
+    Each figure skips its own undefined resamples."""
+    data = _prepare(arrays, n_resamples, confidence, seed)
     full = metric_fn(*data)
-    names = [k for k, v in full.items() if v is None or is_number(v)]
+    names = [k for k, v in full.items() if is_number(v) and not is_missing(v)]
     values = np.full((len(names), n_resamples), math.nan)
     for r, result in enumerate(_resample(metric_fn, data, n_resamples, seed)):
         for j, name in enumerate(names):

@@ -29,17 +29,20 @@ only one.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
-from deepfakejudge.metrics._common import Result, as_items, check_aligned, is_number, ratio
+from deepfakejudge.metrics._common import Result, as_items, check_aligned, float_array, is_number, ratio, show
 
 GOLD_LABELS: tuple[str, ...] = ("real", "fake", "edited")
 PREDICTIONS: tuple[str, ...] = ("real", "fake")
 ECE_BINS = 15
+_GOLD_SET = frozenset(GOLD_LABELS)
+_PRED_SET = frozenset((*PREDICTIONS, None))
 
 
 @dataclass(frozen=True)
@@ -91,31 +94,51 @@ class DetectionMetrics(Result):
     probability: ProbabilityMetrics | None = None
 
 
+def _within(items: list[Any], allowed: frozenset) -> bool:
+    """Fast check that every item is one of `allowed` (False on unhashable items too)."""
+    try:
+        return set(items) <= allowed
+    except TypeError:
+        return False
+
+
 def _check_gold(gold: list[Any]) -> None:
+    if _within(gold, _GOLD_SET):
+        return
     for i, g in enumerate(gold):
         if not isinstance(g, str) or g not in GOLD_LABELS:
             raise ValueError(
-                f"gold[{i}] = {g!r} is not a known label; expected one of 'real', 'fake', 'edited'"
+                f"gold[{i}] = {show(g)} is not a known label; expected one of 'real', 'fake', 'edited'"
             )
 
 
 def _check_pred(pred: list[Any]) -> None:
+    if _within(pred, _PRED_SET):
+        return
     for i, p in enumerate(pred):
         if p is not None and (not isinstance(p, str) or p not in PREDICTIONS):
             raise ValueError(
-                f"pred[{i}] = {p!r} is not a known prediction; expected 'real', 'fake' or None "
+                f"pred[{i}] = {show(p)} is not a known prediction; expected 'real', 'fake' or None "
                 "(None marks an unparsable output)"
             )
 
 
-def _check_p_fake(p_fake: list[Any]) -> None:
+def _check_p_fake(p_fake: list[Any]) -> np.ndarray:
+    """p_fake as floats, NaN marking a row without a probability."""
+    fast = float_array(p_fake)
+    if fast is not None:
+        x, n_none = fast
+        ok = ~np.isnan(x)
+        if ok.sum() == len(x) - n_none and np.all((x[ok] >= 0.0) & (x[ok] <= 1.0)):
+            return x
     for i, p in enumerate(p_fake):
         if p is None:
             continue
         if not is_number(p) or math.isnan(p):
-            raise ValueError(f"p_fake[{i}] = {p!r} is not a probability; use None for a row without one")
+            raise ValueError(f"p_fake[{i}] = {show(p)} is not a probability; use None for a row without one")
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p_fake[{i}] = {p!r} is outside [0, 1]")
+            raise ValueError(f"p_fake[{i}] = {show(p)} is outside [0, 1]")
+    return np.array([math.nan if p is None else float(p) for p in p_fake])
 
 
 def _f1(tp: int, fp: int, fn: int) -> float | None:
@@ -138,11 +161,12 @@ def detection_report(
     _check_gold(gold)
     _check_pred(pred)
 
-    confusion = [[0, 0, 0], [0, 0, 0]]
-    column = {"real": 0, "fake": 1, None: 2}
-    for g, p in zip(gold, pred):
-        confusion[0 if g == "real" else 1][column[p]] += 1
-    (rr, rf, rn), (fr, ff, fn_) = confusion
+    gold_arr = np.asarray(gold, dtype=object)
+    pred_arr = np.asarray(pred, dtype=object)
+    gold_fake = gold_arr != "real"
+    pred_col = np.where(pred_arr == "real", 0, np.where(pred_arr == "fake", 1, 2))
+    cells = np.bincount(gold_fake * 3 + pred_col, minlength=6)
+    rr, rf, rn, fr, ff, fn_ = (int(c) for c in cells)  # gold real × (real, fake, none), then gold fake
     n = len(gold)
     n_unparsable = rn + fn_
     # real: TP = rr, FP = fr (fake called real), FN = rf + rn (missed real, "none" included)
@@ -154,17 +178,16 @@ def detection_report(
     if p_fake is not None:
         p_fake = as_items("p_fake", p_fake)
         check_aligned("gold", gold, "p_fake", p_fake)
-        _check_p_fake(p_fake)
-        has = [p is not None for p in p_fake]
-        y = np.array([g != "real" for g, h in zip(gold, has) if h], dtype=bool)
-        s = np.array([p for p in p_fake if p is not None], dtype=float)
+        s = _check_p_fake(p_fake)
+        has = ~np.isnan(s)
+        y, s = gold_fake[has].astype(bool), s[has]
         probability = probability_report(y, s, n_missing=n - len(s))
 
     return DetectionMetrics(
         n=n,
         n_real=rr + rf + rn,
         n_fake=fr + ff + fn_,
-        n_edited=sum(g == "edited" for g in gold),
+        n_edited=int(np.sum(gold_arr == "edited")),
         accuracy=(rr + ff) / n,
         real_precision=ratio(rr, rr + fr),
         real_recall=ratio(rr, rr + rf + rn),

@@ -1,0 +1,352 @@
+"""Local transformers backend for Qwen2-VL / Qwen2.5-VL judges.
+
+The model is loaded once; every call is one batched, left-padded pass (`generate`) or one
+batched forward (`choice_probs`). Sampling settings come only from `GenerationConfig`: the
+checkpoint's generation_config.json (Qwen ships top_k=1, top_p=0.001, repetition_penalty=1.05)
+would otherwise be merged into every `generate` call by transformers and make "greedy" here
+differ from greedy in other engines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .base import (
+    Backend,
+    BackendError,
+    Capabilities,
+    ChatRequest,
+    Generation,
+    GenerationConfig,
+    LoadOptions,
+    TokenStep,
+)
+from .processor import ImageTextProcessor, is_local_model
+
+DTYPES = ("float32", "bfloat16", "float16")
+_DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def resolve_device(device: str):
+    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' checked against this machine."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not _DEVICE_RE.fullmatch(device):
+        raise ValueError(f"device: unknown device '{device}'; use auto, cpu, cuda or cuda:N")
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: '{device}' requested but no CUDA device is available; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device: '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device) -> Any:
+    """'auto' -> bfloat16 on GPU (float16 where bf16 is unsupported), float32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _model_classes() -> dict[str, Any]:
+    # The processor is Qwen2-VL specific (14 px patches, 2x2 merge, <|image_pad|>), so only the
+    # two architectures that share it are accepted.
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+    )
+
+    return {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen2_vl": Qwen2VLForConditionalGeneration}
+
+
+def token_pieces(decode: Callable[[list[int]], str], ids: Sequence[int]) -> list[str]:
+    """Text of each token such that "".join(pieces) == decode(ids).
+
+    Byte-level BPE tokens can split a UTF-8 character; such a token decodes to U+FFFD. Its text
+    is held back and given to the token that completes the character (the earlier ones get "").
+    For byte-level decoders, windows that end on a character boundary decode independently, so
+    the pieces concatenate; any other decoder falls back to cumulative decoding.
+    """
+    pieces: list[str] = []
+    start = 0
+    for i in range(len(ids)):
+        piece = decode(list(ids[start : i + 1]))
+        if piece.endswith("\ufffd") and i + 1 < len(ids):
+            pieces.append("")
+            continue
+        pieces.append(piece)
+        start = i + 1
+    full = decode(list(ids))
+    return pieces if "".join(pieces) == full else _cumulative_pieces(decode, ids, full)
+
+
+def _cumulative_pieces(decode: Callable[[list[int]], str], ids: Sequence[int], full: str) -> list[str]:
+    # Quadratic, so only a fallback: decoders that are not byte-level (e.g. SentencePiece's
+    # leading-space rule) only agree with themselves when given the whole prefix.
+    pieces: list[str] = []
+    done = ""
+    for i in range(len(ids)):
+        text = full if i + 1 == len(ids) else decode(list(ids[: i + 1]))
+        if text.startswith(done) and not (text.endswith("\ufffd") and i + 1 < len(ids)):
+            pieces.append(text[len(done) :])
+            done = text
+        else:
+            pieces.append("")
+    return pieces
+
+
+def _longest_common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if len({s[i] for s in seqs}) > 1:
+            return i
+    return n
+
+
+class HFBackend(Backend):
+    """transformers model in this process. `model` and `processor` are public for tests and for
+    components (training, serving) that need the same loaded objects."""
+
+    name = "hf"
+    capabilities = Capabilities(logprobs=True, choice_probs=True)
+
+    def __init__(self, options: LoadOptions) -> None:
+        from transformers import AutoConfig
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.attn_implementation = options.attn_implementation or "sdpa"
+        # Missing paths fail here with a clear message, before any hub lookup or model load.
+        is_local_model(options.model)
+        if options.adapter is not None:
+            is_local_model(options.adapter)
+        model_type = AutoConfig.from_pretrained(options.model).model_type
+        classes = _model_classes()
+        if model_type not in classes:
+            raise ValueError(
+                f"model '{options.model}': architecture '{model_type}' is not supported by the hf "
+                f"backend (supported: {', '.join(classes)})"
+            )
+        self.processor = ImageTextProcessor.from_pretrained(
+            options.model, options.budget.min_pixels, options.budget.max_pixels
+        )
+        model = classes[model_type].from_pretrained(
+            options.model, dtype=self.dtype, attn_implementation=self.attn_implementation
+        )
+        if options.adapter is not None:
+            model = _load_adapter(model, options.adapter)
+        self.model = model.to(self.device).eval()
+
+        tok = self.processor.tokenizer
+        checkpoint_eos = self.model.generation_config.eos_token_id
+        checkpoint_eos = [checkpoint_eos] if isinstance(checkpoint_eos, int) else list(checkpoint_eos or [])
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = tuple(sorted({im_end, tok.eos_token_id, *checkpoint_eos} - {None}))
+        # Only token ids: see the module docstring for why the checkpoint's sampling is dropped.
+        self.model.generation_config = HFGenerationConfig(
+            eos_token_id=list(self.stop_ids), pad_token_id=self.processor.pad_token_id
+        )
+        self.special_ids = frozenset(
+            i for i, added in tok.added_tokens_decoder.items() if added.special
+        ) | frozenset(tok.all_special_ids)
+        self._piece_cache: dict[int, str] = {}
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v.to(self.device) for k, v in batch.items()}
+        if "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].to(self.dtype)
+        return out
+
+    def _guarded(self, n: int, call: Callable[[], Any]) -> Any:
+        """Run one batch; engine failures become BackendError naming the batch size and a fix."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                return call()
+        except torch.OutOfMemoryError as e:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise BackendError(
+                f"out of memory on {self.device} for a batch of {n} requests; lower --batch-size "
+                f"or --max-pixels ({e})"
+            ) from e
+        except RuntimeError as e:
+            raise BackendError(f"{self.name} backend failed on a batch of {n} requests: {e}") from e
+
+    def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        if config.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
+        if config.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {config.temperature}")
+        if config.top_logprobs < 0:
+            raise ValueError(f"top_logprobs: must be >= 0, got {config.top_logprobs}")
+        if not requests:
+            return []
+        batch = self.processor(requests)
+        sampling = config.temperature > 0
+        # Plain greedy, or plain temperature sampling: transformers would otherwise fill unset
+        # values from its own defaults (top_k=50), so the sampling filters are switched off.
+        warpers = {"temperature": config.temperature, "top_k": 0, "top_p": 1.0} if sampling else {}
+        hf_config = HFGenerationConfig(
+            max_new_tokens=config.max_new_tokens,
+            do_sample=sampling,
+            repetition_penalty=1.0,
+            eos_token_id=list(self.stop_ids),
+            pad_token_id=self.processor.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **warpers,
+        )
+
+        def call():
+            if sampling:
+                torch.manual_seed(config.seed)  # global RNG: HF generate takes no generator
+            return self.model.generate(**self._to_device(batch), generation_config=hf_config)
+
+        out = self._guarded(len(requests), call)
+        new_tokens = out.sequences[:, batch["input_ids"].shape[1] :].tolist()
+        # out.logits: one [batch, vocab] tensor per step, raw (the model's own distribution,
+        # before temperature). Not stacked: at Qwen's 152k vocabulary that would copy gigabytes.
+        return [self._generation(row, ids, out.logits, config.top_logprobs) for row, ids in enumerate(new_tokens)]
+
+    def _generation(self, row: int, ids: list[int], logits: Sequence[Any], top_k: int) -> Generation:
+        import torch
+
+        stop_at = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
+        finish = "stop" if stop_at is not None else "length"
+        ids = ids[:stop_at] if stop_at is not None else ids
+        kept = [i for i, t in enumerate(ids) if t not in self.special_ids]
+        tok = self.processor.tokenizer
+        text = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if not kept:
+            return Generation(text=text, steps=(), finish_reason=finish)
+        kept_ids = [ids[i] for i in kept]
+        logprobs = torch.log_softmax(torch.stack([logits[i][row] for i in kept]).float(), dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(kept_ids, device=logprobs.device)[:, None])[:, 0].tolist()
+        top_vals, top_idx = (
+            logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1) if top_k else (None, None)
+        )
+        top_vals = top_vals.tolist() if top_k else [[] for _ in kept]
+        top_idx = top_idx.tolist() if top_k else [[] for _ in kept]
+        pieces = token_pieces(
+            lambda w: tok.decode(w, skip_special_tokens=False, clean_up_tokenization_spaces=False), kept_ids
+        )
+        steps, offset = [], 0
+        for piece, lp, vals, idx in zip(pieces, chosen, top_vals, top_idx):
+            alternatives = tuple((self._piece(i), v) for i, v in zip(idx, vals))
+            steps.append(TokenStep(offset=offset, token=piece, logprob=lp, top=alternatives))
+            offset += len(piece)
+        if offset != len(text):
+            raise BackendError(
+                f"token offsets do not reconstruct the decoded text ({offset} != {len(text)} chars): "
+                "this tokenizer's decoder cannot attribute text to single tokens"
+            )
+        return Generation(text=text, steps=tuple(steps), finish_reason=finish)
+
+    def _piece(self, token_id: int) -> str:
+        """Decoded text of one vocabulary entry (special tokens shown as themselves), memoised."""
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            piece = self.processor.tokenizer.decode(
+                [token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            self._piece_cache[token_id] = piece
+        return piece
+
+    def heal(self, prefix: str, choices: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Context tokens after the prompt, and the one token of each choice after them.
+
+        The context is the longest common token prefix of tokenise(prefix) and every
+        tokenise(prefix + choice): when the tokenizer merges the end of the prefix with a choice
+        (">A"), the context stops before ">" and the choices are the merged tokens.
+        """
+        base = self.processor.text_ids(prefix)
+        full = [self.processor.text_ids(prefix + c) for c in choices]
+        n = _longest_common_prefix([base, *full])
+        # Distinct strings can still share tokens (NFC-equivalent spellings, or a shared first
+        # token): one next-token distribution cannot tell those apart.
+        firsts = [ids[n] if len(ids) > n else None for ids in full]
+        if None in firsts or len(set(firsts)) != len(firsts):
+            raise ValueError(
+                f"choices: {list(choices)} do not start with distinct tokens after the prefix "
+                f"{prefix[-20:]!r}; their probabilities cannot be told apart from one next token"
+            )
+        multi = [c for c, ids in zip(choices, full) if len(ids) - n != 1]
+        if multi:
+            tokens = [self.processor.tokenizer.convert_ids_to_tokens(ids[n:]) for ids in full]
+            raise ValueError(
+                f"choices: {multi} are not single tokens after the prefix {prefix[-20:]!r} "
+                f"(tokens after the shared context: {tokens}); choice probabilities read one "
+                "next token per choice; use --mode generate"
+            )
+        return base[:n], firsts
+
+    def choice_probs(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float]]:
+        import torch
+
+        if not choices or any(not c for c in choices) or len(set(choices)) != len(choices):
+            raise ValueError(f"choices: need distinct non-empty strings, got {list(choices)}")
+        if not requests:
+            return []
+        healed = [self.heal(r.prefix, choices) for r in requests]
+        batch = self.processor(requests, tails=[context for context, _ in healed])
+        # Left padding puts every context's last token at the last position; keep only its logits.
+        out = self._guarded(len(requests), lambda: self.model(**self._to_device(batch), logits_to_keep=1))
+        probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+        return [
+            {c: float(probs[row, t]) for c, t in zip(choices, ids)} for row, (_, ids) in enumerate(healed)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+        import transformers
+
+        return {
+            "backend": self.name,
+            "model": self.options.model,
+            "adapter": self.options.adapter,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "min_pixels": self.options.budget.min_pixels,
+            "max_pixels": self.options.budget.max_pixels,
+            "attn_implementation": self.attn_implementation,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+
+    def close(self) -> None:
+        import torch
+
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _load_adapter(model: Any, adapter: str) -> Any:
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ImportError(
+            "loading a LoRA adapter needs peft: pip install 'deepfakejudge[lora]'"
+        ) from e
+    # Kept unmerged: exact LoRA arithmetic, and the base weights stay as loaded.
+    return PeftModel.from_pretrained(model, adapter)

@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny random Qwen2.5-VL checkpoint per session, loaded by path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfakejudge.backends.base import LoadOptions, PixelBudget
+from deepfakejudge.backends.tiny import build_tiny_qwen25vl
+
+# Small budget so that the vision tower stays cheap on CPU: at most 64 visual tokens per image.
+TEST_MAX_PIXELS = 64 * 28 * 28
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    from deepfakejudge.backends.hf import HFBackend
+
+    backend = HFBackend(
+        LoadOptions(
+            model=str(tiny_model_dir), device="cpu", budget=PixelBudget(min_pixels=3136, max_pixels=TEST_MAX_PIXELS)
+        )
+    )
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def test_images():
+    """A few small RGB noise images of different shapes (fixed seed), by name."""
+    rng = np.random.default_rng(0)
+    sizes = {"square": (84, 84), "wide": (200, 120), "tall": (90, 160), "tiny": (20, 30), "large": (900, 700)}
+    return {
+        name: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for name, (w, h) in sizes.items()
+    }

@@ -1,0 +1,172 @@
+"""`dfj judge` end to end on the tiny random Qwen2.5-VL, loaded by path as users load real models."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deepfakejudge.cli import main
+
+SMALL = ["--max-pixels", str(16 * 28 * 28), "--device", "cpu", "--max-image-pixels", "50000"]
+RESPONSE = "<reasoning>The fence is smeared in the upper left.</reasoning> <answer>fake</answer>"
+
+
+def rows(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Six good rows plus every kind of bad input the issue lists."""
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(tmp_path / "ok.png")
+    Image.new("RGB", (48, 64), (20, 140, 40)).save(tmp_path / "ok2.jpg")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    Image.new("L", (300, 300)).save(tmp_path / "big.png")
+    base = {"label": "edited", "response": RESPONSE, "response_a": RESPONSE, "response_b": "<reasoning>Looks fine.</reasoning> <answer>real</answer>"}
+    good = [dict(base, id=f"g{i}", image="ok.png" if i % 2 else "ok2.jpg") for i in range(6)]
+    bad = [
+        dict(base, id="missing", image="absent.png"),
+        dict(base, id="corrupt", image="corrupt.png"),
+        dict(base, id="bomb", image="big.png"),
+        dict(base, id="label", image="ok.png", label="deepfake"),
+        dict(base, id="bbox", image="ok.png", artifacts=[{"category": "texture", "bbox": [0, 0, 65, 10], "expression": "x"}]),
+        dict(base, id="empty", image="ok.png", response="   ", response_a=" ", response_b=""),
+        dict(base, id="g0", image="ok.png"),  # duplicate id
+    ]
+    lines = [json.dumps(r).encode() + b"\n" for r in good[:3] + bad] + [b'{"id": "trunc", "image": "ok.png"\n', b'{"id": "bytes", "label": "fake", "response": "\xff\xfe"}\n'] + [json.dumps(r).encode() + b"\n" for r in good[3:]]
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+EXPECTED_ERRORS = {"missing": "image", "corrupt": "image", "bomb": "image", "label": "label",
+                   "bbox": "artifacts[0].bbox"}
+
+
+def _check_results(out: Path, kind: str):
+    got = rows(out)
+    ok = [r for r in got if "error" not in r]
+    err = [r for r in got if "error" in r]
+    assert sorted(r["id"] for r in ok) == [f"g{i}" for i in range(6)]
+    by_id = {r["id"]: r for r in err if r["id"] is not None}
+    assert {k: by_id[k]["field"] for k in EXPECTED_ERRORS} == EXPECTED_ERRORS
+    assert by_id["empty"]["field"] == ("response" if kind == "pointwise" else "response_a")
+    anonymous = sorted(r["error"].split(":")[0] for r in err if r["id"] is None)
+    assert anonymous == ["duplicate id 'g0' (first on line 1)", "malformed JSON", "not UTF-8 (byte 46 of the line)"]
+    assert all(r["where"].startswith(str(out.parent / "data.jsonl") + ":") for r in err)
+    return ok, err
+
+
+def test_pointwise_generate_end_to_end(tiny_model_dir, dataset, tmp_path, capsys):
+    out = tmp_path / "pw.jsonl"
+    argv = ["judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(out),
+            "--batch-size", "4", "--max-new-tokens", "24", "--json", *SMALL]
+    assert main(argv) == 1  # errors present, no --allow-errors
+    summary = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
+    ok, err = _check_results(out, "pointwise")
+    assert summary["judged"] == 6 and summary["errors"] == len(err) == 9
+    assert summary["unparsable"] == sum(r["score"] is None for r in ok)
+    for r in ok:
+        assert r["raw"] is not None
+        if r["score"] is None:  # a random model rarely writes a tag: nothing may be invented
+            assert r["probs"] is None and r["expected_score"] is None
+        else:
+            assert r["score"] in range(1, 6) and sum(r["probs"].values()) == pytest.approx(1.0)
+    side = json.loads((tmp_path / "pw.summary.json").read_text())
+    assert side["settings"]["template_sha256"] and side["settings"]["pixel_budget"] == {"min_pixels": 3136, "max_pixels": 12544}
+    assert side["backend"]["model"] == str(tiny_model_dir) and side["backend"]["device"] == "cpu"
+    assert side["provenance"]["deepfakejudge"] and side["provenance"]["date"]
+    # rerun: everything is already there, nothing is judged again, exit code kept, with --allow-errors 0
+    assert main(argv + ["--allow-errors"]) == 0
+    assert json.loads(capsys.readouterr().out)["this_run"]["judged"] == 0
+    assert len(rows(out)) == 15
+
+
+def test_pointwise_score_only(tiny_model_dir, dataset, tmp_path, capsys):
+    out = tmp_path / "so.jsonl"
+    code = main(["judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(out),
+                 "--mode", "score-only", "--allow-errors", "--json", *SMALL])
+    assert code == 0
+    ok, _ = _check_results(out, "pointwise")
+    for r in ok:
+        probs = [r["probs"][k] for k in "12345"]
+        assert r["score"] == 1 + probs.index(max(probs)) and r["raw"] is None
+        assert r["expected_score"] == pytest.approx(sum((k + 1) * p for k, p in enumerate(probs)))
+        assert 0 < r["choice_mass"] <= 1
+
+
+def test_pairwise_both_orders_and_one_order(tiny_model_dir, dataset, tmp_path, capsys):
+    out = tmp_path / "pr.jsonl"
+    assert main(["judge", "pairwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(out),
+                 "--mode", "score-only", "--json", *SMALL]) == 1
+    ok, _ = _check_results(out, "pairwise")
+    for r in ok:
+        first, second = r["orders"]
+        assert (first["swapped"], second["swapped"]) == (False, True)
+        assert r["p_a"] == pytest.approx((first["p_a"] + 1 - second["p_a"]) / 2)
+        assert r["choice"] == ("A" if r["p_a"] > 0.5 else "B")
+        assert r["agree"] == (first["choice"] != second["choice"])
+    one = tmp_path / "one.jsonl"
+    assert main(["judge", "pairwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(one),
+                 "--one-order", "--max-new-tokens", "8", "--allow-errors", *SMALL]) == 0
+    ok, _ = _check_results(one, "pairwise")
+    assert all(len(r["orders"]) == 1 and r["agree"] is None for r in ok)
+
+
+def test_template_file_is_used_and_hashed(tiny_model_dir, dataset, tmp_path, capsys):
+    template = tmp_path / "t.txt"
+    template.write_bytes(b"Class {ground_truth_label}.\r\nRate: {candidate_response}\r\n<score>{integer score from 1 to 5}</score>")
+    out = tmp_path / "t.jsonl"
+    assert main(["judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(out),
+                 "--template", str(template), "--mode", "score-only", "--limit", "2", "--allow-errors", *SMALL]) == 0
+    side = json.loads((tmp_path / "t.summary.json").read_text())
+    import hashlib
+    assert side["settings"]["template_sha256"] == hashlib.sha256(template.read_bytes()).hexdigest()
+    assert side["settings"]["template"] == str(template)
+    assert side["judged"] == 2  # --limit
+
+
+def test_usage_errors_name_the_argument(tiny_model_dir, dataset, tmp_path, capsys):
+    base = ["judge", "pointwise", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x.jsonl")]
+    assert main(base + ["--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(base + ["--data", str(dataset), "--max-pixels", "10"]) == 2
+    assert "max_pixels" in capsys.readouterr().err
+    assert main(base + ["--data", str(dataset), "--template", str(tmp_path / "none.txt")]) == 2
+    assert "--template" in capsys.readouterr().err
+    assert main(["judge", "pointwise", "--model", str(tmp_path / "no-model"), "--data", str(dataset),
+                 "--out", str(tmp_path / "y.jsonl"), *SMALL]) == 2
+    assert "no-model" in capsys.readouterr().err
+
+
+def test_sigkill_and_resume_judges_every_id_exactly_once(tiny_model_dir, tmp_path):
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "a.png")
+    n = 14
+    (tmp_path / "d.jsonl").write_text("".join(
+        json.dumps({"id": f"k{i}", "image": "a.png", "label": "fake", "response": RESPONSE}) + "\n" for i in range(n)))
+    out = tmp_path / "k.jsonl"
+    cmd = [sys.executable, "-m", "deepfakejudge", "judge", "pointwise", "--model", str(tiny_model_dir),
+           "--data", str(tmp_path / "d.jsonl"), "--out", str(out), "--batch-size", "1",
+           "--max-new-tokens", "48", *SMALL]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = len(rows(out)) if out.read_bytes().endswith(b"\n") else None
+    assert before is None or 3 <= before < n, "the kill must land mid-run"
+    # Simulate the worst case too: a torn, half-written last line.
+    with out.open("ab") as fh:
+        fh.write(b'{"id": "k99", "sco')
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ids = [r["id"] for r in rows(out)]
+    assert sorted(ids) == sorted(f"k{i}" for i in range(n)) and len(ids) == n
