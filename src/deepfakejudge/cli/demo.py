@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="skip the released judges; use a tiny random model")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=None, help="judge at most N items per task")
-    p.add_argument("--mode", default="generate", choices=("generate", "score-only"))
+    p.add_argument("--mode", default=None, choices=("generate", "score-only"),
+                   help="default: generate with the released judges; score-only on the tiny stand-in, "
+                        "whose random weights never write a score tag")
     p.set_defaults(run=run)
 
 
@@ -83,10 +85,11 @@ def run(args: argparse.Namespace) -> int:
         if not (tiny / "config.json").is_file():
             build_tiny_qwen25vl(tiny)
         models = {kind: str(tiny) for kind in RELEASED}
+    mode = args.mode or ("score-only" if meaningless else "generate")
     status = 0
     for kind in ("pointwise", "pairwise"):
         argv = ["judge", kind, "--model", models[kind], "--data", str(examples / f"{kind}.jsonl"),
-                "--out", str(out / f"{kind}.jsonl"), "--device", args.device, "--mode", args.mode]
+                "--out", str(out / f"{kind}-{mode}.jsonl"), "--device", args.device, "--mode", mode]
         if args.limit is not None:
             argv += ["--limit", str(args.limit)]
         from . import build_parser
