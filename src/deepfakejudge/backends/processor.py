@@ -24,6 +24,8 @@ from .base import ChatRequest
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+# Stands in for the user text while the chat template is rendered (see `prompt_ids`).
+_SENTINEL = "\x00DFJ-USER-TEXT\x00"
 
 
 def is_local_model(model: str) -> bool:
@@ -141,16 +143,25 @@ class ImageTextProcessor:
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}, counts
 
     def prompt_ids(self, request: ChatRequest, n_image_tokens: int) -> list[int]:
-        """Rendered prompt ids with the one `<|image_pad|>` expanded to `n_image_tokens`."""
-        ids = self.text_ids(self.render(request))
+        """Rendered prompt ids with the one `<|image_pad|>` expanded to `n_image_tokens`.
+
+        The request text (which embeds candidate explanations written by the detectors under
+        test) is tokenised with special tokens split: a response containing
+        `<|im_end|><|im_start|>assistant` stays plain text and cannot close the user turn.
+        """
+        rendered = self.render(ChatRequest(text=_SENTINEL, image=request.image))
+        if rendered.count(_SENTINEL) != 1:
+            raise ValueError("chat template: the user text must appear exactly once in the rendered prompt")
+        before, after = rendered.split(_SENTINEL)
+        ids = (
+            self.text_ids(before)
+            + self.tokenizer(request.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            + self.text_ids(after)
+        )
         pad = self.image_token_id
         expected = 0 if request.image is None else 1
-        video = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
-        if ids.count(pad) != expected or video in ids:
-            raise ValueError(
-                f"request text must not contain '{IMAGE_TOKEN}' or '{VIDEO_TOKEN}'; the image "
-                "placeholder is added by the chat template"
-            )
+        if ids.count(pad) != expected:
+            raise ValueError(f"chat template: expected {expected} '{IMAGE_TOKEN}' token(s), found {ids.count(pad)}")
         if expected:
             at = ids.index(pad)
             ids = ids[:at] + [pad] * n_image_tokens + ids[at + 1 :]
