@@ -437,3 +437,57 @@ def test_special_tokens_in_request_text_stay_plain_text(tiny_backend, test_image
     # and the call goes through instead of failing the item
     (gen,) = tiny_backend.generate([ChatRequest(injection, test_images["square"])], GenerationConfig(max_new_tokens=2))
     assert gen.finish_reason in ("stop", "length")
+
+
+def test_each_image_is_encoded_once_and_cached(tiny_model_dir, test_images, monkeypatch):
+    from deepfakejudge.backends.hf import HFBackend
+
+    backend = HFBackend(LoadOptions(model=str(tiny_model_dir), device="cpu",
+                                    budget=PixelBudget(min_pixels=3136, max_pixels=TEST_MAX_PIXELS)))
+    encoded = []
+    real = backend.model.get_image_features
+
+    def counting(pixel_values, grid, **kw):
+        encoded.append(len(grid))
+        return real(pixel_values, grid, **kw)
+
+    monkeypatch.setattr(backend.model, "get_image_features", counting)
+    img = test_images["square"]
+    same = [ChatRequest(f"q{i}", img, image_key="k1") for i in range(3)]
+    other = ChatRequest("q", test_images["wide"], image_key="k2")
+    first = backend.choice_probs(same + [other], ["A", "B"])
+    assert encoded == [2]  # three requests on one image + one other image: two encodings
+    again = backend.choice_probs(same, ["A", "B"])
+    assert encoded == [2]  # all cached: the vision tower did not run
+    assert backend.vision_cache.stats()["hits"] == 1 and backend.vision_cache.stats()["entries"] == 2
+    for a, b in zip(first, again):
+        assert a == pytest.approx(b, abs=1e-6)
+    # The cached path equals a plain forward from pixels.
+    batch = backend.processor([same[0]], tails=[backend.heal("", ["A", "B"])[0]])
+    import torch
+
+    with torch.inference_mode():
+        logits = backend.model(**batch, logits_to_keep=1).logits[0, -1].float()
+    probs = torch.softmax(logits, -1)
+    ids = backend.heal("", ["A", "B"])[1]
+    assert [first[0]["A"], first[0]["B"]] == pytest.approx([float(probs[i]) for i in ids], abs=1e-5)
+    # Requests without a content key share an encoding only within one call.
+    backend.choice_probs([ChatRequest("x", img), ChatRequest("y", img)], ["A", "B"])
+    assert encoded == [2, 1]
+
+
+def test_vision_cache_evicts_least_recently_used():
+    import torch
+
+    from deepfakejudge.backends.vision_cache import VisionCache
+
+    cache = VisionCache(max_bytes=3 * 40)  # room for three 10-float32 entries
+    for k in "abc":
+        cache.put(k, torch.zeros(10), torch.tensor([1, 2, 2]))
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("d", torch.zeros(10), torch.tensor([1, 2, 2]))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("d") is not None
+    cache.put("huge", torch.zeros(100), torch.tensor([1, 2, 2]))  # larger than the budget: not kept
+    assert cache.get("huge") is None and cache.stats()["entries"] == 3
+    with pytest.raises(ValueError, match="max_bytes"):
+        VisionCache(-1)

@@ -10,18 +10,21 @@ from .base import (
     MIN_PIXELS,
     Backend,
     BackendError,
+    BackendUnavailable,
     Capabilities,
     ChatRequest,
     Generation,
     GenerationConfig,
     LoadOptions,
     PixelBudget,
+    RemoteOptions,
     TokenStep,
 )
 
 # name -> (module, class, extra that installs it). Imported on use: heavy engines stay optional.
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "hf": ("deepfakejudge.backends.hf", "HFBackend", "hf"),
+    "openai": ("deepfakejudge.backends.openai", "OpenAIBackend", "openai"),
 }
 
 
@@ -45,12 +48,14 @@ __all__ = [
     "MIN_PIXELS",
     "Backend",
     "BackendError",
+    "BackendUnavailable",
     "Capabilities",
     "ChatRequest",
     "Generation",
     "GenerationConfig",
     "LoadOptions",
     "PixelBudget",
+    "RemoteOptions",
     "TokenStep",
     "load_backend",
 ]

@@ -62,6 +62,12 @@ class GenerationConfig:
     temperature: float = 0.0
     top_logprobs: int = 20
     seed: int = 0
+    # Re-asks are a judge setting, not an engine one (backends ignore them): an output with no
+    # parsable answer is asked again, at most `reasks` more times, sampled at
+    # `reask_temperature` with seed `seed + attempt` (greedy would only repeat itself), and
+    # replaced only by an output that parses. 0 (the default) keeps every run greedy.
+    reasks: int = 0
+    reask_temperature: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,14 @@ class Backend(abc.ABC):
     - `describe()` returns provenance (model id/path, adapter, dtype, device, pixel budget).
 
     Backends raise `ValueError` for bad arguments and `BackendError` for a request that failed;
-    they never return an error message in place of model output.
+    they never return an error message in place of model output. `BackendUnavailable` means
+    the engine cannot be reached at all (a server that is down): it stops the run, which a
+    rerun resumes.
+
+    `generate_each` / `choice_probs_each` are the per-request forms: one result per request,
+    a failed request giving its `BackendError` in place of a result. The defaults make one
+    call for the whole batch (a failure fails the batch); engines whose requests fail
+    independently (HTTP) override them so that one failure costs one row.
     """
 
     name: str = "base"
@@ -98,6 +111,16 @@ class Backend(abc.ABC):
             f"backend '{self.name}' cannot read choice probabilities; use --mode generate"
         )
 
+    def generate_each(
+        self, requests: Sequence[ChatRequest], config: GenerationConfig
+    ) -> list[Generation | BackendError]:
+        return list(self.generate(requests, config))
+
+    def choice_probs_each(
+        self, requests: Sequence[ChatRequest], choices: Sequence[str]
+    ) -> list[dict[str, float] | BackendError]:
+        return list(self.choice_probs(requests, choices))
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         ...
@@ -108,6 +131,29 @@ class Backend(abc.ABC):
 
 class BackendError(RuntimeError):
     """A model call failed for one batch or request (out of memory, server error...)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The engine cannot be reached at all (connection refused, rate limit never lifted).
+
+    Not a `BackendError`: per-item isolation must not turn a dead server into an error row for
+    every item. The run stops; rerunning the same command resumes it. `partial` holds the
+    results that did arrive (aligned with the requests, None where missing) so that a cache
+    can keep them.
+    """
+
+    def __init__(self, message: str, partial: Sequence[Any] | None = None) -> None:
+        super().__init__(message)
+        self.partial = list(partial) if partial is not None else None
+
+
+def raise_failures(results: Sequence[Any]) -> list[Any]:
+    """`results` of a `*_each` call, or the first `BackendError` in them raised (the
+    all-or-nothing form of the contract)."""
+    failed = [r for r in results if isinstance(r, BackendError)]
+    if failed:
+        raise BackendError(f"{len(failed)} of {len(results)} requests failed; first: {failed[0]}") from failed[0]
+    return list(results)
 
 
 @dataclass(frozen=True)
@@ -133,3 +179,35 @@ class LoadOptions:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     budget: PixelBudget = field(default_factory=PixelBudget)
     attn_implementation: str | None = None  # None: sdpa on GPU, eager-free default on CPU
+    # Visual embeddings kept per image (content hash + budget) so each image is encoded once;
+    # 0 keeps none across calls (images are still encoded once per call).
+    vision_cache_mb: int = 1024
+    remote: RemoteOptions = field(default_factory=lambda: RemoteOptions())
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How to reach an OpenAI-compatible server (`--backend openai`); local backends ignore it.
+
+    The API key is never held here: only the name of the environment variable that has it, so
+    options can be logged and recorded without leaking it.
+    """
+
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout: float = 120.0
+    max_retries: int = 5
+    top_logprobs: int = 20  # alternatives asked for when reading choice probabilities
+    prefill: str = "auto"  # auto | on | off: continue a prefilled assistant message
+    backoff_base: float = 0.5  # seconds; doubled per retry, with jitter, capped at backoff_cap
+    backoff_cap: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, low in (("concurrency", 1), ("max_retries", 0), ("top_logprobs", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if not self.timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+        if self.prefill not in ("auto", "on", "off"):
+            raise ValueError(f"--prefill must be auto, on or off, got {self.prefill!r}")

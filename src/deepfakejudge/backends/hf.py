@@ -24,6 +24,7 @@ from .base import (
     TokenStep,
 )
 from .processor import ImageTextProcessor, is_local_model
+from .vision_cache import VisionCache
 
 DTYPES = ("float32", "bfloat16", "float16")
 _DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
@@ -123,7 +124,6 @@ class HFBackend(Backend):
 
     def __init__(self, options: LoadOptions) -> None:
         from transformers import AutoConfig
-        from transformers import GenerationConfig as HFGenerationConfig
 
         self.options = options
         self.device = resolve_device(options.device)
@@ -148,8 +148,40 @@ class HFBackend(Backend):
         )
         if options.adapter is not None:
             model = _load_adapter(model, options.adapter)
-        self.model = model.to(self.device).eval()
+        self._attach(model.to(self.device).eval())
 
+    @classmethod
+    def from_loaded(cls, model: Any, processor: ImageTextProcessor, options: LoadOptions) -> HFBackend:
+        """Wrap a model and processor already in memory, without reading a checkpoint.
+
+        For benchmarks at real shapes with random weights (saving and reloading 7B of weights would
+        cost more than the measurement) and for components that hold a loaded model. Device and
+        dtype are the model's; `options` gives the pixel budget (which must be the processor's),
+        the vision cache size and what `describe()` records as the model. The model's
+        `generation_config` is replaced, as when loading.
+        """
+        size = processor.image_processor.size  # the cache key holds the budget: they must agree
+        if (size.shortest_edge, size.longest_edge) != (options.budget.min_pixels, options.budget.max_pixels):
+            raise ValueError(
+                f"options.budget ({options.budget.min_pixels}, {options.budget.max_pixels}) differs from the "
+                f"processor's pixel budget ({size.shortest_edge}, {size.longest_edge}); build the processor "
+                "with ImageTextProcessor.from_pretrained(path, min_pixels, max_pixels) of the same budget"
+            )
+        backend = cls.__new__(cls)
+        backend.options = options
+        backend.device = model.device
+        backend.dtype = model.dtype
+        backend.attn_implementation = model.config._attn_implementation
+        backend.processor = processor
+        backend._attach(model.eval())
+        return backend
+
+    def _attach(self, model: Any) -> None:
+        """Make `model` (on its device, in eval mode) this backend's model: stop tokens, plain
+        generation settings, caches."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        self.model = model
         tok = self.processor.tokenizer
         checkpoint_eos = self.model.generation_config.eos_token_id
         checkpoint_eos = [checkpoint_eos] if isinstance(checkpoint_eos, int) else list(checkpoint_eos or [])
@@ -163,14 +195,64 @@ class HFBackend(Backend):
             i for i, added in tok.added_tokens_decoder.items() if added.special
         ) | frozenset(tok.all_special_ids)
         self._piece_cache: dict[int, str] = {}
+        self.vision_cache = VisionCache(self.options.vision_cache_mb * 2**20)
 
     # -- calls -----------------------------------------------------------------------------------
 
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v.to(self.device) for k, v in batch.items()}
-        if "pixel_values" in out:
-            out["pixel_values"] = out["pixel_values"].to(self.dtype)
-        return out
+    def _encode_images(self, requests: Sequence[ChatRequest]) -> tuple[dict[str, Any], list[int]]:
+        """Visual embeddings for the requests' images, each distinct image encoded once.
+
+        Images are identified by `image_key` (content hash) and the pixel budget; cached ones
+        skip both preprocessing and the vision tower. Returns model kwargs
+        (`image_grid_thw`, `mm_encoder_outputs`) and the visual token count per request.
+        """
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        budget = (self.options.budget.min_pixels, self.options.budget.max_pixels)
+        # Without a content key an image is only shared within this call (same object).
+        keys = [
+            None if r.image is None else (r.image_key, *budget) if r.image_key else ("object", id(r.image))
+            for r in requests
+        ]
+        found: dict[Any, tuple[Any, Any]] = {}
+        todo: dict[Any, Any] = {}
+        for key, request in zip(keys, requests):
+            if key is None or key in found or key in todo:
+                continue
+            hit = self.vision_cache.get(key) if key[0] != "object" else None
+            if hit is not None:
+                found[key] = hit
+            else:
+                todo[key] = request.image
+        if todo:
+            pixels, _ = self.processor.image_inputs([ChatRequest(text="", image=img) for img in todo.values()])
+            grids = pixels["image_grid_thw"]
+            features = self.model.get_image_features(
+                pixels["pixel_values"].to(self.device, self.dtype), grids.to(self.device), return_dict=True
+            ).pooler_output
+            for key, embeds, grid in zip(todo, features, grids):
+                found[key] = (embeds, grid)
+                if key[0] != "object":
+                    self.vision_cache.put(key, embeds, grid)
+        merge = self.processor.image_processor.merge_size ** 2
+        counts = [0 if key is None else int(found[key][1].prod()) // merge for key in keys]
+        used = [found[key] for key in keys if key is not None]
+        if not used:
+            return {}, counts
+        kwargs = {
+            "image_grid_thw": torch.stack([grid for _, grid in used]).to(self.device),
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=tuple(e for e, _ in used))},
+        }
+        return kwargs, counts
+
+    def _inputs(self, requests: Sequence[ChatRequest], tails: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+        """Device-ready model kwargs for a batch (inside `_guarded`: encoding can run out of memory)."""
+        vision = self._encode_images(requests)
+        batch = self.processor(requests, tails=tails, vision=vision)
+        import torch
+
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _guarded(self, n: int, call: Callable[[], Any]) -> Any:
         """Run one batch; engine failures become BackendError naming the batch size and a fix."""
@@ -201,7 +283,6 @@ class HFBackend(Backend):
             raise ValueError(f"top_logprobs: must be >= 0, got {config.top_logprobs}")
         if not requests:
             return []
-        batch = self.processor(requests)
         sampling = config.temperature > 0
         # Plain greedy, or plain temperature sampling: transformers would otherwise fill unset
         # values from its own defaults (top_k=50), so the sampling filters are switched off.
@@ -218,12 +299,13 @@ class HFBackend(Backend):
         )
 
         def call():
+            batch = self._inputs(requests)
             if sampling:
                 torch.manual_seed(config.seed)  # global RNG: HF generate takes no generator
-            return self.model.generate(**self._to_device(batch), generation_config=hf_config)
+            return batch["input_ids"].shape[1], self.model.generate(**batch, generation_config=hf_config)
 
-        out = self._guarded(len(requests), call)
-        new_tokens = out.sequences[:, batch["input_ids"].shape[1] :].tolist()
+        prompt_length, out = self._guarded(len(requests), call)
+        new_tokens = out.sequences[:, prompt_length:].tolist()
         # out.logits: one [batch, vocab] tensor per step, raw (the model's own distribution,
         # before temperature). Not stacked: at Qwen's 152k vocabulary that would copy gigabytes.
         return [self._generation(row, ids, out.logits, config.top_logprobs) for row, ids in enumerate(new_tokens)]
@@ -308,9 +390,9 @@ class HFBackend(Backend):
         if not requests:
             return []
         healed = [self.heal(r.prefix, choices) for r in requests]
-        batch = self.processor(requests, tails=[context for context, _ in healed])
+        tails = [context for context, _ in healed]
         # Left padding puts every context's last token at the last position; keep only its logits.
-        out = self._guarded(len(requests), lambda: self.model(**self._to_device(batch), logits_to_keep=1))
+        out = self._guarded(len(requests), lambda: self.model(**self._inputs(requests, tails), logits_to_keep=1))
         probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
         return [
             {c: float(probs[row, t]) for c, t in zip(choices, ids)} for row, (_, ids) in enumerate(healed)
@@ -337,6 +419,7 @@ class HFBackend(Backend):
         import torch
 
         self.model = None
+        self.vision_cache.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -181,12 +181,16 @@ class ImageTextProcessor:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def __call__(
-        self, requests: Sequence[ChatRequest], tails: Sequence[Sequence[int]] | None = None
+        self,
+        requests: Sequence[ChatRequest],
+        tails: Sequence[Sequence[int]] | None = None,
+        vision: tuple[dict[str, Any], list[int]] | None = None,
     ) -> dict[str, Any]:
         """Model inputs for a batch: prompt ids + tail ids per request, left padded.
 
         `tails` defaults to each request's tokenised `prefix`; `choice_probs` passes the shared
-        context tokens instead.
+        context tokens instead. `vision` is what `image_inputs` returns, or already-encoded
+        images (`image_grid_thw` + `mm_encoder_outputs`, and the visual token counts).
         """
         if not requests:
             raise ValueError("requests: empty batch")
@@ -194,7 +198,7 @@ class ImageTextProcessor:
             tails = [self.text_ids(r.prefix) for r in requests]
         if len(tails) != len(requests):
             raise ValueError(f"tails: {len(tails)} given for {len(requests)} requests")
-        vision, counts = self.image_inputs(requests)
+        vision, counts = self.image_inputs(requests) if vision is None else vision
         sequences = [self.prompt_ids(r, n) + list(t) for r, n, t in zip(requests, counts, tails)]
         batch = self.pad_left(sequences)
         if vision:

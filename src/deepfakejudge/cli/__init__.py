@@ -9,9 +9,13 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import data, demo, judge
+from ..backends.base import BackendUnavailable
+from . import data, demo, judge, serve
+from . import export, meta_eval, train
+from . import detect, reason
+from . import annotate
 
-COMMANDS = (judge, data, demo)
+COMMANDS = (judge, data, demo, serve, train, export, meta_eval, detect, reason, annotate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dfj {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BackendUnavailable as exc:
+        # The model server is down or never stops rate limiting: rows so far are kept.
+        if os.environ.get("DFJ_DEBUG"):
+            raise
+        print(f"dfj {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"dfj {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

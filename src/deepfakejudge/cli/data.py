@@ -1,4 +1,5 @@
-"""`dfj data validate|stats`: check a dataset row by row, or describe it."""
+"""`dfj data validate|stats|convert`: check a dataset row by row, describe it, or write it for
+another trainer (ms-swift, LLaMA-Factory)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS)
     v.set_defaults(run=validate)
     s.set_defaults(run=stats)
+    add_convert(verbs)
 
 
 def _templates(paths: list[str]):
@@ -84,3 +86,40 @@ def stats(args: argparse.Namespace) -> int:
             lines.append(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
     emit(summary, args.json, lines)
     return 0
+
+
+def add_convert(verbs: argparse._SubParsersAction) -> None:
+    c = verbs.add_parser("convert", help="write judge training rows for ms-swift or LLaMA-Factory")
+    c.add_argument("data", help="canonical or ms-swift JSONL, or a split folder with data.jsonl")
+    c.add_argument("--to", required=True, choices=("msswift", "llamafactory"), help="target trainer's format")
+    c.add_argument("--out", required=True, help="output JSONL (LLaMA-Factory: dataset_info.json is written beside it)")
+    c.add_argument("--kind", choices=("pointwise", "pairwise"), default=None,
+                   help="judge kind (default: pairwise if the first row has response_a, else pointwise)")
+    c.add_argument("--template", default=None, help="prompt template (default: the project's own); also reads ms-swift rows")
+    c.add_argument("--name", default=None, help="LLaMA-Factory dataset name (default: the output file's stem)")
+    c.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows could not be converted")
+    c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    c.set_defaults(run=convert)
+
+
+def convert(args: argparse.Namespace) -> int:
+    from ..prompts import resolve_template
+    from ..train.formats import convert as convert_rows
+
+    if args.kind:
+        readers = (resolve_template(args.template, args.kind),)
+    else:
+        readers = _templates([args.template] if args.template else [])
+    dataset = load_records(args.data, templates=readers)
+    kind = args.kind or ("pairwise" if dataset.samples and dataset.samples[0].response_a is not None else "pointwise")
+    template = resolve_template(args.template, kind)
+    written, errors, info = convert_rows(dataset.samples, template, args.out, args.to, args.name)
+    problems = [str(e) for e in (*dataset.errors, *errors)]
+    for line in problems:
+        print(line, file=sys.stderr)
+    summary = {"data": str(dataset.path), "out": args.out, "to": args.to, "kind": kind, "rows": written,
+               "problems": len(problems), "dataset_info": None if info is None else str(info),
+               "template_sha256": template.sha256}
+    emit(summary, args.json, [f"{dataset.path} -> {args.out} ({args.to}, {kind}): {written} rows, "
+                              f"{len(problems)} problem(s)" + (f"; registered in {info}" if info else "")])
+    return 1 if problems and not args.allow_errors else 0

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 
-from ..backends import GenerationConfig, PixelBudget
+from ..backends import GenerationConfig
 from ..data import load_records
 from ..judge import MODES, PairwiseJudge, PointwiseJudge
 from ..judge.runner import RunResult, run_judge
 from ..prompts import resolve_template
-from .options import add_model_options, add_run_options, backend_from_args, emit, progress
+from ..train.record import TrainedJudge, find_trained_judge
+from .options import add_model_options, add_run_options, backend_from_args, emit, pixel_budget, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,9 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def judge_command(args: argparse.Namespace) -> RunResult:
-    template = resolve_template(args.template, args.kind)
+    # A trained judge (--adapter DIR, or an exported --model DIR) is used with the template and
+    # pixel budget it was trained with, unless --template / --min-pixels / --max-pixels say otherwise.
+    trained = trained_judge(args)
+    template = trained.template if trained and args.template is None else resolve_template(args.template, args.kind)
     # Validate cheap arguments before loading a model.
-    budget = PixelBudget(args.min_pixels, args.max_pixels)
+    budget = pixel_budget(args, trained.budget if trained else None)
+    args.min_pixels, args.max_pixels = budget.min_pixels, budget.max_pixels  # what the backend loads with
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     dataset = load_records(args.data, templates=(template,))
@@ -65,7 +71,7 @@ def judge_command(args: argparse.Namespace) -> RunResult:
     def batches(samples):
         nonlocal backend
         backend = backend_from_args(args)
-        generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+        generation = GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks)
         common = dict(template=template, mode=args.mode, generation=generation,
                       max_image_pixels=args.max_image_pixels)
         if args.kind == "pointwise":
@@ -78,6 +84,7 @@ def judge_command(args: argparse.Namespace) -> RunResult:
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "pixel_budget": asdict(budget),
+        "trained_judge": None if trained is None else str(trained.path),
         **template.provenance(),
     }
     try:
@@ -95,3 +102,15 @@ def judge_command(args: argparse.Namespace) -> RunResult:
     finally:
         if backend is not None:
             backend.close()
+
+
+def trained_judge(args: argparse.Namespace) -> TrainedJudge | None:
+    trained = find_trained_judge(args.adapter, args.model)
+    if trained is None:
+        return None
+    if trained.kind != args.kind:
+        raise ValueError(f"--adapter {trained.path}: trained as a {trained.kind} judge; use dfj judge {trained.kind}")
+    if args.template is not None and resolve_template(args.template, args.kind).sha256 != trained.template.sha256:
+        print(f"dfj judge: warning: --template {args.template} is not the template {trained.path} was trained "
+              f"with ({trained.template.sha256[:12]}…); scores may suffer", file=sys.stderr)
+    return trained

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..backends import BACKENDS, Backend, LoadOptions, PixelBudget, load_backend
+from ..backends import BACKENDS, Backend, LoadOptions, PixelBudget, RemoteOptions, load_backend
+from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..data.images import MAX_IMAGE_PIXELS
 
@@ -22,8 +24,37 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapter", default=None, help="LoRA adapter folder to apply on top of --model")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-    g.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help=f"image pixel budget, lower end (default {MIN_PIXELS}, as in training)")
-    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"image pixel budget, upper end (default {MAX_PIXELS}, as in training)")
+    # Default None: the budget a trained --adapter recorded wins over the built-in one (see pixel_budget).
+    g.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default: the adapter's training budget, else {MIN_PIXELS})")
+    g.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default: the adapter's training budget, else {MAX_PIXELS})")
+    g.add_argument("--vision-cache-mb", type=int, default=1024,
+                   help="keep visual embeddings of up to this many MB so each image is encoded once (hf backend; 0: off)")
+    add_remote_options(p)
+
+
+def add_remote_options(p: argparse.ArgumentParser) -> None:
+    """--backend openai settings, the request cache and re-asks: every model command gets them."""
+    r = p.add_argument_group("remote model (--backend openai)")
+    r.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    r.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
+                   help="environment variable holding the API key (default OPENAI_API_KEY; the key itself is never recorded)")
+    r.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
+    r.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default 120)")
+    r.add_argument("--max-retries", type=int, default=5,
+                   help="retries on 429/5xx/timeouts/dropped connections, exponential backoff with jitter (default 5)")
+    r.add_argument("--top-logprobs", type=int, default=20,
+                   help="alternatives asked for when reading choice probabilities (default 20, OpenAI's maximum; "
+                        "vLLM allows up to its --max-logprobs)")
+    r.add_argument("--prefill", choices=("auto", "on", "off"), default="auto",
+                   help="continue a prefilled assistant message (needed by --mode score-only); auto: on for vLLM, "
+                        "SGLang and dfj serve, detected from /v1/models")
+    c = p.add_argument_group("request cache and re-asks")
+    c.add_argument("--cache", default=None, metavar="PATH",
+                   help="SQLite request cache: a rerun costs no model call for what it holds (default for --backend "
+                        "openai: $DFJ_CACHE or ~/.cache/deepfakejudge/requests.sqlite; local backends: off unless given)")
+    c.add_argument("--no-cache", action="store_true", help="do not read or write the request cache")
+    c.add_argument("--reasks", type=int, default=0,
+                   help="ask again, sampled, at most N times when an output has no parsable answer (default 0)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -44,9 +75,45 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
         adapter=args.adapter,
         device=args.device,
         dtype=args.dtype,
-        budget=PixelBudget(args.min_pixels, args.max_pixels),
+        budget=pixel_budget(args),
+        vision_cache_mb=args.vision_cache_mb,
+        remote=RemoteOptions(
+            base_url=args.base_url,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            top_logprobs=args.top_logprobs,
+            prefill=args.prefill,
+        ),
     )
-    return load_backend(args.backend, options)
+    path = cache_path(args)
+    cache = RequestCache(path) if path is not None else None  # a bad --cache fails before a model loads
+    try:
+        backend = load_backend(args.backend, options)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
+    return backend if cache is None else CachedBackend(backend, cache)
+
+
+def cache_path(args: argparse.Namespace) -> Path | None:
+    """The request cache to use: --cache, else the default one for remote backends; None with --no-cache."""
+    if args.no_cache:
+        return None
+    if args.cache is not None:
+        return Path(args.cache)
+    return default_cache_path() if args.backend == "openai" else None
+
+
+def pixel_budget(args: argparse.Namespace, trained: PixelBudget | None = None) -> PixelBudget:
+    """--min-pixels/--max-pixels when given, else a trained judge's recorded budget, else the default."""
+    fallback = trained or PixelBudget()
+    return PixelBudget(
+        fallback.min_pixels if args.min_pixels is None else args.min_pixels,
+        fallback.max_pixels if args.max_pixels is None else args.max_pixels,
+    )
 
 
 def progress(total: int, desc: str) -> tqdm:

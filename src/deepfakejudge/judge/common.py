@@ -4,10 +4,10 @@ per-item failure isolation, and reading a choice distribution out of generated l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from ..backends.base import BackendError, Generation
+from ..backends.base import Backend, BackendError, ChatRequest, Generation, GenerationConfig
 from ..data import InputError, LoadedImage, open_image
 from ..data.images import MAX_IMAGE_PIXELS
 from ..records import RowError, Sample
@@ -61,11 +61,42 @@ def call_isolated(
         return list(call(items))
     except BackendError as exc:
         if len(items) == 1:
-            item = items[0]
-            return [RowError(item.sample.where, "<model>", f"model call failed: {exc}", id=item.sample.id)]
+            return [model_error(items[0], exc)]
     out: list[R | RowError] = []
     for item in items:
         out.extend(call_isolated([item], call))
+    return out
+
+
+def model_error(item: Prepared, exc: BackendError) -> RowError:
+    """The error row of an item whose model call failed."""
+    return RowError(item.sample.where, "<model>", f"model call failed: {exc}", id=item.sample.id)
+
+
+def generate_answers(
+    backend: Backend,
+    requests: Sequence[ChatRequest],
+    config: GenerationConfig,
+    find: Callable[[str], Any],
+) -> list[Generation | BackendError]:
+    """Generate one answer per request (a failed request gives its `BackendError`), re-asking
+    those whose text `find` cannot parse up to `config.reasks` times.
+
+    Re-ask k samples at `config.reask_temperature` with seed `config.seed + k` (greedy would
+    repeat itself, and a fixed seed keeps reruns and caches deterministic); its output replaces
+    the original only if it parses, so a re-ask never turns a greedy answer into another one.
+    """
+    if config.reasks < 0:
+        raise ValueError(f"--reasks must be >= 0, got {config.reasks}")
+    out = list(backend.generate_each(requests, config))
+    for attempt in range(1, config.reasks + 1):
+        todo = [i for i, g in enumerate(out) if isinstance(g, Generation) and find(g.text) is None]
+        if not todo:
+            break
+        again = replace(config, temperature=config.reask_temperature, seed=config.seed + attempt, reasks=0)
+        for i, g in zip(todo, backend.generate_each([requests[i] for i in todo], again)):
+            if isinstance(g, Generation) and find(g.text) is not None:
+                out[i] = g
     return out
 
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
-from ..backends.base import Backend, ChatRequest, GenerationConfig
+from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
 from ..parsing import find_choice
 from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
-from .common import Prepared, batched, call_isolated, distribution_at, normalise, prepare
+from .common import (
+    Prepared,
+    batched,
+    call_isolated,
+    distribution_at,
+    generate_answers,
+    model_error,
+    normalise,
+    prepare,
+)
 from .pointwise import Mode, check_mode
 
 _SWAP = {"A": "B", "B": "A"}
@@ -70,7 +79,7 @@ class PairwiseJudge:
     def iter_batches(
         self, samples: Iterable[Sample], both_orders: bool = True, batch_size: int = 8
     ) -> Iterator[list[PairwiseVerdict | RowError]]:
-        def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict]:
+        def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict | RowError]:
             return self._judge(items, both_orders)
 
         for batch in batched(samples, batch_size):
@@ -79,25 +88,42 @@ class PairwiseJudge:
             judged = iter(call_isolated(ready, judge) if ready else [])
             yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
 
-    def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict]:
+    def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict | RowError]:
         passes = (False, True) if both_orders else (False,)
         keys = [(item, swapped) for item in items for swapped in passes]
         requests = [self.request(item.sample, item.image, swapped) for item, swapped in keys]
-        orders = [self._order(swapped, r) for (item, swapped), r in zip(keys, self._run(requests))]
+        results = self._run(requests)
         n = len(passes)
-        return [combine(item.sample.id, orders[i * n : (i + 1) * n]) for i, item in enumerate(items)]
+        out: list[PairwiseVerdict | RowError] = []
+        for i, item in enumerate(items):
+            mine = results[i * n : (i + 1) * n]
+            failed = next((r for r in mine if isinstance(r, BackendError)), None)
+            if failed is not None:  # one order failed: the pair has no verdict
+                out.append(model_error(item, failed))
+                continue
+            orders = [self._order(swapped, r) for swapped, r in zip(passes, mine)]
+            out.append(combine(item.sample.id, orders))
+        return out
 
-    def _run(self, requests: list[ChatRequest]) -> list[tuple[str | None, dict[str, float] | None, str | None]]:
-        """(choice, distribution over A/B, raw text) per request."""
+    def _run(
+        self, requests: list[ChatRequest]
+    ) -> list[tuple[str | None, dict[str, float] | None, str | None] | BackendError]:
+        """(choice, distribution over A/B, raw text) per request, or the request's failure."""
         if self.mode == "score-only":
-            out = []
-            for probs in self.backend.choice_probs(requests, CHOICES):
+            out: list = []
+            for probs in self.backend.choice_probs_each(requests, CHOICES):
+                if isinstance(probs, BackendError):
+                    out.append(probs)
+                    continue
                 dist = normalise(probs, CHOICES)
                 choice = None if dist is None else max(CHOICES, key=lambda c: dist[0][c])
                 out.append((choice, dist[0] if dist else None, None))
             return out
         out = []
-        for gen in self.backend.generate(requests, self.generation):
+        for gen in generate_answers(self.backend, requests, self.generation, find_choice):
+            if isinstance(gen, BackendError):
+                out.append(gen)
+                continue
             match = find_choice(gen.text)
             dist = distribution_at(gen, match.start, match.end, CHOICES) if match else None
             out.append((match.value if match else None, dist[0] if dist else None, gen.text))

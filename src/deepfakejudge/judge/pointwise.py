@@ -5,12 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Literal, Sequence
 
-from ..backends.base import Backend, ChatRequest, GenerationConfig
+from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
 from ..parsing import find_score, parse_reasoning
 from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import SCORES, PointwiseVerdict, RowError, Sample
-from .common import Prepared, batched, call_isolated, distribution_at, normalise, prepare
+from .common import (
+    Prepared,
+    batched,
+    call_isolated,
+    distribution_at,
+    generate_answers,
+    model_error,
+    normalise,
+    prepare,
+)
 
 Mode = Literal["generate", "score-only"]
 MODES: tuple[str, ...] = ("generate", "score-only")
@@ -65,14 +74,20 @@ class PointwiseJudge:
             judged = iter(call_isolated(ready, self._judge) if ready else [])
             yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
 
-    def _judge(self, items: Sequence[Prepared]) -> list[PointwiseVerdict]:
+    def _judge(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
         requests = [self.request(item.sample, item.image) for item in items]
         if self.mode == "score-only":
-            dists = self.backend.choice_probs(requests, SCORES)
-            return [self._from_probs(item.sample.id, d) for item, d in zip(items, dists)]
-        generations = self.backend.generate(requests, self.generation)
-        out = []
+            dists = self.backend.choice_probs_each(requests, SCORES)
+            return [
+                model_error(item, d) if isinstance(d, BackendError) else self._from_probs(item.sample.id, d)
+                for item, d in zip(items, dists)
+            ]
+        generations = generate_answers(self.backend, requests, self.generation, find_score)
+        out: list[PointwiseVerdict | RowError] = []
         for item, gen in zip(items, generations):
+            if isinstance(gen, BackendError):
+                out.append(model_error(item, gen))
+                continue
             match = find_score(gen.text)
             dist = distribution_at(gen, match.start, match.end, SCORES) if match else None
             probs = tuple(dist[0][c] for c in SCORES) if dist else None

@@ -46,11 +46,14 @@ def run_judge(
     limit: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], Any] | None = None,
+    counts: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> RunResult:
     """Judge every not-yet-done sample of `dataset` with `batches` and write rows as they come.
 
     `batches(samples)` yields lists of verdicts/RowErrors aligned with the samples it was given
-    (a judge's `iter_batches`). Load errors of the dataset are written as error rows first.
+    (a judge's `iter_batches`, or any task's with the same shape, e.g. `Detector`). Load errors
+    of the dataset are written as error rows first. `counts(ok_rows)` adds task-specific figures
+    to the summary; without it the pointwise or pairwise figures are used, by `kind`.
     """
     out = Path(out)
     started = time.perf_counter()
@@ -69,7 +72,7 @@ def run_judge(
         "kind": kind,
         "data": str(dataset.path),
         "out": str(out),
-        **_counts(kind, rows),
+        **_counts(kind, rows, counts),
         "this_run": {
             "judged": len(todo),
             "seconds": round(elapsed, 3),
@@ -83,7 +86,11 @@ def run_judge(
     return RunResult(out=out, summary_path=path, summary=summary)
 
 
-def _counts(kind: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def _counts(
+    kind: str,
+    rows: Iterable[dict[str, Any]],
+    extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     rows = list(rows)
     errors = [r for r in rows if "error" in r]
     ok = [r for r in rows if "error" not in r]
@@ -93,7 +100,9 @@ def _counts(kind: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "errors": len(errors),
         "error_fields": dict(Counter(r.get("field", "?") for r in errors)),
     }
-    if kind == "pointwise":
+    if extra is not None:
+        counts.update(extra(ok))
+    elif kind == "pointwise":
         scores = [r["score"] for r in ok if r.get("score") is not None]
         expected = [r["expected_score"] for r in ok if r.get("expected_score") is not None]
         counts.update(

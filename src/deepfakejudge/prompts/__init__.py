@@ -15,11 +15,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["pointwise", "pairwise"]
+Kind = Literal["pointwise", "pairwise", "detect"]
 
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "pointwise": ("ground_truth_label", "candidate_response"),
     "pairwise": ("ground_truth_label", "response_a", "response_b"),
+    # The detection prompt is the same for every image: the detector sees only the image.
+    "detect": (),
 }
 _KNOWN = sorted({name for names in PLACEHOLDERS.values() for name in names})
 _PATTERN = re.compile(r"\{(" + "|".join(_KNOWN) + r")\}")
@@ -29,6 +31,7 @@ _PATTERN = re.compile(r"\{(" + "|".join(_KNOWN) + r")\}")
 SCORE_PREFIX: dict[str, str] = {
     "pointwise": "<reasoning></reasoning>\n<score>",
     "pairwise": "<answer>",
+    "detect": "<reasoning></reasoning> <answer>",
 }
 
 

@@ -1,0 +1,236 @@
+"""A content-addressed request cache around any backend: a rerun costs no model call.
+
+The key of a request is the SHA-256 of what determines its answer: the backend's identity
+(`describe()`: engine, model, adapter, server, pixel budget, dtype, device...), the prompt text
+(which embeds the template, hence its hash), the assistant prefix, the image's content hash
+(`ChatRequest.image_key`, else a hash of its pixels), and the sampling settings or the choices.
+Values are the results themselves (compressed JSON), so a cached item comes back identical.
+
+One SQLite file in WAL mode: any number of processes and threads may read and write it at
+once (a writer waits up to `busy_timeout` for another). Only successes are stored; failures are
+asked again next time. The API key is never part of a key or a value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    ChatRequest,
+    Generation,
+    GenerationConfig,
+    TokenStep,
+    raise_failures,
+)
+
+SCHEMA_VERSION = 1
+# describe() entries that do not change an answer: left out of the key.
+VOLATILE = frozenset({"cache", "concurrency", "timeout", "max_retries", "vision_cache_mb"})
+
+
+def default_cache_path() -> Path:
+    """$DFJ_CACHE, else $XDG_CACHE_HOME/deepfakejudge/requests.sqlite (~/.cache by default)."""
+    if os.environ.get("DFJ_CACHE"):
+        return Path(os.environ["DFJ_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "deepfakejudge" / "requests.sqlite"
+
+
+def image_digest(request: ChatRequest) -> str | None:
+    if request.image is None:
+        return None
+    if request.image_key:
+        return request.image_key
+    image = request.image.convert("RGB")
+    h = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+    h.update(image.tobytes())
+    return "pixels:" + h.hexdigest()
+
+
+def request_key(identity: dict[str, Any], op: str, request: ChatRequest, params: dict[str, Any]) -> str:
+    material = {
+        "v": SCHEMA_VERSION,
+        "op": op,
+        "backend": identity,
+        "text": request.text,
+        "prefix": request.prefix,
+        "image": image_digest(request),
+        "params": params,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def sampling_params(config: GenerationConfig) -> dict[str, Any]:
+    # Re-ask settings are the judges' business: a re-ask arrives here with its own temperature
+    # and seed, so they are not part of the key.
+    return {
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_logprobs": config.top_logprobs,
+        "seed": config.seed,
+    }
+
+
+def encode_generation(g: Generation) -> dict[str, Any]:
+    return {
+        "text": g.text,
+        "finish_reason": g.finish_reason,
+        "steps": [[s.offset, s.token, s.logprob, [list(t) for t in s.top]] for s in g.steps],
+    }
+
+
+def decode_generation(d: dict[str, Any]) -> Generation:
+    steps = tuple(
+        TokenStep(offset=o, token=t, logprob=lp, top=tuple((a, b) for a, b in top)) for o, t, lp, top in d["steps"]
+    )
+    return Generation(text=d["text"], steps=steps, finish_reason=d["finish_reason"])
+
+
+class RequestCache:
+    """Key -> JSON value in one SQLite file (WAL). Safe across threads and processes."""
+
+    def __init__(self, path: str | Path, busy_timeout: float = 60.0) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, op TEXT NOT NULL, "
+                "value BLOB NOT NULL, created REAL NOT NULL)"
+            )
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise ValueError(
+                f"--cache {self.path}: cannot open it as a request cache ({exc}); pass another path, "
+                "delete the file, or use --no-cache"
+            ) from exc
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT key, value FROM entries WHERE key IN ({marks})", chunk)
+                for key, blob in rows:
+                    found[key] = json.loads(zlib.decompress(blob))
+        return found
+
+    def put_many(self, items: Sequence[tuple[str, str, Any]]) -> None:
+        """Store (key, op, value) triples in one transaction; existing keys are kept."""
+        if not items:
+            return
+        now = time.time()
+        rows = [(k, op, zlib.compress(json.dumps(v, ensure_ascii=False).encode()), now) for k, op, v in items]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class CachedBackend(Backend):
+    """Wraps any backend: requests already answered come from the cache, the rest go to it."""
+
+    def __init__(self, inner: Backend, cache: RequestCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+        self._identity: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            described = self.inner.describe()
+            self._identity = {k: v for k, v in sorted(described.items()) if k not in VOLATILE}
+        return self._identity
+
+    def _each(
+        self,
+        op: str,
+        requests: Sequence[ChatRequest],
+        params: dict[str, Any],
+        call: Callable[[Sequence[ChatRequest]], list[Any]],
+        encode: Callable[[Any], Any],
+        decode: Callable[[Any], Any],
+    ) -> list[Any]:
+        keys = [request_key(self.identity, op, r, params) for r in requests]
+        found = self.cache.get_many(keys)
+        results: list[Any] = [decode(found[k]) if k in found else None for k in keys]
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        self.cache.hits += len(requests) - len(todo)
+        self.cache.misses += len(todo)
+        if not todo:
+            return results
+        try:
+            fresh = call([requests[i] for i in todo])
+        except BackendUnavailable as exc:
+            if exc.partial is not None:  # keep what did arrive before the server went away
+                self._store(op, [(keys[i], r) for i, r in zip(todo, exc.partial)], encode)
+            raise
+        self._store(op, [(keys[i], r) for i, r in zip(todo, fresh)], encode)
+        for i, r in zip(todo, fresh):
+            results[i] = r
+        return results
+
+    def _store(self, op: str, pairs: list[tuple[str, Any]], encode: Callable[[Any], Any]) -> None:
+        good = [(k, op, encode(r)) for k, r in pairs if r is not None and not isinstance(r, BaseException)]
+        self.cache.put_many(good)
+
+    def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation | BackendError]:
+        return self._each(
+            "generate", requests, sampling_params(config),
+            lambda todo: self.inner.generate_each(todo, config), encode_generation, decode_generation,
+        )
+
+    def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
+        return raise_failures(self.generate_each(requests, config))
+
+    def choice_probs_each(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float] | BackendError]:
+        return self._each(
+            "choice_probs", requests, {"choices": list(choices)},
+            lambda todo: self.inner.choice_probs_each(todo, choices), dict, dict,
+        )
+
+    def choice_probs(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float]]:
+        return raise_failures(self.choice_probs_each(requests, choices))
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "cache": str(self.cache.path)}
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.cache.close()

@@ -1,0 +1,553 @@
+"""OpenAI-compatible HTTP backend: vLLM, SGLang, `dfj serve`, OpenAI, Gemini, Ollama.
+
+One chat completion per request: the image goes as a base64 PNG data URL, resized first to the
+pixel budget with Qwen's rule (so a Qwen server sees exactly the pixels the local backend would
+feed the model), then the text. Requests run concurrently on an asyncio loop in a background
+thread, at most `concurrency` in flight; 429, 5xx, timeouts and dropped connections are retried
+with exponential backoff and jitter, honouring Retry-After. What happens when retries run out:
+
+- a timeout or a 5xx: that request's `BackendError`, so one error row;
+- connection refused / dropped, or a 429 that never lifts: `BackendUnavailable`, which stops
+  the run (a rerun resumes it) rather than writing an error row for every remaining item;
+- 401/403 (the key) or 404 (the model or the URL): `ValueError` naming the option to fix.
+
+Log-probs: `generate` asks for `logprobs`/`top_logprobs` and fills `Generation.steps` when the
+server returns them and their tokens rebuild the text; otherwise steps stay empty (the judges
+then report parsed scores without probabilities) and a one-line notice says so.
+`choice_probs` sends the prefix as a final assistant message that the server continues
+(`continue_final_message`, as vLLM, SGLang and `dfj serve` support) and reads the first token's
+`top_logprobs`. Servers that cannot continue a message (OpenAI, Gemini, Ollama) get
+`capabilities.choice_probs=False`. The API key is read from an environment variable at start
+and kept only in the request headers: it is never written to results, logs or caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from .base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Capabilities,
+    ChatRequest,
+    Generation,
+    GenerationConfig,
+    LoadOptions,
+    PixelBudget,
+    TokenStep,
+    raise_failures,
+)
+
+log = logging.getLogger("deepfakejudge.backends.openai")
+
+FACTOR = 28  # Qwen2-VL: 14 px patches merged 2x2, so sides are multiples of 28
+# `owned_by` in /v1/models of servers that continue a final assistant message, and the extra
+# body each takes for it (vLLM refuses continue_final_message together with its default
+# add_generation_prompt=true; SGLang has no add_generation_prompt field).
+PREFILL_SERVERS: dict[str, dict[str, Any]] = {
+    "vllm": {"continue_final_message": True, "add_generation_prompt": False},
+    "sglang": {"continue_final_message": True},
+    "deepfakejudge": {"continue_final_message": True, "add_generation_prompt": False},
+}
+RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 120.0  # seconds
+
+
+def smart_resize(height: int, width: int, budget: PixelBudget, factor: int = FACTOR) -> tuple[int, int]:
+    """(height, width) rounded to multiples of `factor` with the pixel count inside the budget,
+    aspect ratio kept as closely as possible: Qwen2-VL's rule (transformers' `smart_resize`)."""
+    if min(height, width) < 1:
+        raise ValueError(f"image: empty image ({width}x{height})")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"image: aspect ratio {width}x{height} is over 200; Qwen2-VL cannot take it")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > budget.max_pixels:
+        beta = math.sqrt((height * width) / budget.max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < budget.min_pixels:
+        beta = math.sqrt(budget.min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def encode_image(image: Image.Image, budget: PixelBudget) -> str:
+    """A PNG data URL of `image` resized (bicubic, as Qwen's image processor) to the budget."""
+    rgb = image.convert("RGB")
+    height, width = smart_resize(rgb.height, rgb.width, budget)
+    if (width, height) != rgb.size:
+        rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def heal_split(prefix: str, choices: Sequence[str]) -> tuple[str, str]:
+    """(context to send, head the choice tokens start with).
+
+    Qwen-style pre-tokenisers glue one punctuation character onto the letters after it (">A",
+    " real"), so after `<answer>` the model wrote ">A" as one token. Sending the prefix without
+    that character and reading the tokens ">A"/">B" asks the question the model was trained on.
+    Digits are never glued, so `<score>` is sent whole.
+    """
+    if prefix and all(c[:1].isalpha() for c in choices):
+        last = prefix[-1]
+        if last not in "\r\n" and not last.isalnum():
+            return prefix[:-1], last
+    return prefix, ""
+
+
+def pieces_from_bytes(chunks: Sequence[bytes]) -> list[str]:
+    """Text per token from each token's UTF-8 bytes: a token that ends inside a character gets
+    "" and the token that completes the character gets all of it."""
+    pieces, pending = [], b""
+    for chunk in chunks:
+        pending += chunk
+        try:
+            pieces.append(pending.decode("utf-8"))
+            pending = b""
+        except UnicodeDecodeError:
+            pieces.append("")
+    if pending:
+        pieces[-1] += pending.decode("utf-8", errors="replace")
+    return pieces
+
+
+def steps_from_logprobs(text: str, entries: Sequence[dict[str, Any]]) -> tuple[TokenStep, ...] | None:
+    """TokenSteps from a chat completion's `logprobs.content`, or None when the tokens do not
+    rebuild `text` (a server that trims, or returns special tokens): no offsets are guessed."""
+    pieces = [str(e.get("token", "")) for e in entries]
+    if "".join(pieces) != text and all(isinstance(e.get("bytes"), list) for e in entries):
+        pieces = pieces_from_bytes([bytes(e["bytes"]) for e in entries])
+    joined = "".join(pieces)
+    if joined != text and joined.startswith(text):
+        # A trailing stop token decoded as text ("<|im_end|>"): keep the steps that wrote `text`.
+        total, keep = 0, 0
+        while keep < len(pieces) and total < len(text):
+            total += len(pieces[keep])
+            keep += 1
+        if total == len(text):
+            entries, pieces = entries[:keep], pieces[:keep]
+            joined = text
+    if joined != text:
+        return None
+    steps, offset = [], 0
+    for entry, piece in zip(entries, pieces):
+        top = tuple((str(t.get("token", "")), float(t["logprob"])) for t in entry.get("top_logprobs") or ())
+        steps.append(TokenStep(offset=offset, token=piece, logprob=float(entry["logprob"]), top=top))
+        offset += len(piece)
+    return tuple(steps)
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None, rng: random.Random) -> float:
+    """Exponential backoff with jitter (a random half to all of min(cap, base * 2**attempt)),
+    never shorter than the server's Retry-After, itself capped at MAX_RETRY_AFTER so that a
+    server cannot park the run for hours."""
+    delay = rng.uniform(0.5, 1.0) * min(cap, base * 2**attempt)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:300]
+    return str(error)[:300]
+
+
+class _Retryable(Exception):
+    def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "connection" | "rate" | "timeout" | "server"
+        self.retry_after = retry_after
+
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread: the backend's methods are synchronous (judges call
+    them from plain code) and must work even when the caller already runs a loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="dfj-openai", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class OpenAIBackend(Backend):
+    """Chat completions on an OpenAI-compatible server (`--backend openai --base-url URL`)."""
+
+    name = "openai"
+
+    def __init__(self, options: LoadOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        remote = options.remote
+        if not remote.base_url:
+            raise ValueError(
+                "--base-url is required with --backend openai, e.g. http://127.0.0.1:8000/v1 "
+                "(vLLM, SGLang, dfj serve) or https://api.openai.com/v1"
+            )
+        if options.adapter is not None:
+            raise ValueError(
+                "--adapter: the openai backend cannot apply a local adapter; serve it on the server "
+                "(vllm serve BASE --enable-lora --lora-modules NAME=DIR) and pass --model NAME"
+            )
+        if not remote.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"--base-url must start with http:// or https://, got {remote.base_url!r}")
+        self.options = options
+        self.remote = remote
+        self.base_url = remote.base_url.rstrip("/")
+        self.budget = options.budget
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(remote.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._rng = random.Random(0)
+        self._images: OrderedDict[str, str] = OrderedDict()  # image_key -> data URL (pairs share images)
+        self._images_lock = threading.Lock()
+        self._notices: set[str] = set()
+        self._send_logprobs = True
+        self._runner = _LoopThread()
+        self._client = self._runner.run(self._make_client(headers, transport))
+        try:
+            self.server = self._runner.run(self._server_kind())
+        except BaseException:
+            self.close()
+            raise
+        if remote.prefill == "on":
+            self._prefill_body = PREFILL_SERVERS.get(self.server, PREFILL_SERVERS["vllm"])
+        elif remote.prefill == "auto":
+            self._prefill_body = PREFILL_SERVERS.get(self.server)
+        else:
+            self._prefill_body = None
+        self.capabilities = Capabilities(logprobs=True, choice_probs=self._prefill_body is not None)
+        if self._prefill_body is None:
+            self._notice(
+                "prefill",
+                f"notice: the server at {self.base_url} ({self.server}) is not known to continue a "
+                "prefilled assistant message: choice probabilities (--mode score-only) are off; generate "
+                "mode reads probabilities from logprobs where the server returns them (--prefill on to force)",
+            )
+
+    async def _make_client(self, headers: dict[str, str], transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        # Created on the backend's loop, as is the semaphore that bounds requests in flight. The
+        # semaphore, not the connection pool, does the queueing: time spent waiting for a slot
+        # must not count against --timeout (pool=None), and retries wait without holding one.
+        self._slots = asyncio.Semaphore(self.remote.concurrency)
+        limits = httpx.Limits(max_connections=self.remote.concurrency, max_keepalive_connections=self.remote.concurrency)
+        timeout = httpx.Timeout(self.remote.timeout, pool=None)
+        return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, transport=transport)
+
+    def _notice(self, key: str, message: str) -> None:
+        if key not in self._notices:
+            self._notices.add(key)
+            log.warning(message)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    async def _server_kind(self) -> str:
+        """`owned_by` of the model in /v1/models ("vllm", "sglang", "deepfakejudge", "openai",
+        ...), or "unknown" where the server lists none."""
+        try:
+            data = await self._call("GET", "/models", None, missing_ok=True)
+        except BackendError:
+            return "unknown"
+        models = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(models, list) or not models:
+            return "unknown"
+        entry = next((m for m in models if isinstance(m, dict) and m.get("id") == self.options.model), models[0])
+        return str(entry.get("owned_by") or "unknown") if isinstance(entry, dict) else "unknown"
+
+    async def _call(
+        self, method: str, path: str, payload: dict[str, Any] | None, missing_ok: bool = False
+    ) -> dict[str, Any]:
+        """One HTTP call with retries. Raises BackendError (this request), BackendUnavailable
+        (the server) or ValueError (the configuration); a 404 gives {} when `missing_ok`."""
+        url = self.base_url + path
+        last: _Retryable | None = None
+        for attempt in range(self.remote.max_retries + 1):
+            if attempt:
+                delay = backoff_delay(
+                    attempt - 1, self.remote.backoff_base, self.remote.backoff_cap, last.retry_after, self._rng
+                )
+                await asyncio.sleep(delay)
+            try:
+                return await self._attempt(method, url, payload, missing_ok)
+            except _Retryable as exc:
+                last = exc
+        assert last is not None
+        tries = self.remote.max_retries + 1
+        if last.kind in ("connection", "rate"):
+            raise BackendUnavailable(
+                f"{self.base_url} unreachable after {tries} tries ({last}); check that the server is up "
+                "(and not rate limiting), then rerun the same command to resume"
+            )
+        raise BackendError(f"{method} {path} failed after {tries} tries: {last}")
+
+    async def _attempt(
+        self, method: str, url: str, payload: dict[str, Any] | None, missing_ok: bool
+    ) -> dict[str, Any]:
+        try:
+            async with self._slots:
+                response = await self._client.request(method, url, json=payload)
+        except httpx.TimeoutException as exc:
+            raise _Retryable("timeout", f"timed out after {self.remote.timeout:g} s ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise _Retryable("connection", f"{type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status == 200:
+            try:
+                return response.json()
+            except ValueError:
+                raise BackendError(f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}") from None
+        message = _error_message(response)
+        if status in RETRY_STATUS:
+            kind = "rate" if status == 429 else "server"
+            raise _Retryable(kind, f"HTTP {status}: {message}", retry_after_seconds(response.headers))
+        if status in (401, 403):
+            raise ValueError(
+                f"--api-key-env: the server at {self.base_url} refused the request (HTTP {status}: {message}); "
+                f"put the right key in the environment variable {self.remote.api_key_env} or name another "
+                "variable with --api-key-env"
+            )
+        if status == 404 and missing_ok:
+            return {}
+        if status == 404:
+            raise ValueError(
+                f"--model/--base-url: HTTP 404 from {url} ({message}); check that --model names a model the "
+                "server lists at /v1/models and that --base-url ends with /v1"
+            )
+        raise BackendError(f"HTTP {status}: {message}")
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _image_url(self, request: ChatRequest) -> str:
+        assert request.image is not None
+        key = request.image_key
+        if key is not None:
+            with self._images_lock:
+                if key in self._images:
+                    self._images.move_to_end(key)
+                    return self._images[key]
+        url = encode_image(request.image, self.budget)
+        if key is not None:
+            with self._images_lock:
+                self._images[key] = url
+                while len(self._images) > 64:
+                    self._images.popitem(last=False)
+        return url
+
+    def _messages(self, request: ChatRequest, prefix: str) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        if request.image is not None:
+            content.append({"type": "image_url", "image_url": {"url": self._image_url(request)}})
+        content.append({"type": "text", "text": request.text})
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if prefix:
+            messages.append({"role": "assistant", "content": prefix})
+        return messages
+
+    def _payload(self, request: ChatRequest, prefix: str, max_tokens: int, temperature: float,
+                 seed: int, top_logprobs: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.options.model,
+            "messages": self._messages(request, prefix),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if temperature > 0:  # greedy needs no seed, and not every API takes one
+            payload["seed"] = seed
+        if self._send_logprobs and top_logprobs > 0:
+            payload.update(logprobs=True, top_logprobs=top_logprobs)
+        if prefix:
+            if self._prefill_body is None:
+                raise ValueError(
+                    f"request prefix: the server at {self.base_url} ({self.server}) cannot continue a "
+                    "prefilled assistant message; use --mode generate, or --prefill on if it can"
+                )
+            payload.update(self._prefill_body)
+        return payload
+
+    async def _complete(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            data = await self._call("POST", "/chat/completions", payload)
+        except BackendError as exc:
+            if "logprobs" in payload and "logprob" in str(exc).lower() and "HTTP 400" in str(exc):
+                # The server refuses log-probs (some hosted APIs): ask again without them.
+                self._send_logprobs = False
+                self._notice("no-logprobs", f"notice: {self.base_url} refuses logprobs ({exc}); "
+                             "scores are parsed from text, probabilities are null")
+                payload = {k: v for k, v in payload.items() if k not in ("logprobs", "top_logprobs")}
+                data = await self._call("POST", "/chat/completions", payload)
+            else:
+                raise
+        try:
+            return data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"response has no choices[0]: {json.dumps(data)[:200]}") from None
+
+    async def _generate_one(self, request: ChatRequest, config: GenerationConfig) -> Generation:
+        payload = self._payload(request, request.prefix, config.max_new_tokens, config.temperature,
+                                config.seed, config.top_logprobs)
+        choice = await self._complete(payload)
+        message = choice.get("message") or {}
+        text = message.get("content") or ""
+        if not isinstance(text, str):
+            raise BackendError(f"response content is not text: {str(text)[:200]}")
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        steps: tuple[TokenStep, ...] = ()
+        if "logprobs" in payload and text:
+            rebuilt = steps_from_logprobs(text, entries) if entries else None
+            if rebuilt is None:
+                self._notice("no-steps", f"notice: {self.base_url} returned no usable logprobs (none, or "
+                             "tokens that do not rebuild the text): probabilities are null, scores parsed from text")
+            else:
+                steps = rebuilt
+        return Generation(text=text, steps=steps, finish_reason=choice.get("finish_reason"))
+
+    async def _next_token(self, request: ChatRequest, context: str) -> dict[str, float]:
+        """Probability of each token the server lists at the first position after `context`."""
+        payload = self._payload(request, context, 1, 0.0, 0, self.remote.top_logprobs)
+        if "logprobs" not in payload:
+            raise BackendError("the server refuses logprobs: choice probabilities cannot be read")
+        choice = await self._complete(payload)
+        entries = (choice.get("logprobs") or {}).get("content") or []
+        if not entries:
+            return {}
+        first = entries[0]
+        probs: dict[str, float] = {}
+        for token, logprob in [(first.get("token"), first.get("logprob")),
+                               *((t.get("token"), t.get("logprob")) for t in first.get("top_logprobs") or ())]:
+            if isinstance(token, str) and isinstance(logprob, (int, float)):
+                probs[token] = max(probs.get(token, 0.0), math.exp(logprob))
+        return probs
+
+    async def _choice_one(self, request: ChatRequest, choices: Sequence[str]) -> dict[str, float]:
+        context, head = heal_split(request.prefix, choices)
+        top = await self._next_token(request, context)
+        probs = {c: top.get(head + c, 0.0) for c in choices}
+        if head and not any(probs.values()) and top.get(head, 0.0) > 0.0:
+            # This tokenizer keeps the punctuation apart: P(head) * P(choice | prefix).
+            after = await self._next_token(request, request.prefix)
+            probs = {c: top[head] * after.get(c, 0.0) for c in choices}
+        return probs
+
+    def _run_each(self, requests: Sequence[ChatRequest], one: Callable[[ChatRequest], Awaitable[Any]]) -> list[Any]:
+        async def guarded(request: ChatRequest) -> Any:
+            try:
+                return await one(request)
+            except (BackendError, BackendUnavailable) as exc:
+                return exc
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(guarded(r) for r in requests))
+
+        results = self._runner.run(gather()) if requests else []
+        down = [r for r in results if isinstance(r, BackendUnavailable)]
+        if down:
+            partial = [None if isinstance(r, Exception) else r for r in results]
+            raise BackendUnavailable(str(down[0]), partial=partial)
+        return results
+
+    # -- Backend ---------------------------------------------------------------------------------
+
+    def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation | BackendError]:
+        if config.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
+        if config.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0, got {config.temperature}")
+        if self._prefill_body is None and any(r.prefix for r in requests):
+            raise ValueError(
+                f"request prefix: the server at {self.base_url} ({self.server}) cannot continue a "
+                "prefilled assistant message; use --mode generate, or --prefill on if it can"
+            )
+        return self._run_each(requests, lambda r: self._generate_one(r, config))
+
+    def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
+        return raise_failures(self.generate_each(requests, config))
+
+    def choice_probs_each(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float] | BackendError]:
+        if not choices or any(not c for c in choices) or len(set(choices)) != len(choices):
+            raise ValueError(f"choices: need distinct non-empty strings, got {list(choices)}")
+        if not self.capabilities.choice_probs:
+            raise ValueError(
+                f"--mode score-only: the server at {self.base_url} ({self.server}) is not known to continue a "
+                "prefilled assistant message, which reading choice probabilities needs; use --mode generate "
+                "(scores parsed from text, probabilities from logprobs where returned), or --prefill on"
+            )
+        return self._run_each(requests, lambda r: self._choice_one(r, choices))
+
+    def choice_probs(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float]]:
+        return raise_failures(self.choice_probs_each(requests, choices))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model": self.options.model,
+            "base_url": self.base_url,
+            "server": self.server,
+            "prefill": self._prefill_body is not None,
+            "top_logprobs": self.remote.top_logprobs,
+            "min_pixels": self.budget.min_pixels,
+            "max_pixels": self.budget.max_pixels,
+            "image_format": "png",
+        }
+
+    def close(self) -> None:
+        runner = getattr(self, "_runner", None)
+        if runner is None:
+            return
+        client = getattr(self, "_client", None)
+        if client is not None:
+            try:
+                runner.run(client.aclose())
+            except RuntimeError:
+                pass
+        runner.stop()
+        self._runner = None

@@ -1,0 +1,163 @@
+"""`dfj detect run|score|compare`: run a VLM detector; score and compare prediction files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from ..backends import GenerationConfig
+from ..data import load_records
+from ..judge import MODES
+from ..judge.runner import RunResult, run_judge
+from ..prompts import resolve_template
+from .options import add_model_options, add_run_options, backend_from_args, emit, pixel_budget, progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="DFJ-Detect: run a VLM detector, score and compare prediction files")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    r = verbs.add_parser("run", help="ask a VLM 'real or fake, and why' for every image",
+                         description="Ask a VLM whether each image is real or fake, with its reasoning. "
+                                     "Rows: id, prediction, p_fake, response (resumable).")
+    add_model_options(r)
+    add_run_options(r)
+    g = r.add_argument_group("detection")
+    g.add_argument("--mode", choices=MODES, default="generate",
+                   help="generate: reasoning + answer, p_fake read at the answer token (default); "
+                        "score-only: one forward pass reading p(real)/p(fake), no text")
+    g.add_argument("--template", default=None, help="detection prompt file (default: the project's own)")
+    g.add_argument("--max-new-tokens", type=int, default=512, help="generation length limit (generate mode)")
+    r.set_defaults(run=run)
+
+    s = verbs.add_parser("score", help="Real/Fake F1, accuracy, CIs, per source and kind, p_fake metrics")
+    s.add_argument("--pred", required=True, help="prediction JSONL: id + prediction [+ p_fake, response]")
+    _gold_options(s)
+    s.add_argument("--png", default=None, metavar="PATH",
+                   help="also draw confusion matrix, per-source accuracy and reliability diagram (needs [plots])")
+    s.set_defaults(run=score)
+
+    c = verbs.add_parser("compare", help="one row per detector, laid out like the paper's DFJ-Detect table")
+    c.add_argument("--pred", required=True, action="append", help="prediction JSONL (repeat for each detector)")
+    c.add_argument("--name", action="append", default=[], help="detector name per --pred, in order (default: file stem)")
+    _gold_options(c)
+    c.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
+    c.set_defaults(run=compare)
+
+
+def _gold_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None,
+                   help="gold set (default: the data named in the run summary beside --pred, else `label` in the rows)")
+    p.add_argument("--missing-as-unparsable", action="store_true",
+                   help="score gold ids without a usable prediction as unparsable (default: leave them out, and say so)")
+    p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows had problems")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_command(args)
+    s = result.summary
+    lines = [
+        f"detect: {s['judged']} images, {s['unparsable']} unparsable, {s['errors']} errors "
+        f"-> {result.out} (summary: {result.summary_path})",
+        f"predicted real {s['predicted']['real']}, fake {s['predicted']['fake']}; "
+        f"p_fake on {s['with_p_fake']} rows. Score with: dfj detect score --pred {result.out}",
+    ]
+    emit(s, args.json, lines)
+    return 1 if s["errors"] and not args.allow_errors else 0
+
+
+def run_command(args: argparse.Namespace) -> RunResult:
+    from ..detect import Detector, detect_counts
+
+    template = resolve_template(args.template, "detect")
+    budget = pixel_budget(args)
+    args.min_pixels, args.max_pixels = budget.min_pixels, budget.max_pixels  # what the backend loads with
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    dataset = load_records(args.data)
+    backend = None
+
+    def batches(samples):
+        nonlocal backend
+        backend = backend_from_args(args)
+        detector = Detector(backend, template=template, mode=args.mode,
+                            generation=GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks),
+                            max_image_pixels=args.max_image_pixels)
+        return detector.iter_batches(samples, args.batch_size)
+
+    settings = {"mode": args.mode, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                "reasks": args.reasks,
+                "pixel_budget": asdict(budget), **template.provenance()}
+    try:
+        return run_judge("detect", batches, dataset, args.out, settings=settings,
+                         backend_info=lambda: backend.describe(), limit=args.limit,
+                         overwrite=args.overwrite, progress=lambda n: progress(n, "detect"),
+                         counts=detect_counts)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+# -- score / compare ------------------------------------------------------------------------------
+
+
+def _score_one(path: str, args: argparse.Namespace, name: str | None = None):
+    from ..detect import read_predictions, resolve_gold, score_predictions
+
+    if args.n_resamples < 1:
+        raise ValueError(f"--n-resamples must be >= 1, got {args.n_resamples}")
+    pred = read_predictions(path)
+    gold = resolve_gold(pred, args.data)
+    result = score_predictions(pred, gold, name=name, missing_as_unparsable=args.missing_as_unparsable,
+                               n_resamples=args.n_resamples, seed=args.seed)
+    for problem in result.problems:
+        print(str(problem), file=sys.stderr)
+    for err in result.run_errors:
+        print(f"{err.where}: the run recorded no prediction for id {err.id!r} ({err.field}: {err.message})",
+              file=sys.stderr)
+    return result
+
+
+def score(args: argparse.Namespace) -> int:
+    from ..detect import score_markdown
+
+    result = _score_one(args.pred, args)
+    summary = result.to_dict()
+    if args.png:
+        from ..detect.plots import save_png
+
+        summary["png"] = str(save_png(result, args.png))
+    lines = [score_markdown(result)]
+    if args.png:
+        lines.append(f"\nplot: {summary['png']}")
+    emit(summary, args.json, lines)
+    return 1 if result.problems and not args.allow_errors else 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from ..detect import compare_csv, compare_markdown, compare_rows
+
+    if args.name and len(args.name) != len(args.pred):
+        raise ValueError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
+    names = args.name or [None] * len(args.pred)
+    results = [_score_one(p, args, n) for p, n in zip(args.pred, names)]
+    table = compare_markdown(results)
+    summary = {"detectors": compare_rows(results),
+               "problems": {r.name: len(r.problems) for r in results},
+               "missing": {r.name: len(r.missing) for r in results}}
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.csv).write_text(compare_csv(results), encoding="utf-8")
+        summary["csv"] = args.csv
+    emit(summary, args.json, [table] + ([f"\nCSV: {args.csv}"] if args.csv else []))
+    return 1 if any(r.problems for r in results) and not args.allow_errors else 0

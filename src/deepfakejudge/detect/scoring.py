@@ -1,0 +1,263 @@
+"""Score prediction files against gold labels: DFJ-Detect figures, CIs, breakdowns, tables.
+
+Definitions are those of `metrics.detection` (DESIGN.md, "Metric definitions"). Which rows count:
+- a prediction row whose id is in the gold set and that passed validation is scored;
+- a problem row (bad label, duplicate, id not in gold…) is excluded and counted;
+- a gold id without a usable prediction (no row, a run error, a problem row) is "missing": left
+  out by default (so a `--limit` run can be scored), scored as unparsable with
+  `missing_as_unparsable` (a detector that fails on an image has missed it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..metrics import BootstrapCI, DetectionMetrics, bootstrap_cis, detection_breakdown, detection_report
+from ..records import RowError
+from .predictions import Gold, PredictionFile
+
+KINDS = {"real": "real", "fake": "t2i", "edited": "edited"}  # gold label -> manipulation kind
+CI_FIGURES = ("accuracy", "real_f1", "fake_f1", "macro_f1", "unparsable_rate")
+PROB_FIGURES = ("roc_auc", "average_precision", "eer", "brier", "ece")
+
+
+@dataclass(frozen=True)
+class DetectionScore:
+    """Everything `dfj detect score` reports for one prediction file."""
+
+    name: str
+    pred: str
+    gold: str
+    ids: tuple[str, ...]
+    metrics: DetectionMetrics
+    ci: Mapping[str, BootstrapCI]
+    by_kind: Mapping[str, DetectionMetrics]
+    by_source: Mapping[str, DetectionMetrics]
+    problems: tuple[RowError, ...]
+    missing: tuple[str, ...]
+    run_errors: tuple[RowError, ...]
+    missing_as_unparsable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.metrics
+        out: dict[str, Any] = {
+            "name": self.name,
+            "pred": self.pred,
+            "data": self.gold,
+            "n": m.n,
+            "accuracy": m.accuracy,
+            "real_f1": m.real_f1,
+            "fake_f1": m.fake_f1,
+            "macro_f1": m.macro_f1,
+            "unparsable": m.n_unparsable,
+            "unparsable_rate": m.unparsable_rate,
+        }
+        out.update(m.to_dict())
+        out["confusion"] = {
+            gold: dict(zip(("real", "fake", "none"), row)) for gold, row in zip(("real", "fake"), m.confusion)
+        }
+        out["ci"] = {k: v.to_dict() for k, v in self.ci.items()}
+        out["by_kind"] = {k: _brief(v) for k, v in self.by_kind.items()}
+        out["by_source"] = {k: _brief(v) for k, v in self.by_source.items()}
+        out["problems"] = {
+            "count": len(self.problems),
+            "rows": [{"where": e.where, "field": e.field, "id": e.id, "message": e.message} for e in self.problems],
+        }
+        out["missing"] = {"count": len(self.missing), "ids": list(self.missing),
+                          "scored_as_unparsable": self.missing_as_unparsable}
+        out["run_errors"] = len(self.run_errors)
+        return out
+
+
+def _brief(m: DetectionMetrics) -> dict[str, Any]:
+    keys = ("n", "accuracy", "real_f1", "fake_f1", "macro_f1", "n_unparsable")
+    d = m.to_dict()
+    out = {k: d[k] for k in keys}
+    out["unparsable"] = out.pop("n_unparsable")
+    if m.probability is not None:
+        out["roc_auc"] = m.probability.roc_auc
+    return out
+
+
+def _ci_figures(gold: Sequence[str], pred: Sequence[str | None], p_fake: Sequence[float | None] | None) -> dict[str, Any]:
+    m = detection_report(gold, pred, p_fake)
+    out = {k: getattr(m, k) for k in CI_FIGURES}
+    if m.probability is not None:
+        out.update({k: getattr(m.probability, k) for k in PROB_FIGURES})
+    return out
+
+
+def score_predictions(
+    pred: PredictionFile,
+    gold: Gold,
+    *,
+    name: str | None = None,
+    missing_as_unparsable: bool = False,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> DetectionScore:
+    """Score `pred` against `gold`. Raises ValueError when no row can be scored."""
+    problems = list(gold.problems) + list(pred.problems)
+    scored = []
+    for row in pred.rows:
+        if row.id not in gold.samples:
+            problems.append(RowError(row.where, "id", f"id {row.id!r} is not in the gold set {gold.name}; row skipped", id=row.id))
+            continue
+        scored.append(row)
+    have = {r.id for r in scored}
+    missing = tuple(i for i in gold.samples if i not in have)
+    if missing_as_unparsable:
+        scored_items = [(i, None, None) for i in missing]
+    else:
+        scored_items = []
+    scored_items = [(r.id, r.prediction, r.p_fake) for r in scored] + scored_items
+    if not scored_items:
+        raise ValueError(
+            f"--pred {pred.path}: no row can be scored against {gold.name} "
+            f"({len(pred.rows)} usable rows, {len(problems)} problems); check that the ids match the gold set"
+        )
+    ids = [i for i, _, _ in scored_items]
+    labels = [gold.samples[i].label for i in ids]
+    preds = [p for _, p, _ in scored_items]
+    probs = [p for _, _, p in scored_items]
+    p_fake = probs if any(p is not None for p in probs) else None
+    metrics = detection_report(labels, preds, p_fake)
+    ci = bootstrap_cis(
+        _ci_figures if p_fake is not None else (lambda g, p: _ci_figures(g, p, None)),
+        labels,
+        preds,
+        *([p_fake] if p_fake is not None else []),
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    kinds = [KINDS[label] for label in labels]
+    sources = [gold.samples[i].source or "(none)" for i in ids]
+    by_kind = detection_breakdown(labels, preds, kinds, p_fake)
+    by_kind = {k: by_kind[k] for k in ("real", "t2i", "edited") if k in by_kind}
+    by_source = dict(sorted(detection_breakdown(labels, preds, sources, p_fake).items()))
+    return DetectionScore(
+        name=name or pred.path.stem,
+        pred=str(pred.path),
+        gold=gold.name,
+        ids=tuple(ids),
+        metrics=metrics,
+        ci=ci,
+        by_kind=by_kind,
+        by_source=by_source,
+        problems=tuple(problems),
+        missing=missing,
+        run_errors=pred.run_errors,
+        missing_as_unparsable=missing_as_unparsable,
+    )
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _with_ci(value: float | None, ci: BootstrapCI | None, fmt=pct) -> str:
+    if value is None:
+        return "–"
+    if ci is None or ci.n_used == 0:
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(ci.low)}, {fmt(ci.high)}]"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def score_markdown(score: DetectionScore) -> str:
+    """The per-file report: overall with 95% CIs, per kind, per source; probability figures."""
+    m, ci = score.metrics, score.ci
+    head = ["subset", "n", "Real F1", "Fake F1", "Overall Acc.", "Macro F1", "Unparsable"]
+    rows = [[
+        "all", m.n, _with_ci(m.real_f1, ci.get("real_f1")), _with_ci(m.fake_f1, ci.get("fake_f1")),
+        _with_ci(m.accuracy, ci.get("accuracy")), _with_ci(m.macro_f1, ci.get("macro_f1")),
+        f"{m.n_unparsable} ({pct(m.unparsable_rate)}%)",
+    ]]
+    for prefix, group in (("kind", score.by_kind), ("source", score.by_source)):
+        for key, g in group.items():
+            # Within one gold class the other class's F1 is 0 or undefined: accuracy says it all.
+            both = g.n_real > 0 and g.n_fake > 0
+            f1 = [pct(g.real_f1), pct(g.fake_f1), pct(g.macro_f1)] if both else ["", "", ""]
+            rows.append([f"{prefix}: {key}", g.n, f1[0], f1[1], pct(g.accuracy), f1[2], str(g.n_unparsable)])
+    parts = [
+        f"Detection: {score.name} ({score.pred}) vs {score.gold}. F1 and accuracy in %, "
+        f"95% bootstrap CI ({_n_resamples(ci)} resamples) in brackets; unparsable answers count as wrong; "
+        "per kind and source F1 only where both classes occur.",
+        "",
+        markdown_table(head, rows),
+    ]
+    (rr, rf, rn), (fr, ff, fn) = m.confusion
+    parts += ["", markdown_table(["gold \\ predicted", "real", "fake", "unparsable"],
+                                 [["real", rr, rf, rn], ["fake (t2i + edited)", fr, ff, fn]])]
+    if m.probability is not None:
+        p = m.probability
+        parts += ["", f"p_fake on {p.n} rows ({p.n_missing} without one):", "",
+                  markdown_table(["ROC-AUC", "AP", "EER", "Brier", "ECE (15 bins)"],
+                                 [[_with_ci(getattr(p, k), ci.get(k), num) for k in PROB_FIGURES]])]
+    notes = []
+    if score.missing:
+        how = "scored as unparsable" if score.missing_as_unparsable else "not scored (--missing-as-unparsable scores them as misses)"
+        notes.append(f"{len(score.missing)} gold ids have no usable prediction: {how}.")
+    if score.problems:
+        notes.append(f"{len(score.problems)} problem rows skipped (listed on stderr).")
+    if notes:
+        parts += [""] + notes
+    return "\n".join(parts)
+
+
+def _n_resamples(ci: Mapping[str, BootstrapCI]) -> int:
+    return next(iter(ci.values())).n_resamples if ci else 0
+
+
+COMPARE_COLUMNS = ("detector", "n", "real_f1", "fake_f1", "accuracy", "macro_f1", "unparsable",
+                   "acc_real", "acc_t2i", "acc_edited", "roc_auc")
+
+
+def compare_rows(scores: Sequence[DetectionScore]) -> list[dict[str, Any]]:
+    """One row per detector (figures as fractions, None where undefined)."""
+    out = []
+    for s in scores:
+        m = s.metrics
+        out.append({
+            "detector": s.name, "n": m.n, "real_f1": m.real_f1, "fake_f1": m.fake_f1,
+            "accuracy": m.accuracy, "macro_f1": m.macro_f1, "unparsable": m.n_unparsable,
+            **{f"acc_{k}": (s.by_kind[k].accuracy if k in s.by_kind else None) for k in ("real", "t2i", "edited")},
+            "roc_auc": m.probability.roc_auc if m.probability else None,
+        })
+    return out
+
+
+def compare_markdown(scores: Sequence[DetectionScore]) -> str:
+    """The paper's DFJ-Detect layout (Model | Real F1 | Fake F1 | Overall Acc., in %), extended
+    with macro F1, unparsable answers, accuracy per kind and ROC-AUC."""
+    head = ["Model", "n", "Real F1", "Fake F1", "Overall Acc.", "Macro F1", "Unparsable",
+            "Acc. real", "Acc. t2i", "Acc. edited", "ROC-AUC"]
+    rows = [[r["detector"], r["n"], pct(r["real_f1"]), pct(r["fake_f1"]), pct(r["accuracy"]), pct(r["macro_f1"]),
+             r["unparsable"], pct(r["acc_real"]), pct(r["acc_t2i"]), pct(r["acc_edited"]), num(r["roc_auc"])]
+            for r in compare_rows(scores)]
+    return markdown_table(head, rows)
+
+
+def compare_csv(scores: Sequence[DetectionScore]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COMPARE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in compare_rows(scores):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()

@@ -1,0 +1,85 @@
+"""Training batches built with the inference processor, and the length check that guarantees no
+sequence is ever cut.
+
+A training sequence is the rendered prompt (system turn, user turn with the image expanded to its
+visual tokens, assistant header) exactly as `ImageTextProcessor` builds it for the judges,
+followed by the answer tokens and `<|im_end|>`. Labels are -100 on the prompt: the loss is on the
+assistant answer (and its end-of-turn token) only, as in ms-swift. Batches are right padded.
+
+Nothing is truncated here: rows whose full sequence exceeds `max_length` are found before
+training (`sequence_lengths`) and refused or dropped with a report, because cutting a sequence
+either removes visual tokens (the model then fails on mismatched image features) or the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from PIL import Image
+
+from ..backends.base import ChatRequest
+from ..backends.processor import ImageTextProcessor
+from .examples import TrainExample
+
+IGNORE_INDEX = -100
+END_OF_TURN = "<|im_end|>"
+
+# Stands in for the image when only the rendered text is needed (the chat template only asks
+# whether there is an image); the visual token count comes from the real image's size.
+_IMAGE_SLOT = Image.new("RGB", (1, 1))
+
+
+def visual_tokens(processor: ImageTextProcessor, size: tuple[int, int]) -> int:
+    """Visual tokens of an image of `size` (width, height) under the processor's pixel budget,
+    computed from the size alone with the image processor's own resize rule."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    ip = processor.image_processor
+    factor = ip.patch_size * ip.merge_size
+    width, height = size
+    h, w = smart_resize(height, width, factor=factor, min_pixels=ip.size["shortest_edge"],
+                        max_pixels=ip.size["longest_edge"])
+    return (h // ip.patch_size) * (w // ip.patch_size) // (ip.merge_size**2)
+
+
+def answer_ids(processor: ImageTextProcessor, target: str) -> list[int]:
+    return processor.text_ids(target) + [processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+
+
+def sequence_length(processor: ImageTextProcessor, example: TrainExample, n_visual: int) -> int:
+    prompt = processor.prompt_ids(ChatRequest(text=example.prompt, image=_IMAGE_SLOT), n_visual)
+    return len(prompt) + len(answer_ids(processor, example.target))
+
+
+@dataclass(frozen=True)
+class JudgeCollator:
+    """Rows of the training dataset (`TrainExample.to_row()`) -> model inputs with labels."""
+
+    processor: ImageTextProcessor
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        examples = [TrainExample.from_row(r) for r in rows]
+        requests = []
+        for ex in examples:
+            with Image.open(ex.image) as img:  # validated before training (`prepare_examples`)
+                requests.append(ChatRequest(text=ex.prompt, image=img.convert("RGB")))
+        vision, counts = self.processor.image_inputs(requests)
+        ids, labels = [], []
+        for request, n, ex in zip(requests, counts, examples):
+            prompt = self.processor.prompt_ids(request, n)
+            answer = answer_ids(self.processor, ex.target)
+            ids.append(prompt + answer)
+            labels.append([IGNORE_INDEX] * len(prompt) + answer)
+        width = max(len(s) for s in ids)
+        pad = self.processor.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in ids], dtype=torch.long),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], dtype=torch.long),
+            "labels": torch.tensor([s + [IGNORE_INDEX] * (width - len(s)) for s in labels], dtype=torch.long),
+        }
+        # transformers 5 builds Qwen's 3D rope positions only when told which tokens are visual.
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).int()
+        return {**batch, **vision}

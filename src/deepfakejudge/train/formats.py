@@ -1,0 +1,89 @@
+"""Write judge training data for other trainers: ms-swift and LLaMA-Factory.
+
+Both get one JSON object per line with the conversation the judge is trained on: a user turn
+`<image>` + the prompt filled from the template (the image first, as the released judges saw it)
+and an assistant turn with the answer (`examples.target_text`), plus `images` with the path
+relative to the output file. ms-swift reads the file as it is (`--dataset FILE`); LLaMA-Factory
+also needs a `dataset_info.json` entry, written (or updated) beside the file. The ms-swift output
+is read back by `load_records` (with the same `--template`), so a round trip keeps every row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..prompts import Template
+from ..records import RowError, Sample
+from .examples import build_examples
+
+FORMATS: tuple[str, ...] = ("msswift", "llamafactory")
+IMAGE_TAG = "<image>"
+
+
+def _relative(image: Path, folder: Path) -> str:
+    return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
+
+
+def conversation_rows(samples: Iterable[Sample], template: Template, out: Path) -> tuple[list[dict[str, Any]], list[RowError]]:
+    examples, errors = build_examples(samples, template)
+    folder = out.parent
+    rows = [
+        {
+            "id": ex.id,
+            "messages": [
+                {"role": "user", "content": IMAGE_TAG + ex.prompt},
+                {"role": "assistant", "content": ex.target},
+            ],
+            "images": [_relative(ex.image, folder)],
+        }
+        for ex in examples
+    ]
+    return rows, errors
+
+
+def write_jsonl(rows: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+
+
+def llamafactory_entry(out: Path) -> dict[str, Any]:
+    """The dataset_info.json entry for a sharegpt-style multimodal file."""
+    return {
+        "file_name": out.name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    }
+
+
+def update_dataset_info(out: Path, name: str) -> Path:
+    info_path = out.parent / "dataset_info.json"
+    info: dict[str, Any] = {}
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{info_path}: not valid JSON ({exc.msg}); fix or remove it") from exc
+    info[name] = llamafactory_entry(out)
+    info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return info_path
+
+
+def convert(samples: Iterable[Sample], template: Template, out: str | Path, to: str,
+            name: str | None = None) -> tuple[int, list[RowError], Path | None]:
+    """Write `samples` as `to` format training rows; returns (rows written, unusable rows,
+    dataset_info.json path for LLaMA-Factory)."""
+    if to not in FORMATS:
+        raise ValueError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
+    out = Path(out)
+    rows, errors = conversation_rows(samples, template, out)
+    write_jsonl(rows, out)
+    info = update_dataset_info(out, name or out.stem) if to == "llamafactory" else None
+    return len(rows), errors, info

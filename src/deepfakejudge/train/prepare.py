@@ -1,0 +1,73 @@
+"""Everything checked before a model is loaded: rows -> examples, images opened once each, and
+every full sequence measured against `max_length` (never truncated: refused or dropped)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..backends.processor import ImageTextProcessor
+from ..data import InputError, load_records, open_image
+from ..data.images import check_boxes
+from ..prompts import Template
+from ..records import RowError, Sample
+from .collate import sequence_length, visual_tokens
+from .examples import TrainExample, build_example
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    examples: tuple[TrainExample, ...]
+    errors: tuple[RowError, ...]  # rows that cannot be trained on, each with file:line and field
+    rows: int  # rows read (valid + unusable)
+    longest: int  # tokens of the longest kept sequence
+    data_path: Path
+
+    def report(self, limit: int = 20) -> list[str]:
+        lines = [str(e) for e in self.errors[:limit]]
+        if len(self.errors) > limit:
+            lines.append(f"... and {len(self.errors) - limit} more")
+        return lines
+
+
+def _image_size(sample: Sample) -> tuple[int, int] | InputError:
+    # Each image is decoded once however many rows use it (DFJ-Meta: 25 rows per image); a
+    # corrupt file fails here, not in the middle of training. Boxes are checked per row.
+    try:
+        return open_image(replace(sample, artifacts=())).size
+    except InputError as exc:
+        return exc
+
+
+def prepare_examples(
+    data: str | Path, template: Template, processor: ImageTextProcessor, max_length: int
+) -> PreparedData:
+    dataset = load_records(data, templates=(template,))
+    errors: list[RowError] = list(dataset.errors)
+    examples: list[TrainExample] = []
+    sizes: dict[Path, tuple[int, int] | InputError] = {}
+    longest = 0
+    for sample in dataset.samples:
+        try:
+            example = build_example(sample, template)
+            size = sizes.get(sample.image)
+            if size is None:
+                size = sizes[sample.image] = _image_size(sample)
+            if isinstance(size, InputError):
+                raise size
+            check_boxes(sample, size)
+            n_visual = visual_tokens(processor, size)
+            n = sequence_length(processor, example, n_visual)
+            if n > max_length:
+                raise InputError(
+                    "<sequence>",
+                    f"{n} tokens ({n_visual} visual) exceed max_length {max_length}; sequences are never cut "
+                    "(that would drop visual tokens or the answer): raise max_length or lower max_pixels",
+                )
+        except InputError as exc:
+            errors.append(RowError(sample.where, exc.field, exc.message, id=sample.id))
+            continue
+        longest = max(longest, n)
+        examples.append(example)
+    return PreparedData(tuple(examples), tuple(errors), len(dataset.samples) + len(dataset.errors), longest,
+                        dataset.path)

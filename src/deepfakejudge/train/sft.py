@@ -1,0 +1,299 @@
+"""LoRA fine-tuning of a Qwen2-VL / Qwen2.5-VL judge with TRL's `SFTTrainer` and PEFT.
+
+The trainer is TRL's; this module adds only what is judge specific: the examples and the
+collator (built with the inference processor, see `collate`), the LoRA targets (every linear
+layer of the language model; vision tower and merger stay frozen), the settings of the released
+recipe (`config`), checkpoints with resume, and the run record `dfj judge --adapter` reads.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..prompts import resolve_template
+from .config import TrainConfig
+from .prepare import PreparedData, prepare_examples
+from .record import RUN_FILE, read_record, write_record
+
+# Settings that may change between a run and its resumption (they do not change what is learnt
+# per step, or extending a run is the point of resuming).
+RESUMABLE_CHANGES = frozenset({"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
+                               "dataloader_num_workers", "allow_errors", "device"})
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    out: Path
+    global_step: int
+    train_loss: float | None
+    samples_per_second: float | None
+    examples: int
+    skipped: int
+    record: dict[str, Any]
+    model: Any = field(default=None, repr=False, compare=False)  # the trained PeftModel, still in memory
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _import_training():
+    try:
+        import peft  # noqa: F401
+        import trl  # noqa: F401
+        import datasets  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"dfj train needs packages that are not installed ({exc.name}); install them with: "
+            "pip install 'deepfakejudge[train]'"
+        ) from exc
+
+
+def language_model_targets(model: Any) -> str:
+    """PEFT `target_modules` regex for every linear layer under the language model (attention and
+    MLP projections); the vision tower, its merger and lm_head do not match."""
+    import torch
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".language_model." in f".{n}."]
+    if not names:
+        raise ValueError("base: the model has no linear layers under a 'language_model' module; "
+                         "only Qwen2-VL / Qwen2.5-VL checkpoints are supported")
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    return r".*\.?language_model\..*\.(" + "|".join(leaves) + ")"
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def _check_out(config: TrainConfig, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: fresh run); refuses to overwrite a previous run."""
+    out = Path(config.out)
+    checkpoints = _checkpoints(out) if out.is_dir() else []
+    previous = read_record(out) if out.is_dir() else None
+    if not resume:
+        # A run that died before its first checkpoint left nothing to continue: start afresh.
+        if checkpoints or (previous is not None and previous.get("status") == "done"):
+            raise ValueError(
+                f"--out {out}: already holds a training run ({RUN_FILE}"
+                + (f", {checkpoints[-1].name}" if checkpoints else "")
+                + "); pass --resume to continue it, or choose a new --out"
+            )
+        return None
+    if not checkpoints:
+        raise ValueError(f"--resume: no checkpoint-N folder in {out}; run without --resume to start training")
+    if previous is not None:
+        before, now = previous.get("config", {}), config.to_dict()
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise ValueError(
+                "--resume: settings differ from the run being resumed: "
+                + ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed)
+                + "; resume with the same settings, or start a new run in another --out"
+            )
+    return checkpoints[-1]
+
+
+def _precision(config: TrainConfig) -> tuple[Any, bool, bool]:
+    """(model dtype, bf16 mixed precision, fp16 mixed precision)."""
+    import torch
+
+    on_gpu = config.device != "cpu" and torch.cuda.is_available()
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available; use --device cpu")
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if on_gpu else "float32"
+    if dtype in ("bfloat16", "float16") and not on_gpu:
+        raise ValueError(f"dtype: {dtype} training needs a GPU; use float32 (or auto) on CPU")
+    return getattr(torch, dtype), dtype == "bfloat16", dtype == "float16"
+
+
+def _load_model(config: TrainConfig, dtype: Any) -> Any:
+    from transformers import AutoConfig
+
+    from ..backends.hf import _model_classes
+
+    model_type = AutoConfig.from_pretrained(config.base).model_type
+    classes = _model_classes()
+    if model_type not in classes:
+        raise ValueError(f"base '{config.base}': architecture '{model_type}' is not supported "
+                         f"(supported: {', '.join(classes)})")
+    return classes[model_type].from_pretrained(config.base, dtype=dtype, attn_implementation="sdpa")
+
+
+def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=config.out,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
+        lr_scheduler_type=config.lr_scheduler_type,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=config.device == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        dataloader_num_workers=config.dataloader_num_workers,
+        dataloader_pin_memory=config.device != "cpu" and torch.cuda.is_available(),
+        report_to="none",
+        # The collator builds complete sequences and the length check ran before training:
+        # nothing for TRL to prepare or truncate, and no columns for it to drop.
+        max_length=None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+    )
+
+
+def _check_trainable(model: Any) -> int:
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    stray = [n for n in trainable if "lora_" not in n or ".language_model." not in n]
+    if not trainable or stray:
+        raise RuntimeError(f"LoRA setup: expected only language-model LoRA weights to train, found {stray[:5]}")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_data(config: TrainConfig) -> dict[str, Any]:
+    """The resolved settings and what the data holds, without loading the model (`--dry-run`)."""
+    from ..backends.processor import ImageTextProcessor
+
+    template = resolve_template(config.template, config.kind)
+    processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
+    data = prepare_examples(config.data, template, processor, config.max_length)
+    for line in data.report():
+        _log(line)
+    return {
+        "config": config.to_dict(),
+        "template": {"name": template.name, "sha256": template.sha256},
+        "data": {"path": str(data.data_path), "rows": data.rows, "examples": len(data.examples),
+                 "skipped": len(data.errors), "longest_sequence": data.longest},
+    }
+
+
+def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
+    """Train a LoRA judge as `config` says; returns what was trained and where it was saved."""
+    _import_training()
+    from peft import LoraConfig
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from ..backends.processor import ImageTextProcessor
+    from .collate import JudgeCollator
+
+    template = resolve_template(config.template, config.kind)
+    checkpoint = _check_out(config, resume)
+    dtype, bf16, fp16 = _precision(config)
+    processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
+    data = prepare_examples(config.data, template, processor, config.max_length)
+    _report_data(data, config)
+
+    # The training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained shard the
+    # weights as they load (zero3_init_flag) instead of materialising the model on every rank.
+    args = _sft_config(config, bf16, fp16)
+    model = _load_model(config, dtype)
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=language_model_targets(model), bias="none", task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        data_collator=JudgeCollator(processor),
+        train_dataset=Dataset.from_list([ex.to_row() for ex in data.examples]),
+        processing_class=processor.tokenizer,
+        peft_config=lora,
+    )
+    n_trainable = _check_trainable(trainer.model)
+    record = _record(config, template, data, n_trainable, status="running")
+    if trainer.is_world_process_zero():
+        write_record(config.out, record, template)
+    _log(f"train {config.kind}: {len(data.examples)} examples, {n_trainable:,} trainable LoRA parameters, "
+         f"lr {config.learning_rate:g}" + (f", resuming from {checkpoint.name}" if checkpoint else ""))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.save_model(config.out)
+    metrics = dict(result.metrics)
+    losses = [
+        {"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
+        for h in trainer.state.log_history if "loss" in h
+    ]
+    record = {**record, "status": "done", "train": {
+        "global_step": trainer.state.global_step,
+        "train_loss": metrics.get("train_loss"),
+        "train_runtime_s": metrics.get("train_runtime"),
+        "train_samples_per_second": metrics.get("train_samples_per_second"),
+        "losses": losses,
+        "resumed_from": checkpoint.name if checkpoint else None,
+    }}
+    if trainer.is_world_process_zero():
+        write_record(config.out, record, template)
+    return TrainOutcome(
+        out=Path(config.out),
+        global_step=trainer.state.global_step,
+        train_loss=metrics.get("train_loss"),
+        samples_per_second=metrics.get("train_samples_per_second"),
+        examples=len(data.examples),
+        skipped=len(data.errors),
+        record=record,
+        model=trainer.model,
+    )
+
+
+def _report_data(data: PreparedData, config: TrainConfig) -> None:
+    if data.errors:
+        for line in data.report():
+            _log(line)
+        if not config.allow_errors:
+            raise ValueError(
+                f"--data {data.data_path}: {len(data.errors)} of {data.rows} rows cannot be trained on (listed "
+                f"above); fix them, or pass --allow-errors to train on the {len(data.examples)} usable rows"
+            )
+        _log(f"skipping {len(data.errors)} of {data.rows} rows (--allow-errors); they are listed in {RUN_FILE}")
+    if not data.examples:
+        raise ValueError(f"--data {data.data_path}: no usable {config.kind} rows to train on")
+
+
+def _record(config: TrainConfig, template: Any, data: PreparedData, n_trainable: int, status: str) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    from ..results import provenance
+
+    return {
+        "status": status,
+        "kind": config.kind,
+        "base": config.base,
+        "template": {"name": template.name, "sha256": template.sha256},
+        "pixel_budget": asdict(config.budget),
+        "config": config.to_dict(),
+        "data": {
+            "path": str(data.data_path),
+            "rows": data.rows,
+            "examples": len(data.examples),
+            "skipped": len(data.errors),
+            "skipped_rows": [{"where": e.where, "id": e.id, "field": e.field, "error": e.message}
+                             for e in data.errors],
+            "longest_sequence": data.longest,
+        },
+        "lora": {"targets": "every linear layer of the language model", "trainable_parameters": n_trainable},
+        "provenance": provenance(torch=torch.__version__, transformers=transformers.__version__,
+                                 trl=trl.__version__, peft=peft.__version__),
+    }

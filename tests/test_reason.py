@@ -1,0 +1,208 @@
+"""DFJ-Reason: BLEU-3 and BERTScore by hand, missing metrics, bad input, the reference check."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepfakejudge.cli import main
+from deepfakejudge.records import Artifact, Box, Sample
+from deepfakejudge.reason import bleu3, check, default_minilm_path, explanation, sentence_encoder, sentences
+from deepfakejudge.reason.spatial import locations
+from deepfakejudge.reason.stance import hedged, stance
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    # Fully offline: the hub is never asked (the constant is read once at import, so set it too).
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return sentence_encoder()
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# -- text and BLEU-3 by hand ----------------------------------------------------------------------
+
+
+def test_explanation_and_sentences():
+    assert explanation("<reasoning> A b. C d? </reasoning> <answer>fake</answer>") == "A b. C d?"
+    assert explanation("Looks real <answer>real</answer>") == "Looks real"
+    assert explanation(None) == "" and explanation("<answer>fake</answer>") == ""
+    assert sentences("One, e.g. this. Two!  Three; four") == ["One, e.g. this.", "Two!", "Three;", "four"]
+
+
+def test_bleu3_by_hand():
+    same = bleu3(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert same.corpus == pytest.approx(1.0) and same.sentence_mean == pytest.approx(1.0)
+    # Sentence level, effective order 2 (no 3-grams): p1 = 1/2, p2 = 0/1 -> exp smoothing 1/2; BP = 1.
+    two = bleu3(["hello there"], ["hello world"])
+    assert two.sentences[0] == pytest.approx(0.5)
+    assert bleu3(["a b c"], ["x y z"]).corpus == 0.0
+    assert "eff:no" in same.signature
+
+
+# -- lexicon tables ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The letters are warped and pasted on.", "anomaly"),
+    ("The shadows do not match the light.", "anomaly"),  # negated normality
+    ("The tripod cannot stand like that: it is not stable.", "anomaly"),
+    ("I see no warping, blending seams or texture repetition.", "normal"),  # negation over a list
+    ("Nothing is distorted, so this is a real photo.", "normal"),
+    ("The lighting is consistent across the portrait.", "normal"),
+    ("The face looks natural, but the suit has an odd pattern.", "anomaly"),  # "but" ends the negation scope
+    ("The image has been edited.", "neutral"),  # a verdict names a class, not evidence
+    ("A rocket on a launch pad in the evening.", "neutral"),
+])
+def test_stance(text, expected):
+    assert stance(text) == expected
+
+
+def test_hedging():
+    assert hedged("I'm not sure, it could be a studio photo.") and hedged("Hard to say.")
+    assert not hedged("The green sphere casts its shadow toward the light.")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("the grass at lower right", [("right", "bottom")]),
+    ("in the upper-left corner of the image", [("left", "top")]),
+    ("the galaxy right of centre reappears at the lower left", [("right", None), ("left", "bottom")]),
+    ("In the upper centre, above the rocket", [("centre", "top")]),
+    ("in the centre", [("centre", "centre")]),
+    ("the right leg of the tripod", []),  # object-relative
+    ("on the right side of the face", []),  # relative to an object
+    ("at its right edge", []),
+    ("light comes from the upper left and shadows fall to the lower right", []),  # directions
+])
+def test_locations(text, expected):
+    assert [(loc.horizontal, loc.vertical) for loc in locations(text)] == expected
+
+
+# -- reference check -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gold(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (300, 200)).save(tmp_path / "img.png")
+    text = Artifact("text and symbols", Box(200, 140, 290, 195), "the garbled white letters on the sign at lower right")
+    hand = Artifact("anatomy", Box(10, 10, 60, 60), "the six-fingered hand at upper left")
+    fake = Sample(id="f", image=tmp_path / "img.png", label="fake", artifacts=(text, hand),
+                  rationale="The sign's letters are garbled and the hand has six fingers.")
+    real = Sample(id="r", image=tmp_path / "img.png", label="real",
+                  rationale="The lighting on the face is consistent. The fabric folds of the coat are natural.")
+    return fake, real
+
+
+def test_reference_check_components(gold, encoder):
+    fake, real = gold
+    good = ("<reasoning>The white letters on the sign at lower right are garbled nonsense. "
+            "The hand at upper left is deformed, with six fingers.</reasoning> <answer>fake</answer>")
+    c = check(fake, good, "fake", encoder)
+    assert c.label_agreement and c.evidence_kind == "artifacts" and c.evidence_found == 2
+    assert c.claims == 2 and c.unsupported == 0
+    assert c.spatial_checked == 2 and c.spatial_consistency == 1.0
+    wrong_place = good.replace("at lower right", "at the upper left").replace("hand at upper left", "hand at lower right")
+    assert check(fake, wrong_place, "fake", encoder).spatial_consistency == 0.0
+    hallucinated = ("<reasoning>The sky has a repeating tiled pattern and the dog's ears are melting.</reasoning>"
+                    " <answer>fake</answer>")
+    h = check(fake, hallucinated, "fake", encoder)
+    assert h.unsupported == 1 and h.evidence_found == 0 and h.score < c.score
+    denial = "<reasoning>The letters on the sign are perfectly normal and correct.</reasoning> <answer>real</answer>"
+    d = check(fake, denial, "real", encoder)
+    assert not d.label_agreement and d.contradictions == 1 and d.score < h.score
+    on_real = check(real, hallucinated, "fake", encoder)
+    assert on_real.evidence_kind == "rationale" and on_real.unsupported == on_real.claims == 1
+    assert on_real.spatial_consistency is None and on_real.components["spatial"] == 0.5
+    assert c.score == pytest.approx(1 + 4 * sum(w * c.components[k] for k, w in
+                                                 {"label": .3, "recall": .3, "precision": .2, "commitment": .1,
+                                                  "spatial": .1}.items()))
+
+
+def test_reference_check_ranks_the_example_ladders(encoder):
+    """The 5-level ladders of examples/pointwise.jsonl (gold -> hallucinated): the mean Spearman
+    correlation between intended level and reference score, computed, must be high, and above
+    what BLEU-3 reaches on the same ladders."""
+    from deepfakejudge.data import load_records
+    from deepfakejudge.reason.ladder import overlap_ladders, reference_ladder
+
+    samples = load_records(EXAMPLES / "pointwise.jsonl").samples
+    result, checks = reference_ladder(samples, encoder)
+    assert len(result.per_image) == 14 and len(checks) == 70
+    assert result.mean_rho >= 0.9, result.per_image
+    (bleu,) = overlap_ladders(samples, bleu3, None)
+    assert bleu.mean_rho < result.mean_rho
+    # Where it fails is reported, pair by pair, never hidden.
+    assert all(inv.levels[0] > inv.levels[1] and inv.scores[0] <= inv.scores[1] for inv in result.inversions)
+
+
+def test_ladder_cli(capsys):
+    assert main(["reason", "ladder", "--data", str(EXAMPLES / "pointwise.jsonl"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["images"] == 14 and s["results"][0]["metric"] == "reference_score"
+    assert s["results"][0]["mean_spearman"] >= 0.9
+
+
+# -- dfj reason score: by hand, missing metrics, bad input ------------------------------------------
+
+
+def test_reason_score_by_hand_and_missing_metrics(tmp_path, capsys):
+    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    gold = write_jsonl(tmp_path / "gold.jsonl", [dict(g, image=str(EXAMPLES / g["image"])) for g in gold_rows])
+    # Each explanation is the gold rationale itself: BLEU-3 and BERTScore are 1.
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>real</answer>"} for g in gold_rows])
+    argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--json"]
+    assert main(argv + ["--bertscore-model", str(default_minilm_path())]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n"] == 3 and s["bleu3"]["value"] == pytest.approx(1.0) and s["bleu3_sentence"]["value"] == pytest.approx(1.0)
+    assert s["bertscore_f1"]["value"] == pytest.approx(1.0, abs=1e-4) and s["bertscore_f1"]["n"] == 3
+    assert s["dfj_score"] == {"value": None, "n": 0, "missing": "no --judge given"}
+    assert s["reference_components"]["label_agreement"] == 1.0 and s["reference_score"]["value"] > 4
+    # Without --bertscore-model the paper's default (roberta-large) is needed: offline it is
+    # missing, with the reason, and the other metrics are still there.
+    assert main(argv[:-1]) == 0
+    table = capsys.readouterr().out
+    assert "| pred | 3 | 1.000 | 1.000 | n/a | n/a |" in table
+    assert "- BERTScore n/a: cannot load bert-score's default English model (roberta-large)" in table
+    assert "- DFJ Score n/a: no --judge given" in table
+
+
+def test_reason_score_bad_rows(tmp_path, capsys):
+    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][6:8]
+    gold = write_jsonl(tmp_path / "gold.jsonl", [dict(g, image=str(EXAMPLES / g["image"])) for g in gold_rows])
+    good = {"id": gold_rows[0]["id"], "response": "<reasoning>Letters on the visor.</reasoning> <answer>fake</answer>"}
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        good,
+        {"id": gold_rows[1]["id"], "response": "<reasoning>  </reasoning> <answer>fake</answer>"},  # empty
+        {"id": "nobody", "response": "<reasoning>x</reasoning> <answer>fake</answer>"},  # not in gold
+        good,  # duplicate
+        {"id": "p", "prediction": "fake", "p_fake": -0.2, "response": "y"},  # bad p_fake, not in gold either
+    ])
+    details = tmp_path / "details.jsonl"
+    argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--json", "--no-reference-check",
+            "--details", str(details)]
+    assert main(argv) == 1
+    out = capsys.readouterr()
+    s = json.loads(out.out)
+    assert s["n"] == 1 and s["problems"]["count"] == 5
+    assert f"{pred}:2: field 'response': an empty explanation" in out.err
+    assert f"{pred}:3: field 'id': id 'nobody' is not in the gold set" in out.err
+    assert f"{pred}:4: field 'id': duplicate id" in out.err
+    assert s["reference_score"]["missing"] == "turned off (--no-reference-check)"
+    assert [json.loads(line)["id"] for line in details.read_text().splitlines()] == [good["id"]]
+    assert main(argv + ["--allow-errors"]) == 0

@@ -1,0 +1,182 @@
+"""LoRA training on the tiny Qwen2.5-VL on CPU: loss logged, adapter changed, base unchanged,
+overfitting drives the loss down, resume continues the step count, and `dfj judge --adapter`
+reuses the recorded template and pixel budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deepfakejudge.cli import main
+from deepfakejudge.train.config import load_config
+from deepfakejudge.train.record import RUN_FILE, TEMPLATE_FILE
+from deepfakejudge.train.sft import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_PIXELS = 16 * 28 * 28  # at most 16 visual tokens: cheap on CPU
+SHORT_TEMPLATE = "Class: {ground_truth_label}\nExplanation: {candidate_response}\nRate it 1-5."
+RATIONALES = (
+    "The skin is too smooth.", "Lighting on the left cheek does not match.", "The hands have six fingers.",
+    "Text on the sign is garbled.", "Edges around the hair look soft.", "The reflection in the eyes is consistent.",
+    "The texture of the wall repeats.", "Shadows and reflections agree.",
+)
+IMAGES = ("astronaut.jpg", "camera.jpg", "chelsea.jpg", "coffee.jpg", "hubble.jpg", "rocket.jpg",
+          "synth_spheres.png", "coffee_smear.jpg")
+
+
+def write_short_data(folder: Path) -> tuple[Path, Path]:
+    """Eight short pointwise rows over the bundled images, and a short template: fast to train."""
+    data = folder / "eight.jsonl"
+    rows = [
+        {"id": f"item{i}", "image": str(REPO / "examples" / "images" / image), "label": "fake" if i % 2 else "real",
+         "response": "<reasoning>Looks fine.</reasoning> <answer>real</answer>", "rationale": rationale,
+         "score": i % 5 + 1}
+        for i, (rationale, image) in enumerate(zip(RATIONALES, IMAGES))
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    template = folder / "short.txt"
+    template.write_text(SHORT_TEMPLATE, encoding="utf-8")
+    return data, template
+
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a 10x output layer. The random tiny model's logits are nearly uniform and
+    its frozen lm_head too small to express a peaked distribution, so no adapter could overfit it;
+    real checkpoints have no such limit."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("sharp") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """Three steps on the bundled examples/pointwise.jsonl with the default template."""
+    out = tmp_path_factory.mktemp("train") / "adapter"
+    before = load_file(tiny_model_dir / "model.safetensors")
+    config = load_config("pointwise", {
+        "base": str(tiny_model_dir), "data": str(REPO / "examples" / "pointwise.jsonl"), "out": str(out),
+        "max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
+        "max_pixels": SMALL_PIXELS, "device": "cpu", "gradient_checkpointing": False, "save_steps": 100,
+    })
+    return run_training(config), before
+
+
+def test_loss_logged_adapter_changed_base_unchanged(trained, tiny_model_dir):
+    outcome, before = trained
+    losses = outcome.record["train"]["losses"]
+    assert [x["step"] for x in losses] == [1, 2, 3]
+    assert all(math.isfinite(x["loss"]) and x["loss"] > 0 for x in losses)
+    assert outcome.global_step == 3 and outcome.examples == 70
+
+    adapter = load_file(outcome.out / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert all(".language_model." in k for k in adapter)  # vision tower and merger frozen
+    targets = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapter}
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: it moved
+
+    # Every base weight of the trained model in memory equals the checkpoint, and the checkpoint
+    # file itself is untouched.
+    base = {k.replace("base_model.model.", "").replace(".base_layer", ""): p
+            for k, p in outcome.model.named_parameters() if "lora_" not in k}
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    fresh = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir).named_parameters())
+    assert base.keys() == fresh.keys()
+    assert all(torch.equal(base[k].detach(), fresh[k].detach()) for k in fresh)
+    after = load_file(tiny_model_dir / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_run_record(trained):
+    outcome, _ = trained
+    record = json.loads((outcome.out / RUN_FILE).read_text(encoding="utf-8"))
+    assert record["status"] == "done" and record["kind"] == "pointwise"
+    assert record["pixel_budget"] == {"min_pixels": 3136, "max_pixels": SMALL_PIXELS}
+    from deepfakejudge.prompts import default_template
+
+    assert record["template"]["sha256"] == default_template("pointwise").sha256
+    assert (outcome.out / TEMPLATE_FILE).read_text(encoding="utf-8") == default_template("pointwise").text
+    assert record["config"]["lora_r"] == 32 and record["config"]["learning_rate"] == 1e-3
+    assert record["train"]["train_samples_per_second"] > 0
+    assert record["provenance"]["trl"] and record["data"]["skipped"] == 0
+
+
+def test_judge_with_adapter_uses_recorded_template_and_budget(trained, tiny_model_dir, tmp_path, capsys):
+    outcome, _ = trained
+    base = ["--model", str(tiny_model_dir), "--adapter", str(outcome.out), "--data",
+            str(REPO / "examples" / "pointwise.jsonl"), "--mode", "score-only", "--limit", "2", "--device", "cpu",
+            "--json"]
+    assert main(["judge", "pointwise", *base, "--out", str(tmp_path / "a.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["settings"]["pixel_budget"] == {"min_pixels": 3136, "max_pixels": SMALL_PIXELS}
+    assert summary["settings"]["template"].endswith(TEMPLATE_FILE)
+    assert summary["backend"]["max_pixels"] == SMALL_PIXELS
+    # An explicit budget still wins.
+    assert main(["judge", "pointwise", *base, "--out", str(tmp_path / "b.jsonl"), "--max-pixels", "40000"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["pixel_budget"]["max_pixels"] == 40000
+    # A pointwise adapter is not a pairwise judge.
+    assert main(["judge", "pairwise", *base[:4], "--data", str(REPO / "examples" / "pairwise.jsonl"),
+                 "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "trained as a pointwise judge" in capsys.readouterr().err
+
+
+def test_overfitting_eight_items_drives_the_loss_down(sharp_model_dir, tmp_path):
+    data, template = write_short_data(tmp_path)
+    config = tmp_path / "overfit.yaml"  # a higher lr than the paper's 1e-6, given through --config
+    config.write_text("learning_rate: 1.0e-2\nlr_scheduler_type: constant\nwarmup_ratio: 0.0\nlora_dropout: 0.0\n"
+                      "per_device_train_batch_size: 8\nlogging_steps: 1\ngradient_checkpointing: false\n"
+                      "save_steps: 1000\n", encoding="utf-8")
+    out = tmp_path / "overfit"
+    rc = main(["train", "pointwise", "--base", str(sharp_model_dir), "--data", str(data), "--template", str(template),
+               "--out", str(out), "--config", str(config), "--max-steps", "15", "--max-pixels", str(SMALL_PIXELS),
+               "--device", "cpu"])
+    assert rc == 0
+    losses = [x["loss"] for x in json.loads((out / RUN_FILE).read_text())["train"]["losses"]]
+    assert len(losses) == 15
+    assert min(losses[-3:]) < 0.5 * losses[0], losses
+
+
+def test_resume_continues_the_step_count(tiny_model_dir, tmp_path, capsys):
+    data, template = write_short_data(tmp_path)
+    out = tmp_path / "run"
+    common = ["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(data), "--template", str(template),
+              "--out", str(out), "--batch-size", "4", "--learning-rate", "1e-3", "--max-pixels", str(SMALL_PIXELS),
+              "--device", "cpu", "--save-steps", "1", "--set", "logging_steps=1", "--set", "gradient_checkpointing=false"]
+    assert main([*common, "--max-steps", "2"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    capsys.readouterr()
+
+    assert main([*common, "--max-steps", "4"]) == 2  # an existing run is never overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert main([*common, "--max-steps", "4", "--resume", "--learning-rate", "1e-2"]) == 2
+    assert "learning_rate 0.001 -> 0.01" in capsys.readouterr().err
+
+    assert main([*common, "--max-steps", "4", "--resume", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["global_step"] == 4
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["train"]["resumed_from"] == "checkpoint-2"
+    assert [x["step"] for x in record["train"]["losses"]] == [1, 2, 3, 4]
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    rc = main(["train", "pointwise", "--base", "B", "--data", "D", "--out", str(tmp_path), "--resume"])
+    assert rc == 2
+    assert "no checkpoint-N folder" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""Training settings: the released recipe as defaults, one precedence (CLI > YAML > defaults),
+unknown keys and wrong types as errors naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepfakejudge.cli import main
+from deepfakejudge.train.config import CONFIG_KEYS, TrainConfig, load_config, parse_set
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = {"base": "B", "data": "D", "out": "O"}
+
+
+def test_defaults_are_the_released_recipe():
+    c = load_config("pointwise", REQUIRED)
+    assert (c.lora_r, c.lora_alpha) == (32, 64)
+    assert c.learning_rate == 1e-6
+    assert c.num_train_epochs == 2.0
+    assert c.per_device_train_batch_size == 16
+    assert c.warmup_ratio == 0.05
+    assert (c.min_pixels, c.max_pixels) == (3136, 1003520)
+    assert c.max_length == 4096
+    assert c.dtype == "auto"  # bf16 on GPU, fp32 on CPU (train.sft._precision)
+    assert load_config("pairwise", REQUIRED).max_length == 2048
+
+
+def test_shipped_paper_config_equals_the_defaults():
+    from_yaml = load_config("pointwise", REQUIRED, REPO / "configs" / "train-paper.yaml")
+    assert from_yaml == load_config("pointwise", REQUIRED)
+
+
+def test_precedence_cli_over_yaml_over_defaults(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    # 1e-4 without a dot is a string in YAML 1.1; it must still be read as a number.
+    cfg.write_text("learning_rate: 1e-4\nlora_r: 8\nbase: from-yaml\nmax_length: 1000\n", encoding="utf-8")
+    c = load_config("pointwise", {"data": "D", "out": "O", "lora_r": 16, "max_length": None}, cfg)
+    assert c.learning_rate == 1e-4  # YAML over default
+    assert c.lora_r == 16  # CLI over YAML
+    assert c.base == "from-yaml"  # required key may come from YAML
+    assert c.max_length == 1000  # a CLI None means "not given": YAML stays
+    assert c.lora_alpha == 64  # default
+
+
+def test_unknown_yaml_key_is_an_error_naming_it(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1.0e-4\nlearnig_rate: 3\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="learnig_rate"):
+        load_config("pointwise", REQUIRED, cfg)
+    cfg.write_text("kind: pairwise\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="'kind' is given by the command"):
+        load_config("pointwise", REQUIRED, cfg)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [("lora_r: 8.5\n", "lora_r"), ("learning_rate: fast\n", "learning_rate"),
+     ("gradient_checkpointing: 1\n", "gradient_checkpointing"), ("- a\n- b\n", "mapping")],
+)
+def test_wrong_types_name_the_key(tmp_path, text, key):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=key):
+        load_config("pointwise", REQUIRED, cfg)
+
+
+@pytest.mark.parametrize(
+    "cli, key",
+    [({"learning_rate": -1.0}, "learning_rate"), ({"warmup_ratio": 1.5}, "warmup_ratio"),
+     ({"min_pixels": 5000, "max_pixels": 4000}, "min_pixels"), ({"device": "tpu"}, "device"),
+     ({"dtype": "int8"}, "dtype"), ({"max_steps": 0}, "max_steps")],
+)
+def test_invalid_values_name_the_setting(cli, key):
+    with pytest.raises(ValueError, match=key):
+        load_config("pointwise", {**REQUIRED, **cli})
+
+
+def test_missing_required_and_set_parsing():
+    with pytest.raises(ValueError, match="--base"):
+        load_config("pointwise", {"data": "D", "out": "O"})
+    assert parse_set(["learning_rate=2e-4", "lora-dropout=0", "template=null", "base=123"]) == {
+        "learning_rate": 2e-4, "lora_dropout": 0.0, "template": None, "base": "123"}
+    with pytest.raises(ValueError, match="unknown key 'lr'"):
+        parse_set(["lr=1"])
+    assert set(CONFIG_KEYS) == {f for f in TrainConfig.__dataclass_fields__} - {"kind"}
+
+
+def test_cli_dry_run_resolves_precedence(tiny_model_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 3.0e-4\nper_device_train_batch_size: 4\nmax_pixels: 50176\n", encoding="utf-8")
+    rc = main(["train", "pairwise", "--base", str(tiny_model_dir), "--data", str(REPO / "examples" / "pairwise.jsonl"),
+               "--out", str(tmp_path / "run"), "--config", str(cfg), "--batch-size", "2",
+               "--set", "lora_dropout=0.1", "--dry-run", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    c = out["config"]
+    assert (c["learning_rate"], c["per_device_train_batch_size"], c["lora_dropout"]) == (3e-4, 2, 0.1)
+    assert c["max_length"] == 2048 and c["kind"] == "pairwise"
+    assert out["data"]["examples"] == 56 and out["data"]["skipped"] == 0
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_cli_unknown_config_key_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 3\n", encoding="utf-8")
+    rc = main(["train", "pointwise", "--base", "B", "--data", "D", "--out", "O", "--config", str(cfg)])
+    assert rc == 2
+    assert "unknown key(s) 'epochs'" in capsys.readouterr().err

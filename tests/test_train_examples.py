@@ -1,0 +1,135 @@
+"""Training examples: answers built from rows, prompts identical to inference token by token,
+loss only on the answer, and sequences refused rather than cut."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from deepfakejudge.cli import main
+from deepfakejudge.data import InputError, load_records, open_image
+from deepfakejudge.judge import PairwiseJudge, PointwiseJudge
+from deepfakejudge.prompts import default_template
+from deepfakejudge.train.collate import IGNORE_INDEX, JudgeCollator, visual_tokens
+from deepfakejudge.train.examples import build_example, build_examples, target_text
+from deepfakejudge.train.prepare import prepare_examples
+
+REPO = Path(__file__).resolve().parents[1]
+POINTWISE = REPO / "examples" / "pointwise.jsonl"
+PAIRWISE = REPO / "examples" / "pairwise.jsonl"
+
+
+@pytest.fixture(scope="module")
+def pointwise_samples():
+    return load_records(POINTWISE).samples
+
+
+@pytest.fixture(scope="module")
+def pairwise_samples():
+    return load_records(PAIRWISE).samples
+
+
+def test_targets_from_rows(pointwise_samples, pairwise_samples):
+    s = pointwise_samples[0]
+    assert target_text(s, "pointwise") == f"<reasoning>{s.rationale.strip()}</reasoning>\n<score>{s.score}</score>"
+    p = pairwise_samples[0]
+    assert target_text(p, "pairwise") == f"<answer>{p.preferred}</answer>"
+    given = "<reasoning>Grounded.</reasoning>\n<score>5</score>"
+    assert target_text(replace(s, score=5, extra={"target": given}), "pointwise") == given
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"score": None}, "score"), ({"rationale": None}, "rationale"), ({"response": " "}, "response"),
+     ({"score": 2, "extra": {"target": "<reasoning>x</reasoning><score>5</score>"}}, "target"),
+     ({"extra": {"target": "<reasoning><score>5</score></reasoning>"}}, "target")],
+)
+def test_unusable_pointwise_rows_name_the_field(pointwise_samples, change, field):
+    bad = replace(pointwise_samples[0], **change)
+    with pytest.raises(InputError) as err:
+        build_example(bad, default_template("pointwise"))
+    assert err.value.field == field
+    _, errors = build_examples([bad], default_template("pointwise"))
+    assert errors[0].field == field and errors[0].where.endswith(":1")
+
+
+def test_pairwise_without_preference_is_an_error(pairwise_samples):
+    with pytest.raises(InputError, match="gold preference") as err:
+        build_example(replace(pairwise_samples[0], preferred=None), default_template("pairwise"))
+    assert err.value.field == "preferred"
+
+
+def _inference_ids(backend, request):
+    batch = backend.processor([request])
+    return batch["input_ids"][0].tolist(), batch["pixel_values"]
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
+def test_training_prompt_is_the_inference_prompt(tiny_backend, pointwise_samples, pairwise_samples, kind):
+    samples = (pointwise_samples if kind == "pointwise" else pairwise_samples)[:3]
+    template = default_template(kind)
+    judge = (PointwiseJudge if kind == "pointwise" else PairwiseJudge)(tiny_backend, template=template)
+    examples = [build_example(s, template) for s in samples]
+    batch = JudgeCollator(tiny_backend.processor)([e.to_row() for e in examples])
+    tok = tiny_backend.processor.tokenizer
+    offset = 0
+    for row, (sample, example) in enumerate(zip(samples, examples)):
+        image = open_image(sample)
+        request = judge.request(sample, image) if kind == "pointwise" else judge.request(sample, image, swapped=False)
+        want, pixels = _inference_ids(tiny_backend, request)
+        got = batch["input_ids"][row].tolist()
+        assert got[: len(want)] == want  # same tokens, image tokens included
+        labels = batch["labels"][row].tolist()
+        assert all(x == IGNORE_INDEX for x in labels[: len(want)])  # no loss on the prompt
+        answer = [x for x in labels[len(want):] if x != IGNORE_INDEX]
+        assert tok.decode(answer) == example.target + "<|im_end|>"
+        n = pixels.shape[0]
+        assert batch["pixel_values"][offset: offset + n].equal(pixels)  # same pixels as at inference
+        offset += n
+    assert batch["mm_token_type_ids"].sum() == (batch["input_ids"] == tiny_backend.processor.image_token_id).sum()
+
+
+def test_visual_token_count_from_size_matches_the_processor(tiny_backend, test_images):
+    from deepfakejudge.backends.base import ChatRequest
+
+    for image in test_images.values():
+        _, counts = tiny_backend.processor.image_inputs([ChatRequest(text="x", image=image)])
+        assert visual_tokens(tiny_backend.processor, image.size) == counts[0]
+
+
+def test_overlong_rows_are_refused_never_cut(tiny_backend, tiny_model_dir, tmp_path, capsys):
+    template = default_template("pointwise")
+    full = prepare_examples(POINTWISE, template, tiny_backend.processor, max_length=100_000)
+    assert len(full.examples) == 70 and not full.errors
+    lengths = sorted(
+        len(JudgeCollator(tiny_backend.processor)([e.to_row()])["input_ids"][0]) for e in full.examples
+    )
+    assert full.longest == lengths[-1]  # the pre-check measures exactly what the collator builds
+    limit = lengths[len(lengths) // 2]
+    cut = prepare_examples(POINTWISE, template, tiny_backend.processor, max_length=limit)
+    assert len(cut.examples) == sum(n <= limit for n in lengths)
+    assert {e.field for e in cut.errors} == {"<sequence>"}
+    assert "never cut" in cut.errors[0].message
+
+    # The command refuses before loading the model, and says how to go on.
+    args = ["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(POINTWISE), "--out",
+            str(tmp_path / "run"), "--max-length", str(limit), "--max-pixels", str(64 * 28 * 28)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot be trained on" in err and "--allow-errors" in err and "pointwise.jsonl:" in err
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_unreadable_image_is_reported_with_its_line(tmp_path, tiny_backend):
+    rows = [json.loads(line) for line in POINTWISE.read_text(encoding="utf-8").splitlines()[:2]]
+    for r in rows:
+        r["image"] = str(REPO / "examples" / r["image"])
+    rows[1]["image"] = str(tmp_path / "missing.jpg")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    prepared = prepare_examples(data, default_template("pointwise"), tiny_backend.processor, 100_000)
+    assert len(prepared.examples) == 1
+    assert prepared.errors[0].field == "image" and prepared.errors[0].where.endswith(":2")
