@@ -27,10 +27,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,30 +40,38 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # -- shapes ------------------------------------------------------------------------------------
 
-_VISION_QWEN25 = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                      fullatt_block_indexes=[7, 15, 23, 31])
+_VISION_QWEN25 = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                  "fullatt_block_indexes": [7, 15, 23, 31]}
 SIZES: dict[str, dict[str, Any]] = {
     # Real Qwen2.5-VL-3B-Instruct / 7B-Instruct shapes (config.json of the released checkpoints).
-    "3B": dict(text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                         num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
-                         tie_word_embeddings=True, mrope_section=[16, 24, 24]),
-               vision=dict(_VISION_QWEN25, out_hidden_size=2048)),
-    "7B": dict(text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                         num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                         tie_word_embeddings=False, mrope_section=[16, 24, 24]),
-               vision=dict(_VISION_QWEN25, out_hidden_size=3584)),
+    "3B": {
+        "text": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
+                 "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+                 "mrope_section": [16, 24, 24]},
+        "vision": {**_VISION_QWEN25, "out_hidden_size": 2048},
+    },
+    "7B": {
+        "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                 "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
+                 "mrope_section": [16, 24, 24]},
+        "vision": {**_VISION_QWEN25, "out_hidden_size": 3584},
+    },
     # A CPU-sized model that keeps the real vocabulary (LM head cost) and the real workloads.
-    "small": dict(text=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                            num_attention_heads=4, num_key_value_heads=2, vocab_size=151936,
-                            tie_word_embeddings=True, mrope_section=[8, 12, 12]),
-                  vision=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4,
-                              fullatt_block_indexes=[3], out_hidden_size=256)),
+    "small": {
+        "text": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+                 "mrope_section": [8, 12, 12]},
+        "vision": {"depth": 4, "hidden_size": 128, "intermediate_size": 256, "num_heads": 4,
+                   "fullatt_block_indexes": [3], "out_hidden_size": 256},
+    },
     # The test fixture's shapes: runs in seconds on CPU. Vocabulary = the tiny tokenizer's.
-    "tiny": dict(text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, vocab_size=None,
-                           tie_word_embeddings=False, mrope_section=[2, 3, 3]),
-                 vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                             fullatt_block_indexes=[1], out_hidden_size=64)),
+    "tiny": {
+        "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": None, "tie_word_embeddings": False,
+                 "mrope_section": [2, 3, 3]},
+        "vision": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                   "fullatt_block_indexes": [1], "out_hidden_size": 64},
+    },
 }
 
 
@@ -87,7 +96,7 @@ class Workload:
 # The anchor's workloads (DESIGN.md "Performance"): 256 + 352 and 1,225 + 352 tokens.
 WORKLOADS = {"A": Workload("A", 448, 608), "B": Workload("B", 980, 1577)}
 # --tiny: same structure, a few visual tokens.
-TINY_WORKLOADS = {"A": Workload("A", 56, 96), "B": Workload("B", 112, 160)}
+TINY_WORKLOADS = {"A": Workload("A", 56, 160), "B": Workload("B", 112, 224)}
 
 # The released judges' training budget (DESIGN.md): 4*28*28 .. 1280*28*28 pixels.
 MIN_PIXELS, MAX_PIXELS = 3136, 1003520
@@ -183,8 +192,6 @@ def measure_ceilings(dev: Device) -> dict[str, float]:
     dst = torch.empty_like(src)
     t = median(timed(dev, lambda: dst.copy_(src), 10 if dev.cuda else 5))
     bandwidth = 2 * src.numel() * src.element_size() / t
-    del a, b, src, dst
-    dev.free()
     return {"matmul_tflops": round(flops / 1e12, 2), "copy_gbps": round(bandwidth / 1e9, 1)}
 
 
@@ -217,8 +224,8 @@ def model_config(size: str, processor):
         max_position_embeddings=32768, rms_norm_eps=1e-6,
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(spec["vision"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                  window_size=112, tokens_per_second=2, in_channels=3)
+    vision = {**spec["vision"], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+              "window_size": 112, "tokens_per_second": 2, "in_channels": 3}
     return Qwen2_5_VLConfig(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
@@ -269,14 +276,15 @@ def noise_images(n: int, side: int, seed: int) -> list[Image.Image]:
 
 
 # Text the tiny tokenizer knows (its training corpus), so token density is realistic.
-_WORDS = (
+_TEXT = (
     "The lighting on the left cheek does not match the shadows behind the person. "
     "In the hands the photograph shows warped geometry, 3 of 5 annotators agreed. "
     "Text on the sign is garbled, which suggests the picture was generated. "
     "Edges around the hair look soft and the ears are not symmetric. "
     "The reflection in the eyes is consistent, so the photo is likely real. "
-    "This region was edited: the texture of the wall repeats unnaturally. "
-).split()
+    "This region was edited: the texture of the wall repeats unnaturally."
+)
+_WORDS = tuple(_TEXT.split())
 
 
 # Own short instructions with the project's placeholders and output contract: under the tiny
@@ -441,8 +449,8 @@ def header(name: str, dev: Device, args: Any) -> dict[str, Any]:
 def results_path(out_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     card = "".join(c if c.isalnum() else "-" for c in result["card"]).strip("-")
     card = "-".join(p for p in card.split("-") if p)[:48]
-    tag = "tiny_" if result["settings"].get("tiny") else ""
-    return Path(out_dir) / f"{name}_{tag}{card}_{result['date'][:10]}.json"
+    tag = "tiny" if result["settings"].get("tiny") else "-".join(result["settings"]["sizes"])
+    return Path(out_dir) / f"{name}_{tag}_{card}_{result['date'][:10]}.json"
 
 
 def save(result: dict[str, Any], path: Path) -> None:

@@ -31,13 +31,14 @@ import math
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import Device, Workload, log  # noqa: E402
+import common
+from common import Device, Workload, log
 
 PATHS = (
     "naive_generate_bs1", "hf_generate", "hf_score_forward", "vision_only", "preprocess_only",
@@ -74,12 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Bench:
     """One model, one processor and backend, and the rows measured with them."""
 
-    def __init__(self, args, dev: Device, size: str, processor, ceilings: dict[str, float], workdir: Path):
+    def __init__(self, args, dev: Device, size: str, processor, ceilings: dict[str, float], workdir: Path,
+                 saved: Callable[[list[dict[str, Any]]], None] = lambda rows: None):
         from deepfakejudge.backends.base import LoadOptions, PixelBudget
         from deepfakejudge.backends.hf import HFBackend
 
         self.args, self.dev, self.size, self.processor, self.ceilings = args, dev, size, processor, ceilings
-        self.workdir = workdir
+        self.workdir, self.saved = workdir, saved  # saved(rows): results so far, written after every row
         self.model = common.build_model(size, processor, dev)
         self.config = self.model.config
         options = LoadOptions(model=f"random-Qwen2.5-VL-{size}", budget=PixelBudget(common.MIN_PIXELS, common.MAX_PIXELS))
@@ -88,6 +90,7 @@ class Bench:
         self.weight_bytes = (common.llm_linear_params(self.config) + common.head_params(self.config)) * self.bytes_per
         self.vision_bytes = common.vision_params(self.config) * self.bytes_per
         self.rows: list[dict[str, Any]] = []
+        self.naive_rate: float | None = None
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -175,15 +178,18 @@ class Bench:
         row: dict[str, Any] = {"size": self.size, "workload": wl.name, "path": path, "unit": unit, "batch": units,
                                "prompt_tokens": round(self.prompt_tokens, 1), "visual_tokens": wl.visual_tokens}
         self.dev.reset_peak()
+        times = None
         try:
             times = common.timed(self.dev, fn, repeats or self.args.repeats)
-        except Exception as exc:  # an OOM or engine failure is a result too: record it, go on
+        except Exception as exc:  # noqa: BLE001 - an OOM or engine failure is a result too: record it, go on
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
             log(f"[{self.size}/{wl.name}] {path}: {row['error']}")
             if not common.is_oom(exc):
                 traceback.print_exc()
+        if times is None:  # outside the except block: the traceback no longer holds the tensors
             self.dev.free()
             self.rows.append(row)
+            self.saved(self.rows)
             return row
         t = common.median(times)
         row.update(seconds_median=round(t, 5), seconds_all=[round(x, 5) for x in times],
@@ -193,8 +199,12 @@ class Bench:
                        floor_compute_samples_per_s=round(units / floor.compute_seconds, 3),
                        pct_of_floor=round(100 * floor.seconds / t, 2),
                        achieved_tflops=round(floor.flops / t / 1e12, 4))
+        if self.naive_rate and unit != "images":
+            # A pair judged in both orders is two requests: the naive way makes two calls.
+            row["ratio_to_naive"] = round(row["samples_per_s"] * (2 if unit == "pairs" else 1) / self.naive_rate, 2)
         log(f"[{self.size}/{wl.name}] {path}: {row['samples_per_s']:.3f} {unit}/s")
         self.rows.append(row)
+        self.saved(self.rows)
         return row
 
     def run(self, wl: Workload) -> list[dict[str, Any]]:
@@ -208,7 +218,7 @@ class Bench:
         dev, model, proc, b, new = self.dev, self.model, self.processor, self.backend, self.args.new_tokens
         n, T, Tg = len(self.score_requests), self.prompt_tokens, self.gen_prompt_tokens
         gen_repeats = min(self.args.repeats, 2)
-        on = lambda batch: {k: v.to(dev.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}  # noqa: E731
+        on = lambda batch: {k: v.to(dev.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         outputs: dict[str, Any] = {}
 
         def hf_generate(requests):
@@ -217,20 +227,15 @@ class Bench:
             return out[:, -new:]
 
         # naive: one sample at a time, each timed on its own (the first is the warm-up).
-        naive = self.args.naive_samples
+        self.naive_rate = None
         naive_ids: list[Any] = []
-        if "naive_generate_bs1" in self.args.paths:
-            reqs = self.gen_requests[: naive + 1]
-            it = iter(reqs)
-            row = self.measure(wl, "naive_generate_bs1", "samples", 1, lambda: naive_ids.append(hf_generate([next(it)])),
-                               self.floor(wl, images=1, requests=1, tokens=Tg, new_tokens=new), repeats=len(reqs) - 1)
-            naive_rate = row.get("samples_per_s") if row else None
-        else:
-            naive_rate = None
-
-        m = len(self.gen_requests)
-        self.measure(wl, "hf_generate", "samples", m, lambda: outputs.__setitem__("hf_gen", hf_generate(self.gen_requests)),
-                     self.floor(wl, images=m, requests=m, tokens=Tg, new_tokens=new), repeats=gen_repeats)
+        reqs = self.gen_requests[: self.args.naive_samples + 1]
+        it = iter(reqs)
+        row = self.measure(wl, "naive_generate_bs1", "samples", 1, lambda: naive_ids.append(hf_generate([next(it)])),
+                           self.floor(wl, images=1, requests=1, tokens=Tg, new_tokens=new), repeats=len(reqs) - 1)
+        if row and "samples_per_s" in row:
+            self.naive_rate = row["samples_per_s"]
+            row["ratio_to_naive"] = 1.0
 
         def hf_score():
             healed = [b.heal(r.prefix, SCORES) for r in self.score_requests]
@@ -252,7 +257,6 @@ class Bench:
         vfloor = common.new_floor(self.ceilings)
         vfloor.phase(n * common.vision_flops(self.config, wl.patches), self.vision_bytes)
         self.measure(wl, "vision_only", "images", n, vision, vfloor)
-        del pv, grid, pixels
         self.measure(wl, "preprocess_only", "images", n, lambda: proc.image_inputs(self.score_requests), None)
 
         def cold(fn):
@@ -264,7 +268,7 @@ class Bench:
         def keep(name, fn):
             return lambda: outputs.__setitem__(name, fn())
 
-        score = lambda: b.choice_probs(self.score_requests, SCORES)  # noqa: E731
+        score = lambda: b.choice_probs(self.score_requests, SCORES)
         self.measure(wl, "ours_score_cold", "samples", n, keep("cold", cold(score)),
                      self.floor(wl, images=n, requests=n, tokens=T))
         b.vision_cache.clear()
@@ -275,23 +279,23 @@ class Bench:
         self.measure(wl, "ours_pointwise_x5", "samples", n5,
                      keep("x5", cold(lambda: self.point_score._judge(self.x5_prepared))),
                      self.floor(wl, images=n5_img, requests=n5, tokens=T))
-        self.measure(wl, "ours_pointwise_x5_files", "samples", n5,
-                     cold(lambda: self.point_score.score(self.x5_samples, batch_size=n5)),
-                     self.floor(wl, images=n5_img, requests=n5, tokens=T))
         npairs = len(self.pairs_prepared)
         self.measure(wl, "ours_pairwise_both", "pairs", npairs,
                      keep("pairs", cold(lambda: self.pair_score._judge(self.pairs_prepared, True))),
                      self.floor(wl, images=npairs, requests=2 * npairs, tokens=T))
+        self.check_parity(wl, outputs)
+        self.saved(self.rows)
+        # Slower and less central paths last: a run cut short by its time limit keeps the above.
+        self.measure(wl, "ours_pointwise_x5_files", "samples", n5,
+                     cold(lambda: self.point_score.score(self.x5_samples, batch_size=n5)),
+                     self.floor(wl, images=n5_img, requests=n5, tokens=T))
+        m = len(self.gen_requests)
+        self.measure(wl, "hf_generate", "samples", m, lambda: outputs.__setitem__("hf_gen", hf_generate(self.gen_requests)),
+                     self.floor(wl, images=m, requests=m, tokens=Tg, new_tokens=new), repeats=gen_repeats)
+
         config = GenerationConfig(max_new_tokens=new)
         self.measure(wl, "ours_generate", "samples", m, keep("gen", cold(lambda: b.generate(self.gen_requests, config))),
                      self.floor(wl, images=m, requests=m, tokens=Tg, new_tokens=new), repeats=gen_repeats)
-
-        for row in self.rows:
-            if naive_rate and "samples_per_s" in row and row["unit"] != "images":
-                # A pair judged in both orders is two requests: the naive way makes two calls.
-                per = 2 if row["unit"] == "pairs" else 1
-                row["ratio_to_naive"] = round(row["samples_per_s"] * per / naive_rate, 2)
-        self.check_parity(wl, outputs)
         self.check_generate(outputs, naive_ids)
         return self.rows
 
@@ -398,15 +402,16 @@ def main(argv: list[str] | None = None) -> int:
         processor = common.build_processor(tmp)
         for size in args.sizes:
             try:
-                bench = Bench(args, dev, size, processor, result["ceilings"], Path(tmp))
-            except Exception as exc:
+                bench = Bench(args, dev, size, processor, result["ceilings"], Path(tmp),
+                              lambda rows: common.save(dict(result, runs=result["runs"] + rows), path))
+            except Exception as exc:  # noqa: BLE001 - recorded in the results, the run goes on
                 result["runs"].append({"size": size, "path": "build", "error": f"{type(exc).__name__}: {exc}"[:400]})
                 traceback.print_exc()
                 continue
             for w in args.workloads:
                 try:
                     result["runs"].extend(bench.run(workloads[w]))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - recorded in the results, the run goes on
                     result["runs"].append({"size": size, "workload": w, "path": "setup",
                                            "error": f"{type(exc).__name__}: {exc}"[:400]})
                     traceback.print_exc()

@@ -38,13 +38,14 @@ import argparse
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import Device, log  # noqa: E402
+import common
+from common import Device, log
 
 VARIANTS = ("pixels", "pixels_nograd_vision", "cached", "cached_answer_logits")
 TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -78,11 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class TrainBench:
-    def __init__(self, args, dev: Device, size: str, processor, ceilings: dict[str, float]):
+    def __init__(self, args, dev: Device, size: str, processor, ceilings: dict[str, float],
+                 saved: Callable[[list[dict[str, Any]]], None] = lambda rows: None):
         import torch
         from peft import LoraConfig, get_peft_model
 
         self.args, self.dev, self.size, self.processor, self.ceilings = args, dev, size, processor, ceilings
+        self.saved = saved  # saved(rows): results so far, written after every row
         self.wl = (common.TINY_WORKLOADS if args.tiny else common.WORKLOADS)[args.workload]
         model = common.build_model(size, processor, dev)
         for p in model.parameters():
@@ -150,7 +153,7 @@ class TrainBench:
     def kwargs(self, variant: str, data: dict[str, Any]) -> dict[str, Any]:
         import torch
 
-        inputs, labels = data["inputs"], data["labels"]
+        inputs, labels = dict(data["inputs"], use_cache=False), data["labels"]
         wrap = data["BaseModelOutputWithPooling"]
         if variant == "pixels":
             return dict(inputs, labels=labels)
@@ -167,6 +170,11 @@ class TrainBench:
         return out
 
     def configure(self, variant: str, checkpointing: bool) -> None:
+        # transformers 5.23's activation_checkpointing_enable() itself calls
+        # enable_input_require_grads() (every model whose main input is input_ids), and that call
+        # overwrites the list of earlier hooks instead of removing them: a second enable leaks the
+        # first hooks for good. So hooks are removed before and after, and set only where meant.
+        self.model.disable_input_require_grads()
         if checkpointing:
             self.model.activation_checkpointing_enable()
         else:
@@ -188,7 +196,7 @@ class TrainBench:
         g = torch.cat([p.grad.float().flatten() for p in self.lora_params])
         for p in self.lora_params:
             p.grad = None
-        return float(loss), g
+        return float(loss.detach()), g
 
     def parity(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         tol = TOLERANCE[str(self.dev.dtype).removeprefix("torch.")]
@@ -242,15 +250,16 @@ class TrainBench:
         self.vision_backward_calls = 0
         self.dev.reset_peak()
         repeats = min(self.args.repeats, 2) if variant.startswith("pixels") and not self.args.tiny else self.args.repeats
+        times = None
         try:
             times = common.timed(self.dev, step, repeats)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - an OOM is a result too: record it, go on
             row["error"] = f"{type(exc).__name__}: {exc}"[:400]
             log(f"[{self.size}] {variant} ckpt={int(ckpt)} bs={n}: {row['error']}")
             if not common.is_oom(exc):
                 traceback.print_exc()
+        if times is None:  # outside the except block: the traceback no longer holds the graph
             opt.zero_grad(set_to_none=True)
-            del opt
             self.dev.free()
             return row
         t = common.median(times)
@@ -262,7 +271,7 @@ class TrainBench:
                    achieved_tflops=round(f.flops / t / 1e12, 4),
                    hours_2_epochs_dfj_meta=round(PAPER_SAMPLES * t / n / 3600, 2))
         log(f"[{self.size}] {variant} ckpt={int(ckpt)} bs={n}: {row['samples_per_s']:.3f} samples/s, peak {row['peak_mem_gib']} GiB")
-        del opt
+        opt.zero_grad(set_to_none=True)
         self.dev.free()
         return row
 
@@ -300,6 +309,7 @@ class TrainBench:
                     if not full and variant.startswith("pixels") and (n != sizes[0] or not ckpt):
                         continue
                     rows.append(self.step_row(variant, ckpt, n, part))
+                    self.saved(rows)
         for row in rows:
             base = next((r for r in rows if r.get("variant") == "pixels" and r.get("checkpointing")
                          and r["batch"] == row["batch"] and "samples_per_s" in r), None)
@@ -348,13 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         processor = common.build_processor(tmp)
         for size in args.sizes:
             try:
-                bench = TrainBench(args, dev, size, processor, result["ceilings"])
+                bench = TrainBench(args, dev, size, processor, result["ceilings"],
+                                   lambda rows: common.save(dict(result, runs=result["runs"] + rows), path))
                 rows, parity = bench.run()
                 result["runs"].extend(rows)
                 result["parity"].extend(dict(p, size=size) for p in parity)
                 result.setdefault("adapter_parameters", {})[size] = bench.trainable
                 del bench
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - recorded in the results, the run goes on
                 result["runs"].append({"size": size, "variant": "setup", "error": f"{type(exc).__name__}: {exc}"[:400]})
                 traceback.print_exc()
             dev.free()

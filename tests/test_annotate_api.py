@@ -236,8 +236,8 @@ def test_stale_version_gets_409_and_keeps_the_stored_work(project):
 
 
 def test_concurrent_saves_of_one_version_let_exactly_one_through(project):
-    from deepfakejudge.annotate.work import Conflict, save
     from deepfakejudge.annotate.store import User
+    from deepfakejudge.annotate.work import Conflict, save
 
     item = project.items("alice", "annotate")[0]["id"]
     with project.ctx.store.read() as session:
@@ -292,6 +292,9 @@ def test_body_limits_and_malformed_json(sqlite_project):
     huge = json.dumps({"version": 0, "status": "draft", "rationale": "x" * (1 << 20)})
     r = alice.put(f"/api/items/{item}/annotation", content=huge, headers={"Content-Type": "application/json"})
     assert r.status_code == 413
+    chunked = alice.put(f"/api/items/{item}/annotation", content=iter([b" " * (1 << 20), b"{}"]),
+                        headers={"Content-Type": "application/json"})  # no Content-Length: counted as it arrives
+    assert chunked.status_code == 413
     r = alice.put(f"/api/items/{item}/annotation", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["field"] == "<body>"
     r = alice.put(f"/api/items/{item}/annotation", content=b"{}", headers={"Content-Type": "text/plain"})

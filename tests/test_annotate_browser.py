@@ -135,7 +135,7 @@ def test_annotate_rate_review_and_export_in_a_real_browser(server, browser, shot
     d.find_element(By.TAG_NAME, "body").send_keys("e")  # shortcut: class edited
     Select(d.find_element(By.ID, "category")).select_by_visible_text("text and symbols")
     size = canvas.size
-    scale = 320 / size["width"] if size["width"] else 1  # example images are 320 px wide at most
+    scale = api(server, "alice", f"/api/items/{target['id']}")["item"]["width"] / size["width"]  # image px per CSS px
     (ActionChains(d).move_to_element_with_offset(canvas, -size["width"] // 2 + 60, -size["height"] // 2 + 40)
      .click_and_hold().move_by_offset(140, 100).release().perform())
     rows = wait_for(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#artifacts li.artifact"), "the new artifact row")

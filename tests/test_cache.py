@@ -185,7 +185,7 @@ def test_cli_cache_with_the_local_backend(tiny_model_dir, tmp_path, capsys, monk
     monkeypatch.setattr(hf.HFBackend, "choice_probs", lambda self, *a: calls.append(1) or original(self, *a))
     assert main(argv + ["--out", str(tmp_path / "two.jsonl")]) == 0
     assert calls == []
-    rows = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]  # noqa: E731
+    rows = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
     assert rows("one.jsonl") == rows("two.jsonl")
     summary = json.loads((tmp_path / "two.summary.json").read_text())
     assert summary["backend"]["cache"] == str(tmp_path / "c.sqlite")

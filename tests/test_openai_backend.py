@@ -35,7 +35,7 @@ from deepfakejudge.backends.openai import (
 )
 from deepfakejudge.records import RowError, Sample
 
-FAST = dict(backoff_base=0.01, backoff_cap=0.05, timeout=5.0)
+FAST = {"backoff_base": 0.01, "backoff_cap": 0.05, "timeout": 5.0}
 
 
 class Scripted:
@@ -105,8 +105,9 @@ def entry(token, p, top=()):
             "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in top]}
 
 
-def backend(url, budget=PixelBudget(), **remote):
-    return OpenAIBackend(LoadOptions(model="m", budget=budget, remote=RemoteOptions(base_url=url, **{**FAST, **remote})))
+def backend(url, budget=None, **remote):
+    return OpenAIBackend(LoadOptions(model="m", budget=budget or PixelBudget(),
+                                     remote=RemoteOptions(base_url=url, **{**FAST, **remote})))
 
 
 def req(text="judge this", prefix="", image=None):
@@ -405,7 +406,7 @@ def test_reasks_are_a_judge_setting_on_any_backend(tmp_path):
     b = Once()
     (v,) = PointwiseJudge(b, generation=GenerationConfig(reasks=1)).score([sample])
     assert v.score == 3 and [c.temperature for c in b.configs] == [0.0, 0.7]
-    assert isinstance(PointwiseJudge(Once()).score([sample])[0].score, type(None))
+    assert PointwiseJudge(Once()).score([sample])[0].score is None
     assert not isinstance(v, RowError)
 
 

@@ -180,6 +180,11 @@ def test_reason_score_by_hand_and_missing_metrics(tmp_path, capsys):
     assert "| pred | 3 | 1.000 | 1.000 | n/a | n/a |" in table
     assert "- BERTScore n/a: cannot load bert-score's default English model (roberta-large)" in table
     assert "- DFJ Score n/a: no --judge given" in table
+    # A judge that cannot be loaded is reported the same way.
+    assert main(argv + ["--judge", str(tmp_path / "no-such-judge")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["dfj_score"]["missing"].startswith(f"cannot load the judge {tmp_path / 'no-such-judge'}")
+    assert s["bleu3"]["value"] == pytest.approx(1.0)
 
 
 def test_reason_score_bad_rows(tmp_path, capsys):

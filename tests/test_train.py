@@ -30,6 +30,17 @@ IMAGES = ("astronaut.jpg", "camera.jpg", "chelsea.jpg", "coffee.jpg", "hubble.jp
           "synth_spheres.png", "coffee_smear.jpg")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's ops are far too small to gain from intra-op threads, and when other test
+    processes share the CPU, OpenMP threads spinning against them make each step ~10x slower
+    (measured: 10 steps in 41 s with 2 threads under load, 2.6 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_short_data(folder: Path) -> tuple[Path, Path]:
     """Eight short pointwise rows over the bundled images, and a short template: fast to train."""
     data = folder / "eight.jsonl"
@@ -63,11 +74,14 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    """Three steps on the bundled examples/pointwise.jsonl with the default template."""
-    out = tmp_path_factory.mktemp("train") / "adapter"
+    """Three steps on the bundled examples/pointwise.jsonl, with a short template (fast on CPU)."""
+    folder = tmp_path_factory.mktemp("train")
+    _, template = write_short_data(folder)
+    out = folder / "adapter"
     before = load_file(tiny_model_dir / "model.safetensors")
     config = load_config("pointwise", {
         "base": str(tiny_model_dir), "data": str(REPO / "examples" / "pointwise.jsonl"), "out": str(out),
+        "template": str(template),
         "max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
         "max_pixels": SMALL_PIXELS, "device": "cpu", "gradient_checkpointing": False, "save_steps": 100,
     })
@@ -107,13 +121,16 @@ def test_run_record(trained):
     record = json.loads((outcome.out / RUN_FILE).read_text(encoding="utf-8"))
     assert record["status"] == "done" and record["kind"] == "pointwise"
     assert record["pixel_budget"] == {"min_pixels": 3136, "max_pixels": SMALL_PIXELS}
-    from deepfakejudge.prompts import default_template
+    from deepfakejudge.prompts import load_template
 
-    assert record["template"]["sha256"] == default_template("pointwise").sha256
-    assert (outcome.out / TEMPLATE_FILE).read_text(encoding="utf-8") == default_template("pointwise").text
+    template = load_template(record["config"]["template"], "pointwise")
+    assert record["template"]["sha256"] == template.sha256
+    assert (outcome.out / TEMPLATE_FILE).read_text(encoding="utf-8") == SHORT_TEMPLATE
     assert record["config"]["lora_r"] == 32 and record["config"]["learning_rate"] == 1e-3
     assert record["train"]["train_samples_per_second"] > 0
     assert record["provenance"]["trl"] and record["data"]["skipped"] == 0
+    assert record["runtime"]["model_dtype"] == "float32" and not record["runtime"]["bf16"]  # fp32 on CPU
+    assert record["runtime"]["device"] == "cpu" and record["runtime"]["effective_batch"] == 2
 
 
 def test_judge_with_adapter_uses_recorded_template_and_budget(trained, tiny_model_dir, tmp_path, capsys):
@@ -138,17 +155,17 @@ def test_judge_with_adapter_uses_recorded_template_and_budget(trained, tiny_mode
 def test_overfitting_eight_items_drives_the_loss_down(sharp_model_dir, tmp_path):
     data, template = write_short_data(tmp_path)
     config = tmp_path / "overfit.yaml"  # a higher lr than the paper's 1e-6, given through --config
-    config.write_text("learning_rate: 1.0e-2\nlr_scheduler_type: constant\nwarmup_ratio: 0.0\nlora_dropout: 0.0\n"
+    config.write_text("learning_rate: 5.0e-3\nlr_scheduler_type: constant\nwarmup_ratio: 0.0\nlora_dropout: 0.0\n"
                       "per_device_train_batch_size: 8\nlogging_steps: 1\ngradient_checkpointing: false\n"
                       "save_steps: 1000\n", encoding="utf-8")
     out = tmp_path / "overfit"
     rc = main(["train", "pointwise", "--base", str(sharp_model_dir), "--data", str(data), "--template", str(template),
-               "--out", str(out), "--config", str(config), "--max-steps", "15", "--max-pixels", str(SMALL_PIXELS),
+               "--out", str(out), "--config", str(config), "--max-steps", "10", "--max-pixels", str(SMALL_PIXELS),
                "--device", "cpu"])
     assert rc == 0
     losses = [x["loss"] for x in json.loads((out / RUN_FILE).read_text())["train"]["losses"]]
-    assert len(losses) == 15
-    assert min(losses[-3:]) < 0.5 * losses[0], losses
+    assert len(losses) == 10
+    assert min(losses[-3:]) < 0.35 * losses[0], losses  # measured: 7.9 -> 1.0
 
 
 def test_resume_continues_the_step_count(tiny_model_dir, tmp_path, capsys):
@@ -180,3 +197,45 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
     rc = main(["train", "pointwise", "--base", "B", "--data", "D", "--out", str(tmp_path), "--resume"])
     assert rc == 2
     assert "no checkpoint-N folder" in capsys.readouterr().err
+
+
+def test_frozen_vision_tower_runs_without_grad(tiny_model_dir):
+    """The vision tower's forward is kept out of autograd (transformers would otherwise backprop
+    through it for nothing); the adapter's loss and gradients are exactly the same."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from deepfakejudge.backends.processor import ImageTextProcessor
+    from deepfakejudge.data import load_records
+    from deepfakejudge.prompts import default_template
+    from deepfakejudge.train.collate import JudgeCollator
+    from deepfakejudge.train.examples import build_examples
+    from deepfakejudge.train.sft import language_model_targets, vision_without_grad
+
+    processor = ImageTextProcessor.from_pretrained(str(tiny_model_dir), 3136, SMALL_PIXELS)
+    examples, _ = build_examples(load_records(REPO / "examples" / "pointwise.jsonl").samples[:2],
+                                 default_template("pointwise"))
+    batch = JudgeCollator(processor)([e.to_row() for e in examples])
+
+    def step(without_grad: bool):
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+        if without_grad:
+            vision_without_grad(model)
+        seen = []
+        model.model.visual.register_forward_hook(lambda m, a, out: seen.append(out.pooler_output.requires_grad))
+        torch.manual_seed(0)
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=language_model_targets(model),
+                                                      init_lora_weights=False))
+        peft_model.train()
+        peft_model.enable_input_require_grads()  # what TRL does for PEFT + gradient checkpointing
+        loss = peft_model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+        return loss.item(), grads, seen
+
+    loss_a, grads_a, seen_a = step(without_grad=False)
+    loss_b, grads_b, seen_b = step(without_grad=True)
+    assert seen_a == [True] and seen_b == [False]  # the graph no longer runs through the tower
+    assert loss_a == loss_b
+    assert grads_a.keys() == grads_b.keys() and all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
+    assert torch.is_grad_enabled()  # grad mode restored after the tower

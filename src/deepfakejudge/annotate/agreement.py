@@ -19,8 +19,9 @@ A figure is None where it is undefined (no double-annotated item yet, or no vari
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment

@@ -16,11 +16,11 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from ..data.canonical import InputError
+from .agreement import agreement_report
 from .app import AppContext, request_user
 from .assignment import assign, check_share
 from .db import Annotation, Annotator, Dataset, Item
 from .exchange import collect_ratings, export_rows, import_rows
-from .agreement import agreement_report
 from .review import FILTERS, PAGE_SIZE, read_results, review_entries
 from .store import User, add_annotator, new_token, set_setting
 from .work import Conflict, NotFound, annotation_state, item_view, load_assignment, save
@@ -102,7 +102,8 @@ def list_items(request: Request) -> dict[str, Any]:
         q = (select(Item, Dataset.name).join(Dataset, Item.dataset_id == Dataset.id)
              .order_by(Item.dataset_id, Item.position))
         statuses: dict[int, list[dict[str, Any]]] = {}
-        for a, name in session.execute(select(Annotation, Annotator.name).join(Annotator, Annotation.annotator_id == Annotator.id)):
+        pairs = select(Annotation, Annotator.name).join(Annotator, Annotation.annotator_id == Annotator.id)
+        for a, name in session.execute(pairs):
             statuses.setdefault(a.item_id, []).append({"annotator": name, "status": a.status, "version": a.version})
         return {"items": [{"id": i.id, "dataset": ds, "sample_id": i.sample_id, "kind": i.kind, "double": i.double,
                            "annotations": statuses.get(i.id, [])} for i, ds in session.execute(q)]}

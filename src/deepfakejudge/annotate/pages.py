@@ -10,11 +10,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
+from .agreement import agreement_report
 from .api import assignments, ctx_of, need_admin, need_user
 from .app import COOKIE, TEMPLATES
 from .db import STATUSES, Annotation, Annotator, Dataset, Item
 from .exchange import collect_ratings
-from .agreement import agreement_report
 from .review import FILTERS, PAGE_SIZE, read_results, review_entries
 from .store import user_for_token
 from .work import NotFound, annotation_state, item_view, load_assignment
@@ -38,8 +38,8 @@ def env() -> Any:
 
 def split_response(text: str) -> dict[str, str | None]:
     """A detector response for display: its reasoning (or the whole text) and its last answer."""
-    reasoning = re.search(r"<reasoning>(.*?)</reasoning>", text, re.S)
-    answers = re.findall(r"<answer>\s*(.*?)\s*</answer>", text, re.S)
+    reasoning = re.search(r"<reasoning>(.*?)</reasoning>", text, re.DOTALL)
+    answers = re.findall(r"<answer>\s*(.*?)\s*</answer>", text, re.DOTALL)
     return {"reasoning": reasoning.group(1).strip() if reasoning else text, "answer": answers[-1] if answers else None}
 
 

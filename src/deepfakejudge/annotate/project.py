@@ -4,17 +4,17 @@ it serves, usable from Python and tests without a server."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from sqlalchemy import select
 
+from .agreement import agreement_report
 from .app import AppContext
 from .assignment import AssignReport, assign, check_share
 from .db import Dataset, Store
 from .exchange import ExportReport, ImportReport, collect_ratings, export_rows, import_rows, write_jsonl
-from .agreement import agreement_report
 from .store import LoadReport, add_annotator, get_setting, load_dataset, new_token, set_setting
 from .taxonomy import load_taxonomy
 

@@ -443,7 +443,10 @@ class OpenAIBackend(Backend):
         entries = (choice.get("logprobs") or {}).get("content") or []
         steps: tuple[TokenStep, ...] = ()
         if "logprobs" in payload and text:
-            rebuilt = steps_from_logprobs(text, entries) if entries else None
+            try:
+                rebuilt = steps_from_logprobs(text, entries) if entries else None
+            except (KeyError, TypeError, ValueError, AttributeError):  # malformed logprobs: none, not a crash
+                rebuilt = None
             if rebuilt is None:
                 self._notice("no-steps", f"notice: {self.base_url} returned no usable logprobs (none, or "
                              "tokens that do not rebuild the text): probabilities are null, scores parsed from text")

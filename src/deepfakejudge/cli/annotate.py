@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         problems += len(load.problems)
     a = opened.assignment
-    print(f"{a.items} item(s), {a.annotators} annotator(s), {a.double_items} double-annotated, "
+    print(f"{a.items} item(s), {a.annotators} annotator(s), {a.double_items} marked for two annotators, "
           f"{a.new_assignments} new assignment(s)", file=sys.stderr)
     if opened.imported is not None:
         print(f"--import: {opened.imported.imported} row(s) imported, {len(opened.imported.problems)} problem(s)",

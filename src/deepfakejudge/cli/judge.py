@@ -11,7 +11,7 @@ from ..data import load_records
 from ..judge import MODES, PairwiseJudge, PointwiseJudge
 from ..judge.runner import RunResult, run_judge
 from ..prompts import resolve_template
-from ..train.record import TrainedJudge, find_trained_judge
+from ..train.record import RUN_FILE, TrainedJudge, find_trained_judge
 from .options import add_model_options, add_run_options, backend_from_args, emit, pixel_budget, progress
 
 
@@ -109,7 +109,8 @@ def trained_judge(args: argparse.Namespace) -> TrainedJudge | None:
     if trained is None:
         return None
     if trained.kind != args.kind:
-        raise ValueError(f"--adapter {trained.path}: trained as a {trained.kind} judge; use dfj judge {trained.kind}")
+        raise ValueError(f"{trained.path}: trained as a {trained.kind} judge (its {RUN_FILE}); "
+                         f"use dfj judge {trained.kind}")
     if args.template is not None and resolve_template(args.template, args.kind).sha256 != trained.template.sha256:
         print(f"dfj judge: warning: --template {args.template} is not the template {trained.path} was trained "
               f"with ({trained.template.sha256[:12]}…); scores may suffer", file=sys.stderr)

@@ -8,6 +8,8 @@ import sys
 from ..train.meta_eval import Bootstrap, evaluate_pairwise, evaluate_pointwise, markdown
 from .options import emit
 
+UNPARSABLE_SHOWN = 20
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("meta-eval", help="how well a judge agrees with gold scores / preferences (with 95%% CIs)")
@@ -45,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_pairwise(args.pred, args.gold, templates, boot, args.pointwise_pred, args.pointwise_gold)
     for line in result.problems:
         print(line, file=sys.stderr)
+    # Unparsable predictions are the judge's failures, counted in every figure; listed, not errors.
+    for line in result.unparsable[:UNPARSABLE_SHOWN]:
+        print(f"{line} (counted as unparsable)", file=sys.stderr)
+    if len(result.unparsable) > UNPARSABLE_SHOWN:
+        print(f"... and {len(result.unparsable) - UNPARSABLE_SHOWN} more unparsable predictions "
+              "(all in the --json output's unparsable_rows)", file=sys.stderr)
     if not result.counts["joined"]:
         raise ValueError(f"--pred {args.pred}: no prediction joins a gold row of --gold {args.gold} by id "
                          "(problems listed above); check that both files describe the same items")

@@ -12,8 +12,8 @@ from typing import Any
 from tqdm import tqdm
 
 from ..backends import BACKENDS, Backend, LoadOptions, PixelBudget, RemoteOptions, load_backend
-from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
+from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..data.images import MAX_IMAGE_PIXELS
 
 

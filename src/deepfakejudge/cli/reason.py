@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..backends import BACKENDS, LoadOptions, PixelBudget, load_backend
+from ..backends import BACKENDS, LoadOptions, PixelBudget, RemoteOptions, load_backend
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..judge import MODES
 from .options import emit
@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pointwise judge model (path or hub id); without it the DFJ score is reported missing")
     g.add_argument("--judge-backend", default="hf", choices=sorted(BACKENDS))
     g.add_argument("--judge-adapter", default=None, help="LoRA adapter for --judge")
+    g.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint for --judge-backend openai")
+    g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="NAME",
+                   help="environment variable holding the API key for --judge-backend openai")
     g.add_argument("--judge-mode", choices=MODES, default="generate")
     g.add_argument("--judge-max-new-tokens", type=int, default=512)
     g.add_argument("--device", default="auto", help="device for the judge (auto | cpu | cuda | cuda:N)")
@@ -63,15 +66,16 @@ def _text_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _judge(args: argparse.Namespace):
-    from ..judge import PointwiseJudge
     from ..backends import GenerationConfig
+    from ..judge import PointwiseJudge
 
     if args.judge is None:
         return None, None
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     options = LoadOptions(model=args.judge, adapter=args.judge_adapter, device=args.device,
-                          budget=PixelBudget(args.min_pixels, args.max_pixels))
+                          budget=PixelBudget(args.min_pixels, args.max_pixels),
+                          remote=RemoteOptions(base_url=args.judge_base_url, api_key_env=args.judge_api_key_env))
     backend = load_backend(args.judge_backend, options)
     judge = PointwiseJudge(backend, mode=args.judge_mode,
                            generation=GenerationConfig(max_new_tokens=args.judge_max_new_tokens))
@@ -87,10 +91,18 @@ def score(args: argparse.Namespace) -> int:
         raise ValueError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
     gold = load_gold(args.gold)
     preds = [read_predictions(p) for p in args.pred]  # all files checked before any model loads
-    judge, backend = _judge(args)
+    judge_missing = "no --judge given"
+    try:
+        judge, backend = _judge(args)
+    except (ValueError, ImportError, OSError, RuntimeError) as exc:
+        # Like the other metrics' models: a judge that cannot be loaded (offline hub id, bad
+        # path, missing extra) makes its column "n/a" with the reason; the rest is still scored.
+        judge = backend = None
+        judge_missing = f"cannot load the judge {args.judge} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        print(f"dfj reason: warning: {judge_missing}", file=sys.stderr)
     config = ReasonConfig(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
                           similarity_model=args.similarity_model, device=args.text_device, judge=judge,
-                          judge_name=args.judge, batch_size=args.batch_size, reference=not args.no_reference_check)
+                          judge_missing=judge_missing, batch_size=args.batch_size, reference=not args.no_reference_check)
     try:
         names = args.name or [None] * len(preds)
         reports = [score_reasoning(p, gold, config, n) for p, n in zip(preds, names)]

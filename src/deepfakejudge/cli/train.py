@@ -10,7 +10,12 @@ import argparse
 import contextlib
 import sys
 
-from ..train.config import DEFAULT_MAX_LENGTH, PAPER_LEARNING_RATE, load_config, parse_set
+from ..train.config import (
+    DEFAULT_MAX_LENGTH,
+    PAPER_LEARNING_RATE,
+    load_config,
+    parse_set,
+)
 from .options import emit
 
 # Command-line flag -> config key. Every key can also be given with --set KEY=VALUE or in YAML.
@@ -94,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     # transformers prints its log lines to stdout; stdout is for the result (--json) only.
     with contextlib.redirect_stdout(sys.stderr):
         outcome = run_training(config, resume=args.resume)
+    if not outcome.main_process:
+        return 0  # under accelerate launch only rank 0 reports
     summary = {
         "kind": config.kind, "out": str(outcome.out), "examples": outcome.examples, "skipped": outcome.skipped,
         "global_step": outcome.global_step, "train_loss": outcome.train_loss,

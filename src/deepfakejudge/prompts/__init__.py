@@ -15,13 +15,28 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["pointwise", "pairwise", "detect"]
+Kind = Literal[
+    "pointwise", "pairwise", "detect",
+    "bootstrap-generate", "bootstrap-refine", "bootstrap-paraphrase", "bootstrap-evaluate", "bootstrap-levels",
+]
 
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "pointwise": ("ground_truth_label", "candidate_response"),
     "pairwise": ("ground_truth_label", "response_a", "response_b"),
     # The detection prompt is the same for every image: the detector sees only the image.
     "detect": (),
+    # `dfj bootstrap` roles (see bootstrap/prompts.py). The levels file is plain text, one
+    # "N: description" line per quality level, and has no placeholders.
+    "bootstrap-generate": (
+        "ground_truth_label", "verdict", "level", "level_description", "artifacts", "gold_rationale",
+    ),
+    "bootstrap-refine": (
+        "ground_truth_label", "verdict", "level", "level_description", "artifacts", "gold_rationale",
+        "previous_explanation", "evaluator_score", "evaluator_feedback", "direction",
+    ),
+    "bootstrap-paraphrase": ("ground_truth_label", "verdict", "level", "level_description", "explanation", "variant"),
+    "bootstrap-evaluate": ("ground_truth_label", "candidate_response", "artifacts", "gold_rationale"),
+    "bootstrap-levels": (),
 }
 _KNOWN = sorted({name for names in PLACEHOLDERS.values() for name in names})
 _PATTERN = re.compile(r"\{(" + "|".join(_KNOWN) + r")\}")

@@ -11,16 +11,22 @@ Per explanation (gold label, artifacts with box + referring expression, gold rat
     claims on a real one. Credit per item = clip((sim - 0.35) / (0.70 - 0.35), 0, 1); recall is
     the mean credit; `evidence_found` counts items with sim >= 0.5.
 (c) unsupported claims: sentences that claim an artifact (`stance`) and match no annotated
-    artifact (best sim < 0.5) on a fake image, or any artifact claim on a real image.
+    artifact (best sim < 0.5) on a fake image, or any artifact claim on a real image; and
+    sentences that assert normality about an annotated artifact (sim >= 0.5: "the tripod's three
+    legs stand firmly" when a leg was removed), counted as `contradictions` too.
 (d) spatial consistency: frame locations in the sentences ("at lower right", see `spatial`)
     checked against the boxes of the artifacts the sentence matches (sim >= 0.4).
+(e) commitment (beyond the four asked for): the share of sentences that hedge ("might", "not
+    sure"). Hedging suits a wrong verdict better than confidence, so the component is
+    1 - hedged share when the label agrees and the hedged share when it does not.
 A sentence that starts with a pronoun ("Their edges are blocky…") is also compared together with
 the sentence before it, which is what it refers to.
 
-Reference score, 1..5 = 1 + 4 · (0.35·label + 0.35·recall + 0.2·(1 − unsupported share)
-+ 0.1·spatial), where unsupported share = unsupported / claims (0 without claims) and spatial
-is the consistent share, 0.5 (neutral) when nothing could be checked. The components are kept
-beside the score so a reader sees why.
+Reference score, 1..5 = 1 + 4 · (0.3·label + 0.3·recall + 0.2·precision + 0.1·commitment
++ 0.1·spatial), where precision = 1 − unsupported / claims (1 without claims) and spatial is the
+consistent share, 0.5 (neutral) when nothing could be checked. The components are kept beside
+the score so a reader sees why. The weights and thresholds were set by hand while looking at
+`examples/` (see docs/detect-and-reason.md): figures measured on those examples are in-sample.
 """
 
 from __future__ import annotations

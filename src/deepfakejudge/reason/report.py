@@ -55,7 +55,6 @@ class ReasonConfig:
     device: str = "cpu"
     judge: PointwiseJudge | None = None
     judge_missing: str = "no --judge given"
-    judge_name: str | None = None
     batch_size: int = 8
     reference: bool = True
 

@@ -201,14 +201,16 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
         path.write_bytes(image.data)
         sample = Sample(id=str(data.get("id") or "request"), image=path, label=label, where="request", **texts)
         proxy = BatchedBackend(batcher)
-        common = dict(template=templates[kind], mode=mode, generation=GenerationConfig(max_new_tokens=max_new),
-                      max_image_pixels=settings.max_image_pixels)
+        common = {"template": templates[kind], "mode": mode, "generation": GenerationConfig(max_new_tokens=max_new),
+                  "max_image_pixels": settings.max_image_pixels}
         if kind == "pointwise":
-            work = lambda: PointwiseJudge(proxy, **common).score([sample])  # noqa: E731
+            work = lambda: PointwiseJudge(proxy, **common).score([sample])
         else:
-            work = lambda: PairwiseJudge(proxy, **common).compare([sample], both_orders=both)  # noqa: E731
+            work = lambda: PairwiseJudge(proxy, **common).compare([sample], both_orders=both)
         try:
             (verdict,) = await asyncio.get_running_loop().run_in_executor(judge_threads, work)
+        except ValueError as exc:  # a request the model cannot take (the processor said why)
+            raise ApiError(400, str(exc).replace(str(path), "image")) from None
         finally:
             path.unlink(missing_ok=True)
         if isinstance(verdict, RowError):

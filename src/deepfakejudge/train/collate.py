@@ -13,8 +13,9 @@ either removes visual tokens (the model then fails on mismatched image features)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from ..backends.base import MAX_PIXELS, MIN_PIXELS, PixelBudget
 
@@ -222,7 +223,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
                 value = raw  # paths and names stay text even when they look like numbers
         except ImportError:
             value = raw
-        except Exception as exc:  # noqa: BLE001 - yaml's error types vary; the message names the item
+        except Exception as exc:
             raise ValueError(f"--set {item!r}: cannot read the value ({exc})") from exc
         out[key] = _coerce(key, value, f"--set {key}")
     return out

@@ -16,9 +16,10 @@ A row that lacks what its kind needs is a `RowError` naming the missing field.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..data import InputError
 from ..parsing import parse_choice, parse_score
@@ -43,7 +44,7 @@ class TrainExample:
         return {"id": self.id, "image_path": str(self.image), "prompt": self.prompt, "target": self.target}
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "TrainExample":
+    def from_row(cls, row: Mapping[str, Any]) -> TrainExample:
         return cls(id=row["id"], image=Path(row["image_path"]), prompt=row["prompt"], target=row["target"], where="")
 
 

@@ -8,7 +8,7 @@ images at the size the judge was trained on; the run record (`dfj_train.json`,
 `dfj_template.txt`) is copied too, so `dfj judge --model EXPORT` reuses template and budget.
 
 Parity: the adapter on the base and the merged checkpoint judge the same sample in score-only
-mode; the largest absolute difference of any choice probability must stay within the tolerance:
+mode, both in the export's dtype; the largest absolute difference of any choice probability must stay within the tolerance:
 1e-3 for a float32 export (only summation order differs), 5e-2 for bfloat16/float16 (the merge
 rounds W + BA to 16 bits once, while the adapter adds BA in higher precision at every call).
 """
@@ -163,8 +163,10 @@ def parity_check(base: str, adapter: str | Path, merged: str | Path, samples: li
             raise ValueError(f"parity: no score distribution for {bad[:3]}; pass --parity-data with usable rows")
         return rows, info["device"], info["dtype"]
 
-    with_adapter, dev, dt = probabilities(LoadOptions(model=base, adapter=str(adapter), device=device, budget=budget))
-    exported, _, _ = probabilities(LoadOptions(model=str(merged), device=device, budget=budget))
+    # Both run in the export's dtype, the precision the tolerance is stated for.
+    with_adapter, dev, dt = probabilities(
+        LoadOptions(model=base, adapter=str(adapter), device=device, dtype=export_dtype, budget=budget))
+    exported, _, _ = probabilities(LoadOptions(model=str(merged), device=device, dtype=export_dtype, budget=budget))
     diffs = [abs(a - b) for ra, rb in zip(with_adapter, exported) for a, b in zip(ra, rb)]
     same = [max(range(len(ra)), key=ra.__getitem__) == max(range(len(rb)), key=rb.__getitem__)
             for ra, rb in zip(with_adapter, exported)]

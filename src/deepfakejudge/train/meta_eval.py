@@ -18,13 +18,21 @@ annotator (quadratic weights for scores, unweighted for preferences), and Krippe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..metrics import bootstrap_ci, bootstrap_cis, cohen_kappa, krippendorff_alpha, pairwise_accuracy, pointwise_agreement
+from ..metrics import (
+    bootstrap_ci,
+    bootstrap_cis,
+    cohen_kappa,
+    krippendorff_alpha,
+    pairwise_accuracy,
+    pointwise_agreement,
+)
 from ..prompts import Template
 from ..records import Sample
 from .join import Joined, choice_value, join, score_value
@@ -158,6 +166,7 @@ class MetaEval:
     counts: dict[str, int]
     problems: tuple[str, ...]
     bootstrap: Bootstrap
+    unparsable: tuple[str, ...] = ()  # "file:line: id" of each joined prediction without a parsed value
 
     def figure(self, key: str) -> Figure | None:
         return next((f for f in self.figures if f.key == key), None)
@@ -178,6 +187,7 @@ class MetaEval:
             "confusion": None if self.confusion is None else [list(r) for r in self.confusion],
             "counts": self.counts,
             "problems": list(self.problems),
+            "unparsable_rows": list(self.unparsable),
             "bootstrap": asdict(self.bootstrap),
         }
 
@@ -201,7 +211,11 @@ def evaluate_pointwise(pred: str, gold: str, templates: tuple[Template, ...] = (
         judge = [None if v is None else int(v) for v in scores]
         figures += human_figures(samples, judge, "human_scores", SCORE_LEVELS, boot, problems)
     return MetaEval("pointwise", str(pred), str(gold), tuple(figures), confusion, joined.counts,
-                    tuple(problems), boot)
+                    tuple(problems), boot, _unparsable(joined, scores, "score"))
+
+
+def _unparsable(joined: Joined, values: Sequence[Any], field: str) -> tuple[str, ...]:
+    return tuple(f"{p.where}: id {s.id!r}: no parsable {field}" for (s, p), v in zip(joined.items, values) if v is None)
 
 
 def _derived_choices(samples: Sequence[Sample], pointwise_pred: str, pointwise_gold: str,
@@ -262,7 +276,8 @@ def evaluate_pairwise(pred: str, gold: str, templates: tuple[Template, ...] = ()
                                    "(ties = wrong)", cis.get("accuracy"),
                                    pairwise_accuracy(gold_pref, derived).accuracy, len(samples), n_none))
         figures += human_figures(samples, choices, "human_preferences", ("A", "B"), boot, problems)
-    return MetaEval("pairwise", str(pred), str(gold), tuple(figures), None, joined.counts, tuple(problems), boot)
+    return MetaEval("pairwise", str(pred), str(gold), tuple(figures), None, joined.counts, tuple(problems), boot,
+                    _unparsable(joined, choices, "choice"))
 
 
 def _fmt(x: float | None) -> str:
@@ -272,7 +287,7 @@ def _fmt(x: float | None) -> str:
 def markdown(result: MetaEval) -> str:
     """A summary row like the paper's tables, the per-figure table with CIs, and the confusion matrix."""
     c = result.counts
-    pct = int(round(result.bootstrap.confidence * 100))
+    pct = round(result.bootstrap.confidence * 100)
     lines = [
         f"Meta-evaluation ({result.kind}): {result.pred} vs {result.gold}",
         f"{c['joined']} joined; {c.get('missing_prediction', 0)} gold rows without prediction, "

@@ -34,6 +34,7 @@ class TrainOutcome:
     skipped: int
     record: dict[str, Any]
     model: Any = field(default=None, repr=False, compare=False)  # the trained PeftModel, still in memory
+    main_process: bool = True  # False on the other ranks of a multi-GPU run
 
 
 def _log(message: str) -> None:
@@ -42,9 +43,9 @@ def _log(message: str) -> None:
 
 def _import_training():
     try:
+        import datasets  # noqa: F401
         import peft  # noqa: F401
         import trl  # noqa: F401
-        import datasets  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             f"dfj train needs packages that are not installed ({exc.name}); install them with: "
@@ -62,7 +63,35 @@ def language_model_targets(model: Any) -> str:
         raise ValueError("base: the model has no linear layers under a 'language_model' module; "
                          "only Qwen2-VL / Qwen2.5-VL checkpoints are supported")
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-    return r".*\.?language_model\..*\.(" + "|".join(leaves) + ")"
+    return r"(.*\.)?language_model\..*\.(" + "|".join(leaves) + ")"
+
+
+def vision_without_grad(model: Any) -> None:
+    """Run the frozen vision tower (and merger) without autograd.
+
+    Workaround: transformers' `enable_input_require_grads` (transformers 5.23; called by TRL for
+    PEFT + gradient checkpointing and again by `activation_checkpointing_enable`) hooks the input
+    embedding of every sub-model, the vision tower's patch embedding included. The frozen tower's
+    output then requires grad and backward runs through all of its blocks for nothing: no vision
+    weight trains, so the adapter's gradients are the same without it (tests/test_train.py checks
+    this). Drop when transformers hooks only the text embedding.
+    """
+    import torch
+
+    towers = [m for name, m in model.named_modules() if name.split(".")[-1] == "visual"]
+    if len(towers) != 1:
+        raise ValueError(f"base: expected one 'visual' module (Qwen2-VL / Qwen2.5-VL), found {len(towers)}")
+    grad_was: list[bool] = []
+
+    def before(module: Any, args: Any) -> None:
+        grad_was.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+
+    def after(module: Any, args: Any, output: Any) -> None:
+        torch.set_grad_enabled(grad_was.pop())
+
+    towers[0].register_forward_pre_hook(before)
+    towers[0].register_forward_hook(after, always_call=True)
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -145,7 +174,7 @@ def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
         bf16=bf16,
         fp16=fp16,
         use_cpu=config.device == "cpu",
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         logging_steps=config.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -190,8 +219,8 @@ def check_data(config: TrainConfig) -> dict[str, Any]:
 def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     """Train a LoRA judge as `config` says; returns what was trained and where it was saved."""
     _import_training()
-    from peft import LoraConfig
     from datasets import Dataset
+    from peft import LoraConfig
     from trl import SFTTrainer
 
     from ..backends.processor import ImageTextProcessor
@@ -208,6 +237,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     # weights as they load (zero3_init_flag) instead of materialising the model on every rank.
     args = _sft_config(config, bf16, fp16)
     model = _load_model(config, dtype)
+    vision_without_grad(model)
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=language_model_targets(model), bias="none", task_type="CAUSAL_LM",
@@ -222,6 +252,12 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     )
     n_trainable = _check_trainable(trainer.model)
     record = _record(config, template, data, n_trainable, status="running")
+    record["runtime"] = {
+        "model_dtype": str(dtype).removeprefix("torch."), "bf16": bf16, "fp16": fp16,
+        "device": str(trainer.args.device), "world_size": trainer.args.world_size,
+        "effective_batch": config.per_device_train_batch_size * config.gradient_accumulation_steps
+        * trainer.args.world_size,
+    }
     if trainer.is_world_process_zero():
         write_record(config.out, record, template)
     _log(f"train {config.kind}: {len(data.examples)} examples, {n_trainable:,} trainable LoRA parameters, "
@@ -252,6 +288,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
         skipped=len(data.errors),
         record=record,
         model=trainer.model,
+        main_process=trainer.is_world_process_zero(),
     )
 
 

@@ -132,7 +132,7 @@
       del.textContent = "×";
       del.title = "remove this artifact";
       del.addEventListener("click", () => remove(i));
-      li.append(sw, sel, expr, coords, del);
+      li.append(sw, sel, coords, del, expr);
       li.addEventListener("click", (ev) => { if (ev.target === li || ev.target === sw || ev.target === coords) select(i, true); });
       list.appendChild(li);
     });

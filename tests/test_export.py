@@ -1,0 +1,157 @@
+"""`dfj export`: the merged checkpoint loads with transformers, matches the adapter's outputs and
+carries everything a standalone judge needs; `dfj data convert` writes ms-swift and LLaMA-Factory
+training rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepfakejudge.backends.processor import ImageTextProcessor
+from deepfakejudge.cli import main
+from deepfakejudge.data import load_records, open_image
+from deepfakejudge.judge import PointwiseJudge
+from deepfakejudge.prompts import default_template, load_template
+from deepfakejudge.train.examples import build_examples
+from deepfakejudge.train.record import RUN_FILE, TEMPLATE_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+POINTWISE = REPO / "examples" / "pointwise.jsonl"
+PAIRWISE = REPO / "examples" / "pairwise.jsonl"
+SMALL_PIXELS = 16 * 28 * 28
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's ops are far too small to gain from intra-op threads, and when other test
+    processes share the CPU, OpenMP threads spinning against them make each step ~10x slower
+    (measured: 10 steps in 41 s with 2 threads under load, 2.6 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model_dir, tmp_path_factory):
+    """Two steps at a high learning rate: an adapter that visibly changes the outputs."""
+    folder = tmp_path_factory.mktemp("export")
+    template = folder / "short.txt"
+    template.write_text("Class: {ground_truth_label}\nExplanation: {candidate_response}\nRate it 1-5.", encoding="utf-8")
+    out = folder / "adapter"
+    rc = main(["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(POINTWISE), "--template",
+               str(template), "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--learning-rate", "5e-2",
+               "--max-pixels", str(SMALL_PIXELS), "--device", "cpu", "--set", "gradient_checkpointing=false"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merged") / "judge"
+    rc = main(["export", "--adapter", str(adapter), "--out", str(out), "--parity-samples", "4", "--device", "cpu"])
+    assert rc == 0
+    return out
+
+
+def test_export_is_a_standalone_checkpoint(exported, tiny_model_dir):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "preprocessor_config.json", "video_preprocessor_config.json", RUN_FILE, TEMPLATE_FILE):
+        assert (exported / name).is_file(), name
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+        config = json.loads((exported / name).read_text())
+        assert (config["min_pixels"], config["max_pixels"]) == (3136, SMALL_PIXELS)  # the training budget
+    from safetensors import safe_open
+
+    with safe_open(str(exported / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert not any("lora" in k for k in keys)
+    with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
+        assert sorted(keys) == sorted(f.keys())  # same weight names as the base: loadable where the base is
+    report = json.loads((exported / "dfj_export.json").read_text())
+    assert report["parity"]["passed"] and report["parity"]["n"] == 4
+    assert report["parity"]["max_abs_diff"] <= report["parity"]["tolerance"] == 1e-3
+
+
+def test_export_matches_the_adapter_and_differs_from_the_base(exported, adapter, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    template = load_template(adapter / TEMPLATE_FILE, "pointwise")
+    processor = ImageTextProcessor.from_pretrained(str(exported), 3136, SMALL_PIXELS)
+    samples = load_records(POINTWISE).samples[:3]
+    judge = PointwiseJudge(backend=None, template=template)  # only its request building is used
+    batch = processor([judge.request(s, open_image(s)) for s in samples])
+
+    def logits(model):
+        with torch.no_grad():
+            return model.eval()(**batch).logits
+
+    merged = logits(Qwen2_5_VLForConditionalGeneration.from_pretrained(exported))
+    base_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    base = logits(base_model)
+    with_adapter = logits(PeftModel.from_pretrained(base_model, str(adapter)))
+    mask = batch["attention_mask"].bool()
+    assert (merged - with_adapter)[mask].abs().max() < 1e-4
+    assert (base - with_adapter)[mask].abs().max() > 1e-3  # the adapter does something: parity is not vacuous
+
+
+def test_judge_on_the_export_reuses_the_recorded_template(exported, tmp_path, capsys):
+    rc = main(["judge", "pointwise", "--model", str(exported), "--data", str(POINTWISE), "--out",
+               str(tmp_path / "r.jsonl"), "--mode", "score-only", "--limit", "2", "--device", "cpu", "--json"])
+    assert rc == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["template"].endswith(TEMPLATE_FILE) and settings["pixel_budget"]["max_pixels"] == SMALL_PIXELS
+
+
+def test_export_refuses_a_non_empty_out_and_a_non_adapter(adapter, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep me")
+    assert main(["export", "--adapter", str(adapter), "--out", str(tmp_path / "x"), "--no-parity"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["export", "--adapter", str(tmp_path), "--out", str(tmp_path / "y"), "--no-parity"]) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data, kind", [(POINTWISE, "pointwise"), (PAIRWISE, "pairwise")])
+def test_msswift_export_round_trips(data, kind, tmp_path):
+    out = tmp_path / "swift" / "train.jsonl"
+    assert main(["data", "convert", str(data), "--to", "msswift", "--out", str(out)]) == 0
+    template = default_template(kind)
+    original = load_records(data).samples
+    back = load_records(out, templates=(template,))
+    assert not back.errors and len(back.samples) == len(original)
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["messages"][0]["content"].startswith("<image>") and (out.parent / row["images"][0]).is_file()
+    # Training on the exported rows builds exactly the examples the canonical rows build.
+    a, _ = build_examples(original, template)
+    b, _ = build_examples(back.samples, template)
+    assert [(x.id, x.image, x.prompt, x.target) for x in a] == [(x.id, x.image, x.prompt, x.target) for x in b]
+
+
+def test_llamafactory_export(tmp_path, capsys):
+    out = tmp_path / "lf" / "dfj_pairwise.jsonl"
+    assert main(["data", "convert", str(PAIRWISE), "--to", "llamafactory", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 56 and summary["kind"] == "pairwise"
+    info = json.loads((out.parent / "dataset_info.json").read_text())
+    assert info["dfj_pairwise"]["file_name"] == "dfj_pairwise.jsonl"
+    assert info["dfj_pairwise"]["formatting"] == "sharegpt"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["messages"][1]["content"] in ("<answer>A</answer>", "<answer>B</answer>")
+    assert all((out.parent / r["images"][0]).is_file() for r in rows)  # relative to the dataset folder
+
+
+def test_convert_reports_unusable_rows(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    rows = [json.loads(line) for line in POINTWISE.read_text().splitlines()[:2]]
+    for r in rows:
+        r["image"] = str(REPO / "examples" / r["image"])
+    del rows[1]["score"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "convert", str(data), "--to", "msswift", "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert "d.jsonl:2: field 'score'" in capsys.readouterr().err
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
