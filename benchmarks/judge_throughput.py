@@ -134,21 +134,19 @@ class Bench:
         # Lengths vary by a few words around the target, as real explanations do (left padding).
         jitter = [0, 3, -3, 6, -6]
 
-        def point_sample(i: int, j: int, image: int) -> Sample:
-            return Sample(f"p{i}", files / f"{image}.png", "fake",
-                          response=response(max(1, words + jitter[j % 5]), i))
+        def point_sample(i: int, image: int) -> Sample:
+            return Sample(f"p{i}", files / f"{image}.png", "fake", response=response(max(1, words + jitter[i % 5]), i))
 
-        single = [point_sample(i, i, i) for i in range(n)]
-        x5 = [point_sample(i, i, i // RECORDS_PER_IMAGE) for i in range(n_img5 * RECORDS_PER_IMAGE)]
+        single = [point_sample(i, i) for i in range(n)]
+        x5 = [point_sample(i, i // RECORDS_PER_IMAGE) for i in range(n_img5 * RECORDS_PER_IMAGE)]
         pairs = [Sample(f"q{i}", files / f"{i}.png", "fake", response_a=response(pair_words + jitter[i % 5], i),
                         response_b=response(pair_words - jitter[i % 5], i + 11)) for i in range(n_pairs)]
-        self.single_prepared = [Prepared(s, loaded[i]) for i, s in enumerate(single)]
+        single_prepared = [Prepared(s, loaded[i]) for i, s in enumerate(single)]
         self.x5_prepared = [Prepared(s, loaded[i // RECORDS_PER_IMAGE]) for i, s in enumerate(x5)]
         self.x5_samples = x5
         self.pairs_prepared = [Prepared(s, loaded[i]) for i, s in enumerate(pairs)]
-        self.score_requests = [self.point_score.request(p.sample, p.image) for p in self.single_prepared]
-        self.gen_requests = [self.point_gen.request(p.sample, p.image) for p in self.single_prepared]
-        self.images = images
+        self.score_requests = [self.point_score.request(p.sample, p.image) for p in single_prepared]
+        self.gen_requests = [self.point_gen.request(p.sample, p.image) for p in single_prepared]
         lengths = [len(self.processor.prompt_ids(r, wl.visual_tokens)) + context for r in self.score_requests]
         self.prompt_tokens = sum(lengths) / len(lengths)
         self.gen_prompt_tokens = self.prompt_tokens - context

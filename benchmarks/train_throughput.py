@@ -112,7 +112,6 @@ class TrainBench:
     def make_batch(self, n: int) -> dict[str, Any]:
         """`n` pointwise training rows: judge prompt (image first) + answer, labels on the answer."""
         import torch
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         from deepfakejudge.backends.base import ChatRequest
 
@@ -145,16 +144,17 @@ class TrainBench:
         keep = max(len(t) for t in tails) + 1
         return {
             "inputs": batch, "labels": labels.to(dev.device), "features": tuple(f.detach() for f in feats),
-            "keep": keep, "BaseModelOutputWithPooling": BaseModelOutputWithPooling,
+            "keep": keep,
             "prompt_tokens": float(batch["attention_mask"].sum(1).float().mean()) - sum(map(len, tails)) / n,
             "answer_tokens": sum(map(len, tails)) / n,
         }
 
     def kwargs(self, variant: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Model kwargs of one step of `variant` (a fresh `mm_encoder_outputs` dict each time)."""
         import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling as wrap
 
         inputs, labels = dict(data["inputs"], use_cache=False), data["labels"]
-        wrap = data["BaseModelOutputWithPooling"]
         if variant == "pixels":
             return dict(inputs, labels=labels)
         text = {k: v for k, v in inputs.items() if k != "pixel_values"}

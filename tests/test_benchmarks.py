@@ -132,3 +132,33 @@ def test_train_variants_give_the_plain_step_loss_and_gradients(train_run):
     for p in parity:
         assert p["ok"] is True
         assert p["loss_diff"] <= tol["loss"] and p["grad_rel_diff"] <= tol["grad_rel"]
+
+
+# -- the in-memory constructor the judge benchmark uses --------------------------------------------
+
+
+def test_hf_backend_from_loaded_matches_loading_by_path(tiny_backend, tiny_model_dir, test_images):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from deepfakejudge.backends.base import ChatRequest, GenerationConfig, LoadOptions, PixelBudget
+    from deepfakejudge.backends.hf import HFBackend
+    from deepfakejudge.backends.processor import ImageTextProcessor
+
+    budget = tiny_backend.options.budget
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    processor = ImageTextProcessor.from_pretrained(str(tiny_model_dir), budget.min_pixels, budget.max_pixels)
+    wrapped = HFBackend.from_loaded(model, processor, LoadOptions(model="in-memory", budget=budget))
+    assert wrapped.stop_ids == tiny_backend.stop_ids and wrapped.special_ids == tiny_backend.special_ids
+    assert wrapped.describe()["model"] == "in-memory" and wrapped.describe()["device"] == "cpu"
+
+    requests = [ChatRequest("Rate it.", test_images["square"], prefix="<score>", image_key="sq"),
+                ChatRequest("Rate this one.", test_images["wide"], prefix="<score>", image_key="wd")]
+    scores = ["1", "2", "3", "4", "5"]
+    for got, want in zip(wrapped.choice_probs(requests, scores), tiny_backend.choice_probs(requests, scores)):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
+    assert wrapped.vision_cache.stats()["entries"] == 2  # the cache works on the wrapped model too
+    config = GenerationConfig(max_new_tokens=6)
+    assert [g.text for g in wrapped.generate(requests, config)] == [g.text for g in tiny_backend.generate(requests, config)]
+
+    with pytest.raises(ValueError, match="pixel budget"):
+        HFBackend.from_loaded(model, processor, LoadOptions(model="x", budget=PixelBudget(3136, 2 * budget.max_pixels)))

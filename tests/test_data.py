@@ -131,3 +131,17 @@ def test_msswift_rows_built_with_the_official_template(folder):
     s = load_records(path, templates=(template,)).samples[0]
     assert (s.label, s.response, s.score) == ("fake", "<reasoning>warped text</reasoning> <answer>fake</answer>", 2)
     assert s.extra["template_sha256"] == template.sha256
+
+
+def test_decoded_images_are_reused_until_the_file_changes(folder):
+    import os
+
+    path = _write(folder / "d.jsonl", [_row(id="a"), _row(id="b")])
+    a, b = load_records(path).samples
+    first = open_image(a)
+    assert open_image(b) is first  # same file: decoded once
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(folder / "img.png")
+    os.utime(folder / "img.png", ns=(1, 1))  # a different mtime even on coarse clocks
+    again = open_image(a)
+    assert again is not first and again.sha256 != first.sha256
+    assert again.image.getpixel((0, 0)) == (0, 200, 0)

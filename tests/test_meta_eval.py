@@ -24,7 +24,7 @@ def gold_row(i: int, score: int, **extra) -> dict:
 
 
 def run_json(capsys, *args: str) -> tuple[int, dict, str]:
-    rc = main(["meta-eval", *args, "--json", "--resamples", "200"])
+    rc = main(["meta-eval", *args, "--json", "--n-resamples", "200"])
     captured = capsys.readouterr()
     return rc, json.loads(captured.out), captured.err
 
@@ -88,7 +88,7 @@ def test_pointwise_human_agreement(pointwise_files, capsys):
 
 def test_markdown_table(pointwise_files, capsys):
     pred, gold = pointwise_files
-    assert main(["meta-eval", "pointwise", "--pred", str(pred), "--gold", str(gold), "--resamples", "50"]) == 0
+    assert main(["meta-eval", "pointwise", "--pred", str(pred), "--gold", str(gold), "--n-resamples", "50"]) == 0
     text = capsys.readouterr().out
     assert "| figure | value | 95% CI | n | unparsable |" in text
     assert "| RMSE ↓ (score) | 0.707 | [" in text
@@ -121,7 +121,7 @@ def test_join_problems_are_reported_with_file_and_line(tmp_path, capsys):
     assert (counts["missing_prediction"], counts["no_gold_row"]) == (1, 1)
     assert out["n"] == 2 and out["unparsable"] == 1  # p1 (first row) and p4 (out of range)
     assert out["rmse"] == pytest.approx(0.0)
-    rc = main(["meta-eval", "pointwise", "--pred", str(pred), "--gold", str(gold), "--resamples", "20",
+    rc = main(["meta-eval", "pointwise", "--pred", str(pred), "--gold", str(gold), "--n-resamples", "20",
                "--allow-errors", "--json"])
     assert rc == 0
     capsys.readouterr()

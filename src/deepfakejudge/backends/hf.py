@@ -60,7 +60,7 @@ def resolve_dtype(dtype: str, device) -> Any:
     return getattr(torch, dtype)
 
 
-def _model_classes() -> dict[str, Any]:
+def model_classes() -> dict[str, Any]:
     # The processor is Qwen2-VL specific (14 px patches, 2x2 merge, <|image_pad|>), so only the
     # two architectures that share it are accepted.
     from transformers import (
@@ -134,7 +134,7 @@ class HFBackend(Backend):
         if options.adapter is not None:
             is_local_model(options.adapter)
         model_type = AutoConfig.from_pretrained(options.model).model_type
-        classes = _model_classes()
+        classes = model_classes()
         if model_type not in classes:
             raise ValueError(
                 f"model '{options.model}': architecture '{model_type}' is not supported by the hf "

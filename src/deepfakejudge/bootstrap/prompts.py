@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Literal
 
 from ..parsing import parse_prediction, parse_reasoning
-from ..prompts import SCORE_PREFIX, Template, default_template, load_template, resolve_template
+from ..prompts import (
+    SCORE_PREFIX,
+    Template,
+    default_template,
+    load_template,
+    resolve_template,
+)
 from ..records import Sample
 
 PROMPT_VERSION = "bootstrap/1"
@@ -84,7 +90,7 @@ def _where(box: list[float], size: tuple[int, int] | None) -> str:
 def describe_artifacts(sample: Sample, size: tuple[int, int] | None) -> str:
     """One line per annotated artifact: category, box with a coarse location, expression."""
     if not sample.artifacts:
-        return "(none annotated)"
+        return "(none: nothing in the image was marked as manipulated)"
     head = f"(image is {size[0]}x{size[1]} pixels)\n" if size else ""
     lines = []
     for a in sample.artifacts:

@@ -14,8 +14,9 @@ from . import data, demo, judge, serve
 from . import export, meta_eval, train
 from . import detect, reason
 from . import annotate
+from . import bootstrap
 
-COMMANDS = (judge, data, demo, serve, train, export, meta_eval, detect, reason, annotate)
+COMMANDS = (judge, data, demo, serve, train, export, meta_eval, detect, reason, annotate, bootstrap)
 
 
 def build_parser() -> argparse.ArgumentParser:

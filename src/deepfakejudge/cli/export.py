@@ -32,10 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from ..train.export import export
-    except ImportError as exc:
-        raise ImportError(f"dfj export needs peft ({exc.name}): pip install 'deepfakejudge[train]'") from exc
+    from ..train.export import export
     if args.parity_samples < 1:
         raise ValueError(f"--parity-samples must be >= 1, got {args.parity_samples}")
     outcome = export(args.adapter, args.out, base=args.base, dtype=args.dtype, parity_data=args.parity_data,

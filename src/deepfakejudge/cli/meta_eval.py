@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..train.meta_eval import Bootstrap, evaluate_pairwise, evaluate_pointwise, markdown
+from ..metaeval import Bootstrap, evaluate_pairwise, evaluate_pointwise, markdown
 from .options import emit
 
 UNPARSABLE_SHOWN = 20
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="results of a pointwise judge on the same responses: adds the accuracy of the "
                                 "preferences its scores imply")
             k.add_argument("--pointwise-gold", default=None, help="the rows --pointwise-pred scored")
-        k.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+        k.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
         k.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
         k.add_argument("--allow-errors", action="store_true",
                        help="exit 0 even when rows do not join (missing, duplicate, error or malformed rows)")
@@ -37,10 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..prompts import load_template
 
-    if args.resamples < 1:
-        raise ValueError(f"--resamples must be >= 1, got {args.resamples}")
+    if args.n_resamples < 1:
+        raise ValueError(f"--n-resamples must be >= 1, got {args.n_resamples}")
     templates = (load_template(args.template, args.kind),) if args.template else ()
-    boot = Bootstrap(resamples=args.resamples, seed=args.seed)
+    boot = Bootstrap(resamples=args.n_resamples, seed=args.seed)
     if args.kind == "pointwise":
         result = evaluate_pointwise(args.pred, args.gold, templates, boot)
     else:

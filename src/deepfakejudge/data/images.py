@@ -11,6 +11,8 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image
 
@@ -34,9 +36,23 @@ class LoadedImage:
 def open_image(sample: Sample, max_image_pixels: int = MAX_IMAGE_PIXELS) -> LoadedImage:
     path = sample.image
     try:
-        data = path.read_bytes()
+        stat = path.stat()
     except FileNotFoundError:
         raise InputError("image", f"file not found: {path}") from None
+    except OSError as exc:
+        raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
+    loaded = _decode(path, stat.st_mtime_ns, stat.st_size, max_image_pixels)
+    check_boxes(sample, loaded.image.size)
+    return loaded
+
+
+# Datasets hold many rows per image (5 levels x 5 variants in DFJ-Meta, pairs, several
+# detectors), usually next to each other: keep the last few decoded images. Keyed on the file's
+# mtime and size too, so an image replaced on disk is read again. Callers must not modify them.
+@lru_cache(maxsize=16)
+def _decode(path: Path, mtime_ns: int, size: int, max_image_pixels: int) -> LoadedImage:
+    try:
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
     with warnings.catch_warnings():
@@ -60,7 +76,6 @@ def open_image(sample: Sample, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Load
             raise InputError("image", f"{path}: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "corrupt"
             raise InputError("image", f"{path}: cannot decode image ({exc})") from None
-    check_boxes(sample, rgb.size)
     return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest())
 
 

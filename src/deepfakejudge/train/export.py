@@ -105,10 +105,14 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
                   overwrite: bool = False) -> tuple[str, str, list[str]]:
     """Merge and save; returns (base, saved dtype, processor files copied)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoConfig
 
-    from ..backends.hf import _model_classes
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ImportError("dfj export needs peft: pip install 'deepfakejudge[train]'") from exc
+
+    from ..backends.hf import model_classes
 
     adapter, out = Path(adapter), Path(out)
     base = adapter_base(adapter, base)
@@ -118,7 +122,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
         raise ValueError("--out must differ from --adapter")
     is_local_model(base)
     model_type = AutoConfig.from_pretrained(base).model_type
-    classes = _model_classes()
+    classes = model_classes()
     if model_type not in classes:
         raise ValueError(f"base '{base}': architecture '{model_type}' is not supported (supported: {', '.join(classes)})")
     if dtype not in ("auto", *TOLERANCE):

@@ -145,10 +145,10 @@ def _precision(config: TrainConfig) -> tuple[Any, bool, bool]:
 def _load_model(config: TrainConfig, dtype: Any) -> Any:
     from transformers import AutoConfig
 
-    from ..backends.hf import _model_classes
+    from ..backends.hf import model_classes
 
     model_type = AutoConfig.from_pretrained(config.base).model_type
-    classes = _model_classes()
+    classes = model_classes()
     if model_type not in classes:
         raise ValueError(f"base '{config.base}': architecture '{model_type}' is not supported "
                          f"(supported: {', '.join(classes)})")

@@ -1,0 +1,270 @@
+"""One bootstrap run: read the annotated images, replay the journal, drive the engine, write the
+outputs, the report and the summary. `dry_run` prints the prompts instead of calling anything.
+
+Run folder (`--out DIR`): `journal.jsonl` (the state), the outputs (see `outputs`),
+`errors.jsonl` (bad input rows, unreadable images, failed model calls: one row each),
+`stats.json` (the report) and `summary.json` (settings, provenance, counts, this run's figures).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..backends.base import Backend
+from ..data import InputError, load_records, open_image
+from ..data.images import MAX_IMAGE_PIXELS
+from ..records import RowError, Sample
+from ..results import error_row, provenance
+from .engine import CallSettings, Engine, RunCounters
+from .journal import Journal
+from .outputs import _write_jsonl, write_outputs
+from .prompts import LEVELS, RolePrompts
+from .state import Settings, Unit
+from .stats import progress_postfix, report
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    data: Path
+    out: Path
+    settings: Settings = field(default_factory=Settings)
+    calls: CallSettings = field(default_factory=CallSettings)
+    seed: int = 0
+    test_fraction: float = 0.1
+    pairs_per_image: int | None = None
+    limit: int | None = None
+    retry_failed: bool = False
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"--limit must be >= 0, got {self.limit}")
+        if self.pairs_per_image is not None and self.pairs_per_image < 0:
+            raise ValueError(f"--pairs-per-image must be >= 0, got {self.pairs_per_image}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the data a run produces; a resumed run must match it."""
+        calls = self.calls
+        return {
+            "data": str(self.data.resolve()),
+            "seed": self.seed,
+            "loop": asdict(self.settings),
+            "generator_sampling": asdict(calls.generator),
+            "evaluator_sampling": asdict(calls.evaluator),
+            "evaluator_mode": calls.evaluator_mode,
+            "max_image_pixels": self.max_image_pixels,
+        }
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    out: Path
+    summary: dict[str, Any]
+    stats: dict[str, Any]
+    errors: int
+
+
+def select_samples(config: BootstrapConfig) -> tuple[list[Sample], list[RowError]]:
+    """The annotated images to bootstrap (the first `limit`), and rows that cannot be used."""
+    dataset = load_records(config.data)
+    errors = list(dataset.errors)
+    samples = list(dataset.samples)
+    if config.limit is not None:
+        samples = samples[: config.limit]
+    usable = []
+    for s in samples:
+        if not (s.rationale or "").strip():
+            errors.append(RowError(s.where, "rationale", "is empty: bootstrapping needs the gold rationale", id=s.id))
+        else:
+            usable.append(s)
+    return usable, errors
+
+
+class _Bar:
+    """tqdm on stderr with acceptance counts, or nothing."""
+
+    def __init__(self, factory: Callable[[int], Any] | None, units: list[Unit], settings: Settings) -> None:
+        self.units, self.settings = units, settings
+        self.bar = factory(len(units)) if factory else None
+        self.done = 0
+        self.update()
+
+    def update(self, _touched: list[Unit] | None = None) -> None:
+        if self.bar is None:
+            return
+        done = sum(u.finished(self.settings) for u in self.units)
+        self.bar.update(done - self.done)
+        self.done = done
+        self.bar.set_postfix_str(progress_postfix(self.units, self.settings), refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_bootstrap(
+    config: BootstrapConfig,
+    prompts: RolePrompts,
+    open_backends: Callable[[], tuple[Backend, Backend]],
+    *,
+    identity: dict[str, Any] | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> BootstrapResult:
+    """Bootstrap every selected image; resumes from `config.out/journal.jsonl`.
+
+    `open_backends()` returns (generator, evaluator), possibly the same object; it is called only
+    when some unit still needs a call, and the backends are closed at the end. `identity` names
+    the models (part of the fingerprint: a resumed run must use the same ones).
+    """
+    samples, errors = select_samples(config)
+    by_id = {s.id: s for s in samples}
+    units = [Unit(s.id, k) for s in samples for k in LEVELS]
+    fingerprint = {**config.fingerprint(), "models": identity or {}, "prompts": prompts.provenance()}
+    info = {"provenance": provenance()}
+    config.out.mkdir(parents=True, exist_ok=True)
+    with Journal(config.out, fingerprint, info) as journal:
+        index = {u.key: u for u in units}
+        for event in journal.events:
+            unit = index.get(event.get("u", ""))
+            if unit is not None:  # events of images beyond --limit wait for a run that includes them
+                unit.apply(event, retry_failed=config.retry_failed)
+        counters, backends_info = RunCounters(), None
+        engine: Engine | None = None
+        opened: tuple[Backend, Backend] | None = None
+        bar = None
+        try:
+            if any(not u.finished(config.settings) for u in units):
+                opened = open_backends()
+                generator, evaluator = opened
+                backends_info = {"generator": generator.describe(), "evaluator": evaluator.describe()}
+                bar = _Bar(progress, units, config.settings)
+                engine = Engine(by_id, units, prompts, config.settings, config.calls, generator, evaluator,
+                                journal, config.max_image_pixels, on_step=bar.update)
+                counters = engine.run()
+        finally:
+            if bar is not None:
+                bar.close()
+            if opened is not None:
+                for backend in {id(b): b for b in opened}.values():
+                    backend.close()
+            result = _finish(config, prompts, by_id, units, errors, engine, journal, counters,
+                             backends_info, fingerprint)
+    return result
+
+
+def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sample], units: list[Unit],
+            errors: list[RowError], engine: Engine | None, journal: Journal, counters: RunCounters,
+            backends_info: dict[str, Any] | None, fingerprint: dict[str, Any]) -> BootstrapResult:
+    image_errors = engine.image_errors if engine is not None else {}
+    errors = errors + list(image_errors.values())
+    live = [u for u in units if u.image_id not in image_errors]
+    rows = [error_row(e) for e in errors]
+    for u in live:
+        sample = samples[u.image_id]
+        if u.failure is not None:
+            rows.append({"id": f"{u.image_id}-l{u.level}", "where": sample.where, "field": "<model>",
+                         "error": f"{u.failure_role}: {u.failure}"})
+        for j, slot in sorted(u.slots.items()):
+            if slot.failure is not None:
+                rows.append({"id": f"{u.image_id}-l{u.level}-p{j}", "where": sample.where, "field": "<model>",
+                             "error": f"paraphrase: {slot.failure}"})
+    _write_jsonl(config.out / "errors.jsonl", rows)
+    outputs = write_outputs(config.out, samples, live, config.settings, prompts, seed=config.seed,
+                            test_fraction=config.test_fraction, pairs_per_image=config.pairs_per_image)
+    stats = report(live, config.settings, journal.events)
+    stats["outputs"] = outputs
+    stats["errors"] = len(rows)
+    complete = all(u.finished(config.settings) for u in live)
+    summary = {
+        "data": str(config.data),
+        "out": str(config.out),
+        "images": len({u.image_id for u in live}),
+        "complete": complete,
+        "errors": len(rows),
+        "outputs": outputs,
+        "acceptance_rate": stats["acceptance_rate"],
+        "mean_rounds": stats["mean_rounds"],
+        "usage": stats["usage"],
+        "this_run": {
+            "runs_so_far": journal.runs + 1,
+            "steps": counters.steps,
+            "seconds": round(counters.seconds, 3),
+            "calls": dict(counters.calls),
+            "calls_total": sum(counters.calls.values()),
+            "generated_tokens": sum(counters.tokens.values()),
+        },
+        "settings": {**fingerprint, "batch_size": config.calls.batch_size, "limit": config.limit,
+                     "test_fraction": config.test_fraction, "pairs_per_image": config.pairs_per_image,
+                     "retry_failed": config.retry_failed},
+        "backends": backends_info,
+        "provenance": provenance(),
+    }
+    _write_json(config.out / "stats.json", stats)
+    _write_json(config.out / "summary.json", summary)
+    return BootstrapResult(out=config.out, summary=summary, stats=stats, errors=len(rows))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    import json
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def call_bounds(units: int, settings: Settings) -> tuple[int, int]:
+    """(fewest, most) model calls for `units` (evaluator re-asks not included)."""
+    per_para = 1 + int(settings.recheck)
+    low = units * (2 + settings.paraphrases * per_para)
+    high = units * (2 * (1 + settings.rounds) + settings.paraphrases * (1 + settings.paraphrase_retries) * per_para)
+    return low, high
+
+
+def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = None) -> int:
+    """Print the first-round prompts of every selected unit (and one example of each other role);
+    no model is loaded and nothing is written. Returns the number of input errors."""
+    out = out or sys.stdout
+    samples, errors = select_samples(config)
+    mode = config.calls.evaluator_mode
+    shown_roles = False
+    images = 0
+    for sample in samples:
+        try:
+            size = open_image(sample, config.max_image_pixels).size
+        except InputError as exc:
+            errors.append(RowError(sample.where, exc.field, exc.message, id=sample.id))
+            continue
+        images += 1
+        for level in sorted(LEVELS, reverse=True):
+            _show(out, f"generate · {sample.id} · level {level} · image {sample.image}",
+                  prompts.generate_text(sample, level, size))
+        if not shown_roles:
+            shown_roles = True
+            level = 3
+            draft = f"<reasoning>[the level-{level} explanation]</reasoning> <answer>{'real' if sample.label == 'real' else 'fake'}</answer>"
+            _show(out, f"evaluate · {sample.id} · level {level} · image {sample.image} · {prompts.evaluator_kind}"
+                  + (" · score-only prefix" if mode == "score-only" else ""),
+                  prompts.evaluate_text(sample, draft, size))
+            _show(out, f"refine · {sample.id} · level {level} · image {sample.image} · e.g. after a rating of 5",
+                  prompts.refine_text(sample, level, size, f"[the level-{level} explanation]", 5, "[the evaluator's justification]"))
+            _show(out, f"paraphrase · {sample.id} · level {level} · variant 1 · text only",
+                  prompts.paraphrase_text(sample, level, f"[the accepted level-{level} explanation]", 1))
+    for e in errors:
+        print(str(e), file=sys.stderr)
+    units = images * len(LEVELS)
+    low, high = call_bounds(units, config.settings)
+    print(f"# dry run: {images} images, {units} units; {low} to {high} model calls "
+          f"({len(errors)} input error(s)); nothing was sent", file=out)
+    return len(errors)
+
+
+def _show(out: TextIO, title: str, text: str) -> None:
+    print(f"===== {title} =====", file=out)
+    print(text.rstrip("\n"), file=out)
+    print(file=out)

@@ -1,0 +1,200 @@
+"""`dfj bootstrap`: build judge training data (DFJ-Meta style) from annotated images with a
+generator -> evaluator -> refine -> paraphrase loop. See docs/bootstrap.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..backends import BACKENDS, Backend, GenerationConfig
+from ..backends.base import MAX_PIXELS, MIN_PIXELS
+from ..data.images import MAX_IMAGE_PIXELS
+from ..prompts import Template
+from .options import add_remote_options, backend_from_args, emit, progress
+
+ROLE_SIDES = ("generator", "evaluator")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bootstrap", help="build judge training data: generate graded explanations, rate, refine, paraphrase",
+        description="For each annotated image and each quality level 1..5: a generator writes an explanation at that "
+                    "level, an evaluator rates it, misaligned ones are refined with the feedback, accepted ones are "
+                    "paraphrased. Writes pointwise and pairwise records (canonical and ms-swift), split by image, and "
+                    "a report. Resumable: rerun the same command after a kill.",
+    )
+    for side in ROLE_SIDES:
+        g = p.add_argument_group(side)
+        g.add_argument(f"--{side}", required=True, metavar="MODEL",
+                       help="local checkpoint folder, Hugging Face id, or the name a server knows the model by")
+        g.add_argument(f"--{side}-backend", default="hf", choices=sorted(BACKENDS), help="how it is run (default: hf)")
+        g.add_argument(f"--{side}-base-url", default=None, help="OpenAI-compatible endpoint (default: --base-url)")
+        g.add_argument(f"--{side}-api-key-env", default=None, metavar="NAME", help="environment variable with its API "
+                       "key (default: --api-key-env)")
+        g.add_argument(f"--{side}-adapter", default=None, help="LoRA adapter folder on top of the model (hf backend)")
+        g.add_argument(f"--{side}-max-new-tokens", type=int, default=384 if side == "generator" else 256,
+                       help="generation length limit")
+    e = p.add_argument_group("evaluator prompt")
+    e.add_argument("--evaluator-template", default=None, metavar="PATH|default",
+                   help="evaluate with a DFJ pointwise judge template (a file with {ground_truth_label} and "
+                        "{candidate_response}, or 'default' for the project's own): the judge sees only the label and "
+                        "the explanation, and its <reasoning> is the feedback. Default: the reference-guided evaluator "
+                        "prompt (image, label, annotated boxes and the gold rationale). A trained judge given as "
+                        "--evaluator-adapter (or an exported --evaluator folder) uses its training template.")
+    e.add_argument("--evaluator-mode", choices=("generate", "score-only"), default="generate",
+                   help="generate: score with a justification, the feedback for refinement (default); score-only: one "
+                        "forward pass reading the 1..5 distribution, no justification (the refiner gets the score only)")
+    m = p.add_argument_group("local models (hf backend)")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    m.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    m.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default {MIN_PIXELS})")
+    m.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default {MAX_PIXELS})")
+    m.add_argument("--vision-cache-mb", type=int, default=1024, help="visual embeddings kept per image (default 1024)")
+    add_remote_options(p)
+    loop = p.add_argument_group("the loop")
+    loop.add_argument("--tolerance", type=int, default=0,
+                      help="accept when |evaluator score - intended level| <= N (default 0: exact)")
+    loop.add_argument("--rounds", type=int, default=3, help="refinement rounds before a unit is rejected (default 3)")
+    loop.add_argument("--paraphrases", type=int, default=4, help="paraphrases per accepted explanation (default 4)")
+    loop.add_argument("--no-recheck", action="store_true", help="keep paraphrases without asking the evaluator again")
+    loop.add_argument("--paraphrase-retries", type=int, default=1,
+                      help="further tries of a paraphrase that is malformed or re-rated off level (default 1)")
+    loop.add_argument("--temperature", type=float, default=0.7,
+                      help="generator sampling temperature, seeded (default 0.7; the evaluator is greedy)")
+    loop.add_argument("--seed", type=int, default=0, help="seed of every sampled call, the split and the pairing (default 0)")
+    loop.add_argument("--prompt", action="append", default=[], metavar="ROLE=PATH",
+                      help="replace a role's prompt template: generate, refine, paraphrase, evaluate or levels (repeatable)")
+    o = p.add_argument_group("run and outputs")
+    o.add_argument("--data", required=True, help="annotated images: canonical JSONL with label, artifacts and rationale")
+    o.add_argument("--out", required=True, help="run folder: journal, outputs, report (resumed if it exists)")
+    o.add_argument("--test-fraction", type=float, default=0.1, help="share of images in the test split (default 0.1)")
+    o.add_argument("--pairs-per-image", type=int, default=None,
+                   help="pairwise records per image (default: as many as its pointwise records, the paper's 1:1)")
+    o.add_argument("--batch-size", type=int, default=64,
+                   help="model calls sent per step, across items (default 64; raise with --concurrency)")
+    o.add_argument("--limit", type=int, default=None, help="bootstrap only the first N images")
+    o.add_argument("--dry-run", action="store_true", help="print the prompts that would be sent; call nothing")
+    o.add_argument("--retry-failed", action="store_true", help="ask again the calls that failed in earlier runs")
+    o.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows or calls failed")
+    o.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse larger images")
+    o.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    p.set_defaults(run=run)
+
+
+def role_args(args: argparse.Namespace, side: str) -> argparse.Namespace:
+    """The options `backend_from_args` reads, for one side."""
+    ns = argparse.Namespace(**vars(args))
+    ns.model = getattr(args, side)
+    ns.backend = getattr(args, f"{side}_backend")
+    ns.adapter = getattr(args, f"{side}_adapter")
+    ns.base_url = getattr(args, f"{side}_base_url") or args.base_url
+    ns.api_key_env = getattr(args, f"{side}_api_key_env") or args.api_key_env
+    return ns
+
+
+def identity(ns: argparse.Namespace) -> dict[str, str | None]:
+    """What names the model (part of the run's fingerprint); not the server's address, which may
+    change between a run and its resumption."""
+    return {"backend": ns.backend, "model": ns.model, "adapter": ns.adapter}
+
+
+def evaluator_template(args: argparse.Namespace) -> str | Template | None:
+    if args.evaluator_template is not None:
+        return args.evaluator_template
+    from ..train.record import find_trained_judge
+
+    trained = find_trained_judge(args.evaluator_adapter, args.evaluator)
+    if trained is None:
+        return None
+    if trained.kind != "pointwise":
+        raise ValueError(f"--evaluator: {trained.path} is a {trained.kind} judge; the evaluator must rate 1..5 (pointwise)")
+    return trained.template
+
+
+def build(args: argparse.Namespace):
+    from ..bootstrap import (
+        BootstrapConfig,
+        CallSettings,
+        RolePrompts,
+        Settings,
+        parse_prompt_overrides,
+    )
+
+    prompts = RolePrompts.load(parse_prompt_overrides(args.prompt), evaluator_template(args))
+    for name in ("generator_max_new_tokens", "evaluator_max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    calls = CallSettings(
+        generator=GenerationConfig(max_new_tokens=args.generator_max_new_tokens, temperature=args.temperature,
+                                   seed=args.seed, top_logprobs=1),
+        evaluator=GenerationConfig(max_new_tokens=args.evaluator_max_new_tokens, temperature=0.0, seed=args.seed,
+                                   reasks=args.reasks),
+        evaluator_mode=args.evaluator_mode,
+        batch_size=args.batch_size,
+    )
+    settings = Settings(rounds=args.rounds, tolerance=args.tolerance, paraphrases=args.paraphrases,
+                        recheck=not args.no_recheck, paraphrase_retries=args.paraphrase_retries)
+    config = BootstrapConfig(
+        data=Path(args.data), out=Path(args.out), settings=settings, calls=calls, seed=args.seed,
+        test_fraction=args.test_fraction, pairs_per_image=args.pairs_per_image, limit=args.limit,
+        retry_failed=args.retry_failed, max_image_pixels=args.max_image_pixels,
+    )
+    return config, prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bootstrap import dry_run, run_bootstrap
+    from ..data import resolve_data_path
+
+    config, prompts = build(args)
+    resolve_data_path(config.data)  # a wrong --data fails before a model loads
+    if args.dry_run:
+        errors = dry_run(config, prompts)
+        return 1 if errors and not args.allow_errors else 0
+    sides = {side: role_args(args, side) for side in ROLE_SIDES}
+
+    def open_backends() -> tuple[Backend, Backend]:
+        generator = backend_from_args(sides["generator"])
+        if identity(sides["evaluator"]) == identity(sides["generator"]) and args.generator_backend != "openai":
+            # One local model plays both roles: load it once. (A server gets a client per role, so
+            # that both roles' calls of a step are in flight together.)
+            return generator, generator
+        try:
+            return generator, backend_from_args(sides["evaluator"])
+        except BaseException:
+            generator.close()
+            raise
+
+    result = run_bootstrap(
+        config, prompts, open_backends,
+        identity={side: identity(ns) for side, ns in sides.items()},
+        progress=lambda n: progress(n, "bootstrap"),
+    )
+    s, st = result.summary, result.stats
+    rows = s["outputs"]["rows"]
+    usage = s["usage"]
+    lines = [
+        f"bootstrap: {s['images']} images, acceptance {_pct(st['acceptance_rate'])}, mean rounds {st['mean_rounds']}, "
+        f"{s['errors']} errors -> {result.out}",
+        "  per level (accepted/units): " + ", ".join(
+            f"L{k} {v['accepted']}/{v['units']}" for k, v in sorted(st["per_level"].items(), reverse=True)),
+        f"  pointwise {rows['pointwise-train']} train / {rows['pointwise-test']} test; pairwise "
+        f"{rows['pairwise-train']} train / {rows['pairwise-test']} test; rejected {rows['rejected']}",
+        f"  calls {usage['calls_total']} in all ({s['this_run']['calls_total']} this run, {s['this_run']['seconds']} s); "
+        f"generated tokens {usage['generated_tokens_total']}",
+        f"  report: {result.out / 'stats.json'}; train: dfj train pointwise --data {result.out / 'pointwise-train.jsonl'} …",
+    ]
+    if not s["complete"]:
+        lines.append("  not complete: rerun the same command to resume")
+    emit(s, args.json, lines)
+    if s["errors"] and not args.allow_errors:
+        print(f"dfj bootstrap: {s['errors']} error(s), listed in {result.out / 'errors.jsonl'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"

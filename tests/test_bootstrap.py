@@ -1,0 +1,602 @@
+"""`dfj bootstrap`'s state machine, outputs and report, driven by a scripted backend.
+
+The scripted backend plays both roles from the prompt text alone: the generator writes
+`IMG[id] lvl K round R` (so the evaluator can tell which unit it rates), the evaluator scores by
+a policy of (image, level, round, paraphrase). It is a pure function of the request and the
+sampling settings, so runs are deterministic and every call can be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfakejudge.backends import GenerationConfig
+from deepfakejudge.backends.base import Backend, BackendError, Capabilities, Generation
+from deepfakejudge.bootstrap import (
+    BootstrapConfig,
+    CallSettings,
+    RolePrompts,
+    Settings,
+    call_bounds,
+    parse_explanation,
+    run_bootstrap,
+    verdict,
+)
+from deepfakejudge.cli import main
+from deepfakejudge.data import load_records
+from deepfakejudge.prompts import default_template
+from deepfakejudge.train.examples import build_examples
+
+_IMG = re.compile(r"IMG\[(\w+)\]")
+_LVL = re.compile(r"lvl (\d)")
+_ROUND = re.compile(r"round (\d+)")
+_PARA = re.compile(r"para (\d+)")
+
+
+def role_of(text: str) -> str:
+    if "Write one explanation for the image above" in text:
+        return "generate"
+    if "Revise it so that it sits at level" in text:
+        return "refine"
+    if "Reword the explanation below" in text:
+        return "paraphrase"
+    if "Candidate explanation:" in text or "Explanation to rate:" in text:
+        return "evaluate"
+    raise AssertionError(f"unknown prompt: {text[:80]!r}")
+
+
+def aligned(image, level, rnd, para):
+    return level
+
+
+POLICIES = {
+    "aligned": aligned,
+    # level 3 reads one too high at first and is fixed by one refinement; level 1 never aligns.
+    "mixed": lambda image, level, rnd, para: (4 if rnd == 0 else 3) if level == 3 else (2 if level == 1 else level),
+}
+
+
+class Scripted(Backend):
+    """Deterministic generator + evaluator (see the module docstring). `options` is accepted so
+    that the CLI can load it through the backend registry (`DFJ_TEST_POLICY` picks the policy,
+    `DFJ_TEST_CALL_LOG` appends one line per request)."""
+
+    name = "scripted"
+    capabilities = Capabilities(logprobs=False, choice_probs=True)
+
+    def __init__(self, options=None, rate=None, malformed=None, fail=None, unparsable=None):
+        self.rate = rate or POLICIES[os.environ.get("DFJ_TEST_POLICY", "aligned")]
+        self.malformed = malformed or (lambda image, level, rnd, seed: False)
+        self.fail = fail or (lambda role, image, level: False)
+        self.unparsable = unparsable or (lambda image, level, config: False)
+        self.calls: Counter = Counter()
+        self.log: list[tuple[str, str, GenerationConfig]] = []
+        self.closed = False
+        path = os.environ.get("DFJ_TEST_CALL_LOG")
+        self._log_file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def _record(self, role: str, text: str, config) -> None:
+        self.calls[role] += 1
+        self.log.append((role, text, config))
+        if self._log_file is not None:
+            self._log_file.write(json.dumps([role, text, getattr(config, "seed", None)]) + "\n")
+            self._log_file.flush()
+
+    def _one(self, request, config):
+        text = request.text
+        role = role_of(text)
+        self._record(role, text, config)
+        image = _IMG.search(text).group(1)
+        if role == "evaluate":
+            candidate = text.split("Candidate explanation:" if "Candidate explanation:" in text else "Explanation to rate:")[1]
+            level = int(_LVL.search(candidate).group(1))
+            rnd = int(_ROUND.search(candidate).group(1))
+            para = _PARA.search(candidate)
+            if self.fail("evaluate", image, level):
+                return BackendError("scripted evaluator failure")
+            if self.unparsable(image, level, config):
+                return Generation(text="I would rather not say.")
+            score = self.rate(image, level, rnd, int(para.group(1)) if para else 0)
+            return Generation(text=f"<reasoning>Reads as level {score}; the {image} details.</reasoning>\n<score>{score}</score>")
+        if role == "paraphrase":
+            body = text.split("Explanation:\n", 1)[1].split("\n\nAnswer in exactly", 1)[0]
+            level = int(_LVL.search(body).group(1))
+            if self.fail("paraphrase", image, level):
+                return BackendError("scripted paraphraser failure")
+            variant = int(re.search(r"rewording number (\d+)", text).group(1))
+            return Generation(text=f"<reasoning>{body} para {variant} seed {config.seed}</reasoning>")
+        level = int(re.search(r"quality level (\d) on a scale", text).group(1))
+        if self.fail(role, image, level):
+            return BackendError(f"scripted {role} failure")
+        if role == "generate":
+            rnd = 0
+            prev = None
+        else:
+            prev = text.split("The explanation to revise:\n", 1)[1]
+            rnd = int(_ROUND.search(prev).group(1)) + 1
+        if self.malformed(image, level, rnd, config.seed):
+            return Generation(text="<reasoning>cut off")
+        return Generation(text=f"<reasoning>IMG[{image}] lvl {level} round {rnd} t={config.temperature} s={config.seed}</reasoning>")
+
+    def generate_each(self, requests, config):
+        time.sleep(float(os.environ.get("DFJ_TEST_DELAY", "0")))  # lets a test kill a run mid-way
+        return [self._one(r, config) for r in requests]
+
+    def generate(self, requests, config):
+        return [r if not isinstance(r, Exception) else (_ for _ in ()).throw(r) for r in self.generate_each(requests, config)]
+
+    def choice_probs_each(self, requests, choices):
+        out = []
+        for r in requests:
+            self._record("evaluate", r.text, None)
+            candidate = r.text.split("Candidate explanation:")[1]
+            level, rnd = int(_LVL.search(candidate).group(1)), int(_ROUND.search(candidate).group(1))
+            para = _PARA.search(candidate)
+            score = self.rate(_IMG.search(r.text).group(1), level, rnd, int(para.group(1)) if para else 0)
+            out.append({c: (0.9 if c == str(score) else 0.02) for c in choices})
+        return out
+
+    def describe(self):
+        return {"backend": "scripted"}
+
+    def close(self):
+        self.closed = True
+        if self._log_file is not None:
+            self._log_file.close()
+
+
+def make_data(folder: Path, n: int = 3, bad: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+        label = ("fake", "real", "edited")[i % 3]
+        artifacts = [] if label == "real" else [{"category": "texture", "bbox": [4, 5, 30, 40], "expression": "the smear"}]
+        rows.append({"id": f"im{i}", "image": f"im{i}.png", "label": label, "source": "test",
+                     "artifacts": artifacts, "rationale": f"IMG[im{i}] gold reasoning about the smear."})
+    lines = [json.dumps(r) for r in rows]
+    if bad:
+        lines += [
+            "{not json",
+            json.dumps({"id": "nofile", "image": "missing.png", "label": "fake", "rationale": "IMG[nofile] x"}),
+            json.dumps({"id": "norationale", "image": "im0.png", "label": "fake"}),
+        ]
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def config(tmp_path, data, **over) -> BootstrapConfig:
+    settings = over.pop("settings", Settings(rounds=3, tolerance=0, paraphrases=2, recheck=True, paraphrase_retries=1))
+    calls = over.pop("calls", CallSettings(batch_size=over.pop("batch_size", 64)))
+    return BootstrapConfig(data=data, out=tmp_path / over.pop("out", "run"), settings=settings, calls=calls,
+                           test_fraction=over.pop("test_fraction", 0.34), **over)
+
+
+def run(cfg, backend, prompts=None):
+    return run_bootstrap(cfg, prompts or RolePrompts.load(), lambda: (backend, backend))
+
+
+def rows(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def journal(out: Path):
+    return [r for r in rows(out / "journal.jsonl") if r["e"] != "run"]
+
+
+# -- parsing the generator's output: an adversarial table -------------------------------------------
+
+@pytest.mark.parametrize("text,label,level,response,malformed", [
+    ("<reasoning>Smear on the left.</reasoning>", "fake", 5, "<reasoning>Smear on the left.</reasoning> <answer>fake</answer>", None),
+    ("  Plain prose, no tags.  ", "edited", 3, "<reasoning>Plain prose, no tags.</reasoning> <answer>fake</answer>", None),
+    ("<reasoning>Looks real.</reasoning> <answer>real</answer>", "fake", 1, "<reasoning>Looks real.</reasoning> <answer>real</answer>", None),
+    ("<reasoning>Looks fake.</reasoning> <answer>fake</answer>", "fake", 1, None, "answers 'fake' but level 1 argues for 'real'"),
+    ("<reasoning>cut off", "fake", 4, None, "no closed <reasoning>"),
+    ("", "real", 2, None, "empty explanation"),
+    ("<reasoning>   </reasoning>", "real", 2, None, "empty explanation"),
+    ("<reasoning>a <score>5</score> b</reasoning>", "real", 5, None, "tags inside the reasoning"),
+    ("<Reasoning>Case.</REASONING>", "real", 4, "<reasoning>Case.</reasoning> <answer>real</answer>", None),
+    ("prose then </answer>", "real", 4, None, "no closed <reasoning>"),
+])
+def test_parse_explanation(text, label, level, response, malformed):
+    got = parse_explanation(text, label, level)
+    assert got.response == response
+    assert (got.malformed is None) == (malformed is None)
+    if malformed:
+        assert malformed in got.malformed
+
+
+def test_verdict_is_fixed_by_the_level():
+    assert [verdict("fake", k) for k in (1, 2, 3, 4, 5)] == ["real", "fake", "fake", "fake", "fake"]
+    assert [verdict("edited", k) for k in (1, 5)] == ["real", "fake"]
+    assert [verdict("real", k) for k in (1, 2, 5)] == ["fake", "real", "real"]
+
+
+def test_role_templates_are_hashed_and_overridable(tmp_path):
+    p = RolePrompts.load()
+    info = p.provenance()
+    assert info["evaluator_kind"] == "reference" and len(info["generate"]["sha256"]) == 64
+    assert len({info[r]["sha256"] for r in ("generate", "refine", "paraphrase", "evaluate", "levels")}) == 5
+    levels = tmp_path / "levels.txt"
+    levels.write_text("\n".join(f"{k}: custom {k}" for k in range(1, 6)) + "\n")
+    q = RolePrompts.load({"levels": str(levels)})
+    assert q.level_text[3] == "custom 3" and q.provenance()["levels"]["sha256"] != info["levels"]["sha256"]
+    levels.write_text("1: only one\n")
+    with pytest.raises(ValueError, match=r"no description for level\(s\) \[2, 3, 4, 5\]"):
+        RolePrompts.load({"levels": str(levels)})
+    bad = tmp_path / "gen.txt"
+    bad.write_text("Write at level {level}")
+    with pytest.raises(ValueError, match="must contain"):
+        RolePrompts.load({"generate": str(bad)})
+    judge = RolePrompts.load(evaluator_template="default")
+    assert judge.evaluator_kind == "judge" and judge.evaluate.sha256 == default_template("pointwise").sha256
+
+
+# -- the state machine ----------------------------------------------------------------------------
+
+def test_all_aligned_first_time(tmp_path):
+    data = make_data(tmp_path)
+    backend = Scripted()
+    result = run(config(tmp_path, data), backend)
+    # 3 images x 5 levels: generate + evaluate, then 2 paraphrases + 2 rechecks each.
+    assert backend.calls == {"generate": 15, "evaluate": 15 + 30, "paraphrase": 30}
+    assert result.stats["acceptance_rate"] == 1.0 and result.stats["mean_rounds"] == 0
+    assert result.summary["usage"]["calls_total"] == 90 and result.errors == 0
+    assert call_bounds(15, config(tmp_path, data).settings)[0] == 90
+    out = result.out
+    point = rows(out / "pointwise-train.jsonl") + rows(out / "pointwise-test.jsonl")
+    assert len(point) == 15 * 3  # the explanation and two paraphrases per unit
+    assert backend.closed
+
+
+def test_misaligned_then_aligned_and_never_aligned(tmp_path):
+    data = make_data(tmp_path)
+    backend = Scripted(rate=POLICIES["mixed"])
+    result = run(config(tmp_path, data), backend)
+    st = result.stats
+    assert st["per_level"]["3"]["accepted"] == 3 and st["per_level"]["3"]["mean_rounds_accepted"] == 1
+    assert st["per_level"]["3"]["first_round_aligned"] == 0.0
+    assert st["per_level"]["1"]["accepted"] == 0 and st["per_level"]["1"]["rejected"] == 3
+    assert st["rejection_reasons"] == {"never aligned": 3}
+    # Confusion: level 3 was first rated 4, finally 3; level 1 always 2.
+    assert st["confusion"]["first"]["3"]["4"] == 3 and st["confusion"]["final"]["3"]["3"] == 3
+    assert st["confusion"]["final"]["1"]["2"] == 3
+    # The refinement saw the evaluator's score, feedback and the direction.
+    refines = [t for role, t, _ in backend.log if role == "refine"]
+    level3 = [t for t in refines if "sits at level 3" in t]
+    assert len(level3) == 3 and all("placed it at level 4: it reads better than intended" in t for t in level3)
+    assert all("Reads as level 4" in t for t in level3)
+    level1 = [t for t in refines if "sits at level 1" in t]
+    assert len(level1) == 9 and all("it reads better than intended" in t for t in level1)  # 3 rounds x 3 images
+    rejected = rows(result.out / "rejected.jsonl")
+    assert [r["level"] for r in rejected] == [1, 1, 1]
+    assert all(r["reason"] == "evaluator rated 2, intended 1, after 3 refinement round(s) (ratings [2, 2, 2, 2])"
+               for r in rejected)
+    # Never aligned: 1 + 3 generator calls and 4 evaluations per unit, nothing more.
+    events = [e for e in journal(result.out) if e["u"] == "im0#1"]
+    assert [e["e"] for e in events] == ["gen", "eval"] * 4
+    # Accepted level 3 is recorded with its round count and the final rating.
+    point = [r for r in rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+             if r["score"] == 3]
+    assert {r["rounds"] for r in point} == {1} and {r["evaluator_score"] for r in point} == {3}
+
+
+def test_tolerance_accepts_neighbours(tmp_path):
+    data = make_data(tmp_path)
+    cfg = config(tmp_path, data, settings=Settings(rounds=3, tolerance=1, paraphrases=0))
+    backend = Scripted(rate=POLICIES["mixed"])
+    result = run(cfg, backend)
+    assert result.stats["acceptance_rate"] == 1.0 and backend.calls["refine"] == 0
+
+
+def test_malformed_generator_output_is_asked_again_with_another_seed(tmp_path):
+    data = make_data(tmp_path, n=1)
+    # level 5: malformed at seed 0, fine once reseeded; level 2: malformed whatever the seed.
+    backend = Scripted(malformed=lambda image, level, rnd, seed: level == 2 or (level == 5 and seed == 0))
+    cfg = config(tmp_path, data, settings=Settings(rounds=2, paraphrases=0),
+                 calls=CallSettings(generator=GenerationConfig(temperature=0.0, seed=0, max_new_tokens=64)))
+    result = run(cfg, backend)
+    gens = [(t, c) for role, t, c in backend.log if role == "generate" and "quality level 5" in t]
+    assert [(c.seed, c.temperature) for _, c in gens] == [(0, 0.0), (1, 0.7)]  # greedy would repeat itself
+    st = result.stats
+    assert st["per_level"]["5"]["accepted"] == 1
+    assert st["per_level"]["2"]["rejected"] == 1 and st["rejection_reasons"] == {"malformed generator output": 1}
+    assert st["malformed_generations"] == 1 + 3
+    rejected = rows(result.out / "rejected.jsonl")
+    assert rejected[0]["malformed"] == ["no closed <reasoning>…</reasoning> block"] * 3
+    assert backend.calls["generate"] == 2 + 3 + 3  # level 5: 2; level 2: 1 + 2 rounds; others: 1 each
+
+
+def test_evaluator_without_a_score_is_reasked_then_rejected(tmp_path):
+    data = make_data(tmp_path, n=1)
+    # Level 4's rating parses only when sampled (a re-ask); level 2's never does.
+    backend = Scripted(unparsable=lambda image, level, c: level == 2 or (level == 4 and c.temperature == 0))
+    calls = CallSettings(evaluator=GenerationConfig(max_new_tokens=64, reasks=1))
+    result = run(config(tmp_path, data, calls=calls, settings=Settings(paraphrases=0)), backend)
+    st = result.stats
+    assert st["per_level"]["4"]["accepted"] == 1
+    assert st["per_level"]["2"]["rejected"] == 1 and st["rejection_reasons"] == {"evaluator unparsable": 1}
+    assert st["confusion"]["first"]["2"]["none"] == 1
+    evals = [e for e in journal(result.out) if e["e"] == "eval"]
+    assert {e["u"]: e["calls"] for e in evals} == {"im0#1": 1, "im0#2": 2, "im0#3": 1, "im0#4": 2, "im0#5": 1}
+    assert [e["raw"] for e in evals if e["u"] == "im0#2"] == ["I would rather not say."]
+    assert st["usage"]["calls"]["evaluate"] == 7
+
+
+def test_failures_become_error_rows_and_retry_failed_reopens_them(tmp_path, capsys):
+    data = make_data(tmp_path, n=2, bad=True)
+    backend = Scripted(fail=lambda role, image, level: role == "generate" and (image, level) == ("im1", 4)
+                       or role == "paraphrase" and (image, level) == ("im0", 5))
+    cfg = config(tmp_path, data)
+    result = run(cfg, backend)
+    errors = rows(result.out / "errors.jsonl")
+    fields = sorted(((e["id"] or ""), e["field"]) for e in errors)
+    assert fields == [("", "<row>"), ("im0-l5-p1", "<model>"), ("im0-l5-p2", "<model>"), ("im1-l4", "<model>"),
+                      ("nofile", "image"), ("norationale", "rationale")]
+    assert result.errors == 6 and result.stats["status"]["failed"] == 1
+    assert "scripted generate failure" in next(e["error"] for e in errors if e["id"] == "im1-l4")
+    # Everything valid is kept: im0 level 5 without its failed paraphrases, im1 without level 4.
+    point = rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+    assert sorted(r["id"] for r in point if r["image_id"] == "im0" and r["score"] == 5) == ["im0-l5-v0"]
+    assert not [r for r in point if r["image_id"] == "im1" and r["score"] == 4]
+    # A plain rerun changes nothing and calls nothing; --retry-failed asks the failed calls again.
+    again = Scripted()
+    run(cfg, again)
+    assert sum(again.calls.values()) == 0 and len(rows(result.out / "errors.jsonl")) == 6
+    fixed = Scripted()
+    import dataclasses
+
+    result = run(dataclasses.replace(cfg, retry_failed=True), fixed)
+    assert fixed.calls == {"generate": 1, "evaluate": 1 + 2 + 2, "paraphrase": 2 + 2}
+    assert result.errors == 3  # the bad input rows stay
+    point = rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+    assert len(point) == 10 * 3
+
+
+def test_paraphrases_rechecked_retried_and_dropped(tmp_path):
+    data = make_data(tmp_path, n=1)
+    # Paraphrase 2 of every unit is re-rated one level off: retried once, then dropped.
+    backend = Scripted(rate=lambda image, level, rnd, para: level + (1 if para == 2 and level < 5 else 0)
+                       - (1 if para == 2 and level == 5 else 0))
+    result = run(config(tmp_path, data), backend)
+    para = result.stats["paraphrases"]
+    assert para == {"slots": 10, "kept": 5, "dropped": 5, "failed": 0, "pending": 0,
+                    "recheck_agreement": round(5 / 15, 4), "malformed": 0}
+    point = rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+    assert sorted({r["variant"] for r in point}) == [0, 1] and len(point) == 10
+    # The retry of slot 2 asked with another seed.
+    seeds = [c.seed for role, t, c in backend.log if role == "paraphrase" and "rewording number 2" in t]
+    assert sorted(Counter(seeds).items()) == [(0, 5), (1, 5)]
+    # Without recheck: no evaluator call for paraphrases, all kept.
+    plain = Scripted()
+    cfg = config(tmp_path, data, out="plain", settings=Settings(paraphrases=3, recheck=False))
+    result = run(cfg, plain)
+    assert plain.calls == {"generate": 5, "evaluate": 5, "paraphrase": 15}
+    assert result.summary["outputs"]["rows"]["pointwise-train"] + result.summary["outputs"]["rows"]["pointwise-test"] == 20
+
+
+def test_score_only_evaluator_and_dfj_judge_template(tmp_path):
+    data = make_data(tmp_path, n=1)
+    backend = Scripted(rate=POLICIES["mixed"])
+    cfg = config(tmp_path, data, calls=CallSettings(evaluator_mode="score-only"), settings=Settings(paraphrases=0))
+    result = run(cfg, backend)
+    assert result.stats["per_level"]["3"]["accepted"] == 1
+    refine = next(t for role, t, _ in backend.log if role == "refine" and "sits at level 3" in t)
+    assert "(no justification given)" in refine
+    point = {r["score"]: r for r in rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")}
+    # No justification to learn from: the target's reasoning is the level's description.
+    assert point[3]["target"].startswith("<reasoning>Partial and generic.") and point[3]["target"].endswith("<score>3</score>")
+    # A DFJ judge as the evaluator sees only the label and the explanation, through its template.
+    judge = Scripted()
+    cfg = config(tmp_path, data, out="judge", settings=Settings(paraphrases=0))
+    run(cfg, judge, RolePrompts.load(evaluator_template="default"))
+    texts = [t for role, t, _ in judge.log if role == "evaluate"]
+    assert texts and all("Explanation to rate:" in t and "gold reasoning" not in t for t in texts)
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+def test_outputs_validate_split_by_image_and_balanced_pairs(tmp_path, capsys):
+    data = make_data(tmp_path, n=6)
+    result = run(config(tmp_path, data, test_fraction=0.34, seed=3), Scripted())
+    out = result.out
+    point, pairs = {}, {}
+    for split in ("train", "test"):
+        for kind, store in (("pointwise", point), ("pairwise", pairs)):
+            path = out / f"{kind}-{split}.jsonl"
+            assert main(["data", "validate", str(path)]) == 0
+            ds = load_records(path)
+            assert not ds.errors
+            store[split] = ds.samples
+            # The ms-swift rows load with the project's reader and are ready for training.
+            swift = load_records(out / "msswift" / f"{kind}-{split}.jsonl")
+            assert not swift.errors and len(swift.samples) == len(ds.samples)
+            examples, errors = build_examples(swift.samples, default_template(kind))
+            assert not errors and len(examples) == len(ds.samples)
+            if kind == "pointwise":
+                assert [s.score for s in swift.samples] == [s.score for s in ds.samples]
+            else:
+                assert [s.preferred for s in swift.samples] == [s.preferred for s in ds.samples]
+    capsys.readouterr()
+    train_images = {s.extra["image_id"] for s in point["train"]}
+    test_images = {s.extra["image_id"] for s in point["test"]}
+    assert train_images and test_images and not train_images & test_images
+    assert {s.extra["image_id"] for s in pairs["test"]} == test_images
+    assert len(point["train"]) + len(point["test"]) == 6 * 5 * 3
+    all_pairs = pairs["train"] + pairs["test"]
+    assert len(all_pairs) == 6 * 15  # as many pairs as pointwise records per image
+    for s in all_pairs:
+        assert s.extra["score_a"] != s.extra["score_b"]
+        assert s.preferred == ("A" if s.extra["score_a"] > s.extra["score_b"] else "B")
+        assert s.response_a != s.response_b
+    for image in train_images | test_images:
+        mine = [s for s in all_pairs if s.extra["image_id"] == image]
+        a = sum(s.preferred == "A" for s in mine)
+        assert abs(2 * a - len(mine)) <= 1, (image, a, len(mine))
+        level_pairs = {tuple(sorted((s.extra["score_a"], s.extra["score_b"]))) for s in mine}
+        assert len(level_pairs) == 10  # every pair of levels occurs
+    assert len({s.id for s in all_pairs}) == len(all_pairs)
+    # Records follow the detector contract and keep the input's annotations.
+    sample = point["train"][0]
+    assert re.fullmatch(r"<reasoning>.+</reasoning> <answer>(real|fake)</answer>", sample.response)
+    assert sample.rationale.startswith("IMG[") and sample.extra["target"].endswith(f"<score>{sample.score}</score>")
+
+
+def test_deterministic_given_a_seed(tmp_path):
+    data = make_data(tmp_path, n=4)
+    files = ("pointwise-train.jsonl", "pointwise-test.jsonl", "pairwise-train.jsonl", "pairwise-test.jsonl",
+             "msswift/pointwise-train.jsonl", "stats.json")
+
+    def outputs(name, seed, batch_size):
+        result = run(config(tmp_path, data, out=name, seed=seed, batch_size=batch_size), Scripted(rate=POLICIES["mixed"]))
+        stats = json.loads((result.out / "stats.json").read_text())
+        return [(result.out / f).read_text() for f in files[:-1]] + [json.dumps({k: v for k, v in stats.items()})]
+
+    first = outputs("a", 7, 64)
+    assert outputs("b", 7, 64) == first
+    # The batch size changes how calls are grouped, never what is produced.
+    assert outputs("c", 7, 5) == first
+    assert outputs("d", 8, 64)[2] != first[2]  # another seed: other pairs
+
+
+def test_resume_after_an_interruption_repeats_no_finished_call(tmp_path):
+    data = make_data(tmp_path, n=3)
+    full = Scripted(rate=POLICIES["mixed"])
+    reference = run(config(tmp_path, data, out="full", batch_size=7), full)
+
+    class Interrupt(BaseException):
+        pass
+
+    class Dying(Scripted):
+        def __init__(self, budget):
+            super().__init__(rate=POLICIES["mixed"])
+            self.budget = budget
+
+        def generate_each(self, requests, config):
+            if self.budget <= 0:
+                raise Interrupt()
+            self.budget -= len(requests)
+            return super().generate_each(requests, config)
+
+    cfg = config(tmp_path, data, out="killed", batch_size=7)
+    made = Counter()
+    for budget in (10, 25, 40):
+        dying = Dying(budget)
+        with pytest.raises(Interrupt):
+            run(cfg, dying)
+        made += dying.calls
+    finisher = Scripted(rate=POLICIES["mixed"])
+    result = run(cfg, finisher)
+    made += finisher.calls
+    # Only the step in flight at each interruption is asked again: at most 7 calls per interruption.
+    total, expected = sum(made.values()), sum(full.calls.values())
+    assert expected <= total <= expected + 3 * 7
+    # Every finished call is in the journal exactly once, and the data equals the uninterrupted run's.
+    keys = [(e["u"], e["e"], e.get("round"), e.get("slot"), e.get("attempt")) for e in journal(result.out)]
+    assert len(keys) == len(set(keys)) == len(journal(reference.out))
+    for name in ("pointwise-train.jsonl", "pairwise-test.jsonl", "rejected.jsonl"):
+        assert (result.out / name).read_text() == (reference.out / name).read_text()
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = make_data(tmp_path, n=1)
+    run(config(tmp_path, data), Scripted())
+    with pytest.raises(ValueError, match=r"loop.rounds: 3 -> 2"):
+        run(config(tmp_path, data, settings=Settings(rounds=2, paraphrases=2)), Scripted())
+    levels = tmp_path / "levels.txt"
+    levels.write_text("\n".join(f"{k}: custom {k}" for k in range(1, 6)))
+    with pytest.raises(ValueError, match=r"prompts.levels.sha256"):
+        run(config(tmp_path, data), Scripted(), RolePrompts.load({"levels": str(levels)}))
+
+
+def test_torn_journal_line_is_cut_and_the_call_made_again(tmp_path):
+    data = make_data(tmp_path, n=1)
+    cfg = config(tmp_path, data, settings=Settings(paraphrases=0))
+    run(cfg, Scripted())
+    path = cfg.out / "journal.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    last_eval = max(i for i, line in enumerate(lines) if '"e": "eval"' in line)
+    path.write_text("".join(lines[:last_eval]) + lines[last_eval][: len(lines[last_eval]) // 2])
+    again = Scripted()
+    result = run(cfg, again)
+    assert again.calls == {"evaluate": 1} and result.stats["status"] == {"done": 5}
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+def test_cli_dry_run_prints_prompts_and_calls_nothing(tmp_path, capsys):
+    (tmp_path / "clean").mkdir()
+    clean = make_data(tmp_path / "clean", n=3)
+    out = tmp_path / "dry"
+    code = main(["bootstrap", "--generator", "nowhere/gen", "--evaluator", "nowhere/eval", "--data", str(clean),
+                 "--out", str(out), "--dry-run", "--limit", "2"])
+    captured = capsys.readouterr()
+    assert code == 0 and not out.exists()
+    assert captured.out.count("===== generate · ") == 10
+    for role in ("evaluate", "refine", "paraphrase"):
+        assert f"===== {role} · im0" in captured.out
+    assert "IMG[im1] gold reasoning" in captured.out and "- texture at [4, 5, 30, 40] (middle left): the smear" in captured.out
+    assert "# dry run: 2 images, 10 units; 100 to 240 model calls" in captured.out
+    # Bad rows are reported on stderr, exit 1.
+    data = make_data(tmp_path, n=2, bad=True)
+    code = main(["bootstrap", "--generator", "g", "--evaluator", "e", "--data", str(data), "--out", str(out), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 1 and "field 'rationale'" in captured.err and "missing.png" in captured.err
+
+
+def test_cli_runs_through_the_backend_registry(tmp_path, capsys, monkeypatch):
+    from deepfakejudge.backends import BACKENDS
+
+    monkeypatch.setitem(BACKENDS, "scripted", (__name__, "Scripted", "dev"))
+    monkeypatch.setenv("DFJ_TEST_POLICY", "mixed")
+    data = make_data(tmp_path, n=2)
+    out = tmp_path / "cli"
+    argv = ["bootstrap", "--generator", "gen", "--generator-backend", "scripted", "--evaluator", "gen",
+            "--evaluator-backend", "scripted", "--data", str(data), "--out", str(out), "--paraphrases", "1",
+            "--no-cache", "--json"]
+    from deepfakejudge.cli import build_parser
+
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["complete"] and summary["settings"]["models"]["generator"]["model"] == "gen"
+    assert summary["outputs"]["rows"]["rejected"] == 2 and summary["usage"]["calls_total"] == summary["this_run"]["calls_total"]
+    assert build_parser  # the parser lists the registered backend
+    assert main([*argv[:-1]]) == 0  # a rerun: nothing left to call
+    assert "calls " in capsys.readouterr().out
+    assert main([*argv, "--rounds", "2"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_finished_units_and_acceptance(tmp_path):
+    data = make_data(tmp_path, n=2)
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n, self.postfix, self.closed = total, 0, [], False
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix.append(text)
+
+        def close(self):
+            self.closed = True
+
+    bars = []
+    cfg = config(tmp_path, data, batch_size=3)
+    run_bootstrap(cfg, RolePrompts.load(), lambda: (Scripted(rate=POLICIES["mixed"]),) * 2,
+                  progress=lambda total: bars.append(Bar(total)) or bars[-1])
+    (bar,) = bars
+    assert bar.total == 10 and bar.n == 10 and bar.closed
+    assert len(bar.postfix) > 5 and bar.postfix[-1] == "acc 8 rej 2 fail 0 | L5 2/2 L4 2/2 L3 2/2 L2 2/2 L1 0/2"
