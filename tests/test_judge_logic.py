@@ -10,7 +10,7 @@ from deepfakejudge import PairwiseJudge, PointwiseJudge
 from deepfakejudge.backends import Backend, BackendError, Capabilities, Generation, TokenStep
 from deepfakejudge.judge import combine
 from deepfakejudge.judge.common import distribution_at
-from deepfakejudge.records import PairwiseOrder, PointwiseVerdict, RowError, Sample
+from deepfakejudge.records import PairwiseOrder, Sample
 
 
 def steps_for(pieces, tops):

@@ -134,7 +134,7 @@ def run_bootstrap(
             unit = index.get(event.get("u", ""))
             if unit is not None:  # events of images beyond --limit wait for a run that includes them
                 unit.apply(event, retry_failed=config.retry_failed)
-        counters, backends_info = RunCounters(), None
+        backends_info = None
         engine: Engine | None = None
         opened: tuple[Backend, Backend] | None = None
         bar = None
@@ -146,13 +146,14 @@ def run_bootstrap(
                 bar = _Bar(progress, units, config.settings)
                 engine = Engine(by_id, units, prompts, config.settings, config.calls, generator, evaluator,
                                 journal, config.max_image_pixels, on_step=bar.update)
-                counters = engine.run()
+                engine.run()
         finally:
             if bar is not None:
                 bar.close()
             if opened is not None:
                 for backend in {id(b): b for b in opened}.values():
                     backend.close()
+            counters = engine.counters if engine is not None else RunCounters()  # an interrupted run's too
             result = _finish(config, prompts, by_id, units, errors, engine, journal, counters,
                              backends_info, fingerprint)
     return result

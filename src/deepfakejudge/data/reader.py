@@ -7,13 +7,13 @@ field, and every valid row is still returned.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..prompts import Template
 from ..records import RowError, Sample
 from .canonical import InputError, parse_id, sample_from_dict
+from .jsonl import read_jsonl
 from .msswift import sample_from_msswift
 
 
@@ -48,40 +48,30 @@ def load_records(path: str | Path, templates: tuple[Template, ...] = ()) -> Data
     samples: list[Sample] = []
     errors: list[RowError] = []
     first_line: dict[str, int] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path}:{lineno}"
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                errors.append(RowError(where, "<row>", f"not UTF-8 (byte {exc.start} of the line)"))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(RowError(where, "<row>", f"malformed JSON: {exc.msg} at column {exc.colno}"))
-                continue
-            row_id = None
-            try:
-                row_id = parse_id(obj) if isinstance(obj, dict) and "id" in obj else None
-                if isinstance(obj, dict) and "messages" in obj:
-                    sample = sample_from_msswift(obj, base_dir, where, lineno, templates)
-                else:
-                    sample = sample_from_dict(obj, base_dir, where)
-            except InputError as exc:
-                errors.append(RowError(where, exc.field, exc.message, id=row_id))
-                continue
-            if sample.id in first_line:
-                # The id stays with the first row; the duplicate is reported without an id so that
-                # results keep one row per id.
-                errors.append(
-                    RowError(where, "id", f"duplicate id {sample.id!r} (first on line {first_line[sample.id]})")
-                )
-                continue
-            first_line[sample.id] = lineno
-            samples.append(sample)
+    for line in read_jsonl(path):
+        if line.error is not None:
+            errors.append(line.error)
+            continue
+        obj, where = line.obj, line.where
+        row_id = None
+        try:
+            row_id = parse_id(obj) if "id" in obj else None
+            if "messages" in obj:
+                sample = sample_from_msswift(obj, base_dir, where, line.lineno, templates)
+            else:
+                sample = sample_from_dict(obj, base_dir, where)
+        except InputError as exc:
+            errors.append(RowError(where, exc.field, exc.message, id=row_id))
+            continue
+        if sample.id in first_line:
+            # The id stays with the first row; the duplicate is reported without an id so that
+            # results keep one row per id.
+            errors.append(
+                RowError(where, "id", f"duplicate id {sample.id!r} (first on line {first_line[sample.id]})")
+            )
+            continue
+        first_line[sample.id] = line.lineno
+        samples.append(sample)
     # Results hold one row per id: an erroneous row keeps its id only if no valid row and no
     # earlier error row has it.
     claimed = set(first_line)

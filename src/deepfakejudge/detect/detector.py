@@ -19,13 +19,11 @@ from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
 from ..judge.common import (
     Prepared,
-    batched,
-    call_isolated,
     distribution_at,
     generate_answers,
+    judge_batches,
     model_error,
     normalise,
-    prepare,
 )
 from ..judge.pointwise import Mode, check_mode
 from ..parsing import find_prediction
@@ -98,11 +96,7 @@ class Detector:
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[DetectVerdict | RowError]]:
-        for batch in batched(samples, batch_size):
-            prepared = [prepare(s, (), self.max_image_pixels) for s in batch]
-            ready = [p for p in prepared if isinstance(p, Prepared)]
-            judged = iter(call_isolated(ready, self._detect) if ready else [])
-            yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
+        return judge_batches(samples, batch_size, (), self.max_image_pixels, self._detect)
 
     def _detect(self, items: Sequence[Prepared]) -> list[DetectVerdict | RowError]:
         requests = [self.request(item.image) for item in items]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import load_records
+from ..data.jsonl import read_jsonl
 from ..parsing import parse_prediction
 from ..records import LABELS, RowError, Sample
 from ..results import summary_path
@@ -121,49 +122,38 @@ def read_predictions(path: str | Path) -> PredictionFile:
     problems: list[RowError] = []
     run_errors: list[RowError] = []
     first: dict[str, int] = {}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path}:{lineno}"
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                problems.append(RowError(where, "<row>", f"not UTF-8 (byte {exc.start} of the line)"))
-                continue
-            except json.JSONDecodeError as exc:
-                problems.append(RowError(where, "<row>", f"malformed JSON: {exc.msg} at column {exc.colno}"))
-                continue
-            if not isinstance(obj, dict):
-                problems.append(RowError(where, "<row>", f"must be a JSON object, got {type(obj).__name__}"))
-                continue
-            if "error" in obj:
-                run_errors.append(
-                    RowError(where, str(obj.get("field", "?")), str(obj["error"]), id=obj.get("id"))
-                )
-                continue
-            try:
-                row_id = _row_id(obj)
-            except _Bad as bad:
-                problems.append(RowError(where, bad.field, bad.message))
-                continue
-            if row_id in first:
-                problems.append(RowError(where, "id", f"duplicate id {row_id!r} (first on line {first[row_id]}); the first row is used", id=row_id))
-                continue
-            first[row_id] = lineno
-            try:
-                prediction = _prediction(obj)
-                response = _text(obj, "response")
-                label, source = _text(obj, "label"), _text(obj, "source")
-            except _Bad as bad:
-                problems.append(RowError(where, bad.field, bad.message, id=row_id))
-                continue
-            try:
-                p_fake = _p_fake(obj.get("p_fake"))
-            except _Bad as bad:  # the label is still valid: keep the row, drop the probability
-                problems.append(RowError(where, bad.field, bad.message, id=row_id))
-                p_fake = None
-            rows.append(Prediction(row_id, prediction, p_fake, response, where, label, source))
+    for line in read_jsonl(path):
+        if line.error is not None:
+            problems.append(line.error)
+            continue
+        obj, where = line.obj, line.where
+        if "error" in obj:
+            run_errors.append(
+                RowError(where, str(obj.get("field", "?")), str(obj["error"]), id=obj.get("id"))
+            )
+            continue
+        try:
+            row_id = _row_id(obj)
+        except _Bad as bad:
+            problems.append(RowError(where, bad.field, bad.message))
+            continue
+        if row_id in first:
+            problems.append(RowError(where, "id", f"duplicate id {row_id!r} (first on line {first[row_id]}); the first row is used", id=row_id))
+            continue
+        first[row_id] = line.lineno
+        try:
+            prediction = _prediction(obj)
+            response = _text(obj, "response")
+            label, source = _text(obj, "label"), _text(obj, "source")
+        except _Bad as bad:
+            problems.append(RowError(where, bad.field, bad.message, id=row_id))
+            continue
+        try:
+            p_fake = _p_fake(obj.get("p_fake"))
+        except _Bad as bad:  # the label is still valid: keep the row, drop the probability
+            problems.append(RowError(where, bad.field, bad.message, id=row_id))
+            p_fake = None
+        rows.append(Prediction(row_id, prediction, p_fake, response, where, label, source))
     return PredictionFile(path, tuple(rows), tuple(problems), tuple(run_errors), _summary_data(path))
 
 

@@ -31,7 +31,7 @@ def prepare(
     for name in required:
         value = getattr(sample, name)
         if value is None or not str(value).strip():
-            return RowError(sample.where, name, f"is empty: nothing to judge", id=sample.id)
+            return RowError(sample.where, name, "is empty: nothing to judge", id=sample.id)
     try:
         return Prepared(sample, open_image(sample, max_image_pixels))
     except InputError as exc:
@@ -49,6 +49,23 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def judge_batches(
+    samples: Iterable[Sample],
+    batch_size: int,
+    required: Sequence[str],
+    max_image_pixels: int,
+    call: Callable[[Sequence[Prepared]], list[R]],
+) -> Iterator[list[R | RowError]]:
+    """The loop every task shares: per batch, prepare each sample (a bad one becomes its
+    `RowError`), call the model on the rest with failure isolation, and yield one entry per
+    sample, in order."""
+    for batch in batched(samples, batch_size):
+        prepared = [prepare(s, required, max_image_pixels) for s in batch]
+        ready = [p for p in prepared if isinstance(p, Prepared)]
+        judged = iter(call_isolated(ready, call) if ready else [])
+        yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
 
 
 def call_isolated(

@@ -12,13 +12,11 @@ from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
 from .common import (
     Prepared,
-    batched,
-    call_isolated,
     distribution_at,
     generate_answers,
+    judge_batches,
     model_error,
     normalise,
-    prepare,
 )
 from .pointwise import Mode, check_mode
 
@@ -82,11 +80,7 @@ class PairwiseJudge:
         def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict | RowError]:
             return self._judge(items, both_orders)
 
-        for batch in batched(samples, batch_size):
-            prepared = [prepare(s, ("response_a", "response_b"), self.max_image_pixels) for s in batch]
-            ready = [p for p in prepared if isinstance(p, Prepared)]
-            judged = iter(call_isolated(ready, judge) if ready else [])
-            yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
+        return judge_batches(samples, batch_size, ("response_a", "response_b"), self.max_image_pixels, judge)
 
     def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict | RowError]:
         passes = (False, True) if both_orders else (False,)

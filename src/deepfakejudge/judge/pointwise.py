@@ -12,13 +12,11 @@ from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import SCORES, PointwiseVerdict, RowError, Sample
 from .common import (
     Prepared,
-    batched,
-    call_isolated,
     distribution_at,
     generate_answers,
+    judge_batches,
     model_error,
     normalise,
-    prepare,
 )
 
 Mode = Literal["generate", "score-only"]
@@ -68,11 +66,7 @@ class PointwiseJudge:
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[PointwiseVerdict | RowError]]:
-        for batch in batched(samples, batch_size):
-            prepared = [prepare(s, ("response",), self.max_image_pixels) for s in batch]
-            ready = [p for p in prepared if isinstance(p, Prepared)]
-            judged = iter(call_isolated(ready, self._judge) if ready else [])
-            yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
+        return judge_batches(samples, batch_size, ("response",), self.max_image_pixels, self._judge)
 
     def _judge(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
         requests = [self.request(item.sample, item.image) for item in items]

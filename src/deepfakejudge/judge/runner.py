@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..data import Dataset
-from ..records import RowError, Sample
+from ..records import Sample
 from ..results import ResultsWriter, error_row, provenance, read_rows, verdict_row, write_summary
 
 

@@ -9,13 +9,13 @@ counted in every figure.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data import load_records
+from ..data.jsonl import read_jsonl
 from ..prompts import Template
 from ..records import Sample
 
@@ -45,38 +45,29 @@ def read_predictions(path: str | Path) -> tuple[dict[str, Prediction], list[str]
     preds: dict[str, Prediction] = {}
     problems: list[str] = []
     counts = {"malformed": 0, "duplicates": 0, "errors": 0}
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            where = f"{path}:{lineno}"
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                problems.append(f"{where}: malformed line ({type(exc).__name__})")
-                counts["malformed"] += 1
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"{where}: not a JSON object")
-                counts["malformed"] += 1
-                continue
-            if "error" in row:
-                counts["errors"] += 1
-                problems.append(f"{where}: id {row.get('id')!r}: the judge failed on this row ({row['error']})"
-                                + (f" [input {row['where']}]" if row.get("where") else ""))
-                if row.get("id") is not None:
-                    preds.setdefault(str(row["id"]), Prediction(str(row["id"]), row, where))
-                continue
-            if row.get("id") is None:
-                problems.append(f"{where}: row has no id; it cannot be joined")
-                counts["malformed"] += 1
-                continue
-            key = str(row["id"])
-            if key in preds:
-                problems.append(f"{where}: duplicate id {key!r} (first at {preds[key].where}); the first row counts")
-                counts["duplicates"] += 1
-                continue
-            preds[key] = Prediction(key, row, where)
+    for line in read_jsonl(path):
+        if line.error is not None:
+            problems.append(f"{line.where}: malformed line ({line.error.message})")
+            counts["malformed"] += 1
+            continue
+        row, where = line.obj, line.where
+        if "error" in row:
+            counts["errors"] += 1
+            problems.append(f"{where}: id {row.get('id')!r}: the judge failed on this row ({row['error']})"
+                            + (f" [input {row['where']}]" if row.get("where") else ""))
+            if row.get("id") is not None:
+                preds.setdefault(str(row["id"]), Prediction(str(row["id"]), row, where))
+            continue
+        if row.get("id") is None:
+            problems.append(f"{where}: row has no id; it cannot be joined")
+            counts["malformed"] += 1
+            continue
+        key = str(row["id"])
+        if key in preds:
+            problems.append(f"{where}: duplicate id {key!r} (first at {preds[key].where}); the first row counts")
+            counts["duplicates"] += 1
+            continue
+        preds[key] = Prediction(key, row, where)
     return preds, problems, counts
 
 
