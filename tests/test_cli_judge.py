@@ -170,3 +170,42 @@ def test_sigkill_and_resume_judges_every_id_exactly_once(tiny_model_dir, tmp_pat
     assert done.returncode == 0, done.stderr
     ids = [r["id"] for r in rows(out)]
     assert sorted(ids) == sorted(f"k{i}" for i in range(n)) and len(ids) == n
+
+
+def test_retry_errors_judges_failed_model_calls_again(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A failed model call (here: a simulated out-of-memory) is an error row; a plain rerun keeps it,
+    --retry-errors judges that item again and keeps bad-input rows as they are."""
+    from deepfakejudge.backends.base import BackendError
+    from deepfakejudge.backends.hf import HFBackend
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    rows_in = [{"id": f"r{i}", "image": "a.png", "label": "fake", "response": RESPONSE + ("" if i else " POISON")}
+               for i in range(3)] + [{"id": "bad", "image": "none.png", "label": "fake", "response": RESPONSE}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_in))
+    out = tmp_path / "o.jsonl"
+    real = HFBackend.choice_probs
+
+    def flaky(self, requests, choices):
+        if any("POISON" in r.text for r in requests):
+            raise BackendError("simulated out of memory")
+        return real(self, requests, choices)
+
+    argv = ["judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(tmp_path / "d.jsonl"),
+            "--out", str(out), "--mode", "score-only", "--json", *SMALL]
+    monkeypatch.setattr(HFBackend, "choice_probs", flaky)
+    assert main(argv) == 1
+    first = {r["id"]: r for r in rows(out)}
+    assert first["r0"]["field"] == "<model>" and "simulated out of memory" in first["r0"]["error"]
+    assert first["bad"]["field"] == "image" and first["r1"]["score"] in range(1, 6)
+    monkeypatch.setattr(HFBackend, "choice_probs", real)
+    assert main(argv) == 1  # a plain rerun does not touch the failed row
+    capsys.readouterr()
+    assert {r["id"]: r for r in rows(out)}["r0"] == first["r0"]
+    assert main(argv + ["--retry-errors"]) == 1  # still 1: the bad-input row stays
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["this_run"]["retried_model_errors"] == 1 and summary["this_run"]["judged"] == 1
+    after = rows(out)
+    assert sorted(r["id"] for r in after) == ["bad", "r0", "r1", "r2"]
+    by_id = {r["id"]: r for r in after}
+    assert by_id["r0"]["score"] in range(1, 6) and "error" not in by_id["r0"]
+    assert by_id["bad"] == first["bad"] and by_id["r1"] == first["r1"]

@@ -58,14 +58,35 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-class ResultsWriter:
-    """Append rows with a flush (and fsync) per batch; knows which inputs are already done."""
+# Error rows of this field are failed model calls (out of memory, a server error): worth
+# another try, unlike bad input, which fails the same way every time.
+MODEL_ERROR_FIELD = "<model>"
 
-    def __init__(self, path: str | Path, resume: bool = True):
+
+def drop_model_errors(path: Path) -> int:
+    """Remove failed-model-call rows from a results file (atomically), so a resumed run judges
+    those items again. Returns how many were removed."""
+    rows = read_rows(path)
+    kept = [r for r in rows if not ("error" in r and r.get("field") == MODEL_ERROR_FIELD)]
+    if len(kept) != len(rows):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(path)
+    return len(rows) - len(kept)
+
+
+class ResultsWriter:
+    """Append rows with a flush (and fsync) per batch; knows which inputs are already done.
+
+    `retry_errors` first removes the rows of failed model calls so that they are judged again.
+    """
+
+    def __init__(self, path: str | Path, resume: bool = True, retry_errors: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not resume and self.path.exists():
             self.path.unlink()
+        self.retried = drop_model_errors(self.path) if retry_errors and self.path.exists() else 0
         self.done = {row_key(r) for r in read_rows(self.path)}
         self._fh = self.path.open("a", encoding="utf-8")
 

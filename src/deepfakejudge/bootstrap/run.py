@@ -18,7 +18,7 @@ from ..backends.base import Backend
 from ..data import InputError, load_records, open_image
 from ..data.images import MAX_IMAGE_PIXELS
 from ..records import RowError, Sample
-from ..results import error_row, provenance
+from ..results import MODEL_ERROR_FIELD, error_row, provenance
 from .engine import CallSettings, Engine, RunCounters
 from .journal import Journal
 from .outputs import _write_jsonl, write_outputs
@@ -169,11 +169,11 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
     for u in live:
         sample = samples[u.image_id]
         if u.failure is not None:
-            rows.append({"id": f"{u.image_id}-l{u.level}", "where": sample.where, "field": "<model>",
+            rows.append({"id": f"{u.image_id}-l{u.level}", "where": sample.where, "field": MODEL_ERROR_FIELD,
                          "error": f"{u.failure_role}: {u.failure}"})
         for j, slot in sorted(u.slots.items()):
             if slot.failure is not None:
-                rows.append({"id": f"{u.image_id}-l{u.level}-p{j}", "where": sample.where, "field": "<model>",
+                rows.append({"id": f"{u.image_id}-l{u.level}-p{j}", "where": sample.where, "field": MODEL_ERROR_FIELD,
                              "error": f"paraphrase: {slot.failure}"})
     _write_jsonl(config.out / "errors.jsonl", rows)
     outputs = write_outputs(config.out, samples, live, config.settings, prompts, seed=config.seed,

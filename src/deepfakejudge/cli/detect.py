@@ -101,7 +101,7 @@ def run_command(args: argparse.Namespace) -> RunResult:
     try:
         return run_judge("detect", batches, dataset, args.out, settings=settings,
                          backend_info=lambda: backend.describe(), limit=args.limit,
-                         overwrite=args.overwrite, progress=lambda n: progress(n, "detect"),
+                         overwrite=args.overwrite, retry_errors=args.retry_errors, progress=lambda n: progress(n, "detect"),
                          counts=detect_counts)
     finally:
         if backend is not None:

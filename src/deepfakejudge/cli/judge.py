@@ -83,6 +83,7 @@ def judge_command(args: argparse.Namespace) -> RunResult:
         "both_orders": None if args.kind == "pointwise" else not args.one_order,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
+        "reasks": args.reasks,
         "pixel_budget": asdict(budget),
         "trained_judge": None if trained is None else str(trained.path),
         **template.provenance(),
@@ -96,7 +97,7 @@ def judge_command(args: argparse.Namespace) -> RunResult:
             settings=settings,
             backend_info=lambda: backend.describe(),
             limit=args.limit,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, retry_errors=args.retry_errors,
             progress=lambda n: progress(n, f"judge {args.kind}"),
         )
     finally:

@@ -64,6 +64,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=8, help="items per model call (default 8)")
     g.add_argument("--limit", type=int, default=None, help="judge at most N items (smoke runs)")
     g.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming --out")
+    g.add_argument("--retry-errors", action="store_true",
+                   help="judge again the items whose model call failed before (out of memory, server errors); "
+                        "rows of bad input stay as they are")
     g.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows could not be judged")
     g.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse larger images (decompression-bomb guard)")
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")

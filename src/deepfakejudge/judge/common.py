@@ -11,6 +11,7 @@ from ..backends.base import Backend, BackendError, ChatRequest, Generation, Gene
 from ..data import InputError, LoadedImage, open_image
 from ..data.images import MAX_IMAGE_PIXELS
 from ..records import RowError, Sample
+from ..results import MODEL_ERROR_FIELD
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,7 +88,7 @@ def call_isolated(
 
 def model_error(item: Prepared, exc: BackendError) -> RowError:
     """The error row of an item whose model call failed."""
-    return RowError(item.sample.where, "<model>", f"model call failed: {exc}", id=item.sample.id)
+    return RowError(item.sample.where, MODEL_ERROR_FIELD, f"model call failed: {exc}", id=item.sample.id)
 
 
 def generate_answers(

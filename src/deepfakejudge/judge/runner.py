@@ -45,6 +45,7 @@ def run_judge(
     backend_info: Callable[[], dict[str, Any]],
     limit: int | None = None,
     overwrite: bool = False,
+    retry_errors: bool = False,
     progress: Callable[[int], Any] | None = None,
     counts: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> RunResult:
@@ -57,7 +58,7 @@ def run_judge(
     """
     out = Path(out)
     started = time.perf_counter()
-    with ResultsWriter(out, resume=not overwrite) as writer:
+    with ResultsWriter(out, resume=not overwrite, retry_errors=retry_errors) as writer:
         writer.write(error_row(e) for e in dataset.errors)
         todo = [s for s in dataset.samples if not writer.is_done(f"id:{s.id}")]
         if limit is not None:
@@ -75,6 +76,7 @@ def run_judge(
         **_counts(kind, rows, counts),
         "this_run": {
             "judged": len(todo),
+            "retried_model_errors": writer.retried,
             "seconds": round(elapsed, 3),
             "items_per_second": round(len(todo) / elapsed, 4) if todo and elapsed > 0 else None,
         },

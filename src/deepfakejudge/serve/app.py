@@ -23,6 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backends.base import Backend, BackendError, Generation, GenerationConfig
@@ -30,7 +31,7 @@ from ..judge import PairwiseJudge, PointwiseJudge
 from ..judge.pointwise import MODES
 from ..prompts import resolve_template
 from ..records import LABELS, RowError, Sample
-from ..results import verdict_row
+from ..results import MODEL_ERROR_FIELD, verdict_row
 from .batcher import BatchedBackend, Batcher
 from .inputs import ChatCall, DecodedImage, decode_image, image_from_source, parse_chat, parse_json, read_body
 from .settings import ApiError, ServeSettings
@@ -215,8 +216,8 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
             path.unlink(missing_ok=True)
         if isinstance(verdict, RowError):
             message = verdict.message.replace(str(path), "image")
-            status = 500 if verdict.field == "<model>" else 400
-            raise ApiError(status, message, None if verdict.field == "<model>" else verdict.field,
+            status = 500 if verdict.field == MODEL_ERROR_FIELD else 400
+            raise ApiError(status, message, None if verdict.field == MODEL_ERROR_FIELD else verdict.field,
                            "server_error" if status == 500 else "invalid_request_error")
         row = verdict_row(verdict)
         return {**row, "model": settings.model_name, "mode": mode, "template_sha256": templates[kind].sha256}
@@ -257,7 +258,7 @@ async def _form_fields(request: Request, body: bytes, settings: ServeSettings) -
     data: dict[str, Any] = {}
     image = None
     for key, value in form.multi_items():
-        if key == "image" and hasattr(value, "read"):
+        if key == "image" and isinstance(value, UploadFile):
             image = decode_image(await value.read(), settings, "image")
         elif isinstance(value, str):
             data[key] = value

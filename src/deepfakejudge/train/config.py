@@ -223,7 +223,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
                 value = raw  # paths and names stay text even when they look like numbers
         except ImportError:
             value = raw
-        except Exception as exc:
+        except yaml.YAMLError as exc:
             raise ValueError(f"--set {item!r}: cannot read the value ({exc})") from exc
         out[key] = _coerce(key, value, f"--set {key}")
     return out
