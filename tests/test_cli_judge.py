@@ -209,3 +209,15 @@ def test_retry_errors_judges_failed_model_calls_again(tiny_model_dir, tmp_path, 
     by_id = {r["id"]: r for r in after}
     assert by_id["r0"]["score"] in range(1, 6) and "error" not in by_id["r0"]
     assert by_id["bad"] == first["bad"] and by_id["r1"] == first["r1"]
+
+
+def test_unreachable_hub_model_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "image": "a.png", "label": "real", "response": RESPONSE}) + "\n")
+    code = main(["judge", "pointwise", "--model", "Qwen/Qwen2.5-VL-3B-Instruct", "--data", str(tmp_path / "d.jsonl"),
+                 "--out", str(tmp_path / "o.jsonl"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model 'Qwen/Qwen2.5-VL-3B-Instruct': cannot be loaded" in err and "Traceback" not in err

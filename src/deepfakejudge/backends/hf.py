@@ -133,7 +133,16 @@ class HFBackend(Backend):
         is_local_model(options.model)
         if options.adapter is not None:
             is_local_model(options.adapter)
-        model_type = AutoConfig.from_pretrained(options.model).model_type
+        try:
+            model_type = AutoConfig.from_pretrained(options.model).model_type
+        except OSError as exc:
+            # transformers says "couldn't connect" / "not a valid model identifier" in a long
+            # traceback; the user needs the model name, the reason and what to do.
+            reason = str(exc).strip().splitlines()[0]
+            raise ValueError(
+                f"model '{options.model}': cannot be loaded ({reason}). Pass a local checkpoint "
+                "folder, or a Hugging Face id that is in the local cache or reachable online."
+            ) from exc
         classes = model_classes()
         if model_type not in classes:
             raise ValueError(
