@@ -145,3 +145,27 @@ def test_decoded_images_are_reused_until_the_file_changes(folder):
     again = open_image(a)
     assert again is not first and again.sha256 != first.sha256
     assert again.image.getpixel((0, 0)) == (0, 200, 0)
+
+
+def test_cli_validate_lists_every_problem_and_stats_counts(folder, capsys):
+    from deepfakejudge.cli import main
+
+    path = _write(folder / "d.jsonl", [
+        _row(id="ok", artifacts=[{"category": "texture", "bbox": [0, 0, 10, 10], "expression": "x"}], score=4),
+        b"{not json\n",
+        _row(id="gone", image="missing.png", score=2),
+        _row(id="wide", artifacts=[{"category": "anatomy", "bbox": [0, 0, 41, 10]}]),
+    ])
+    assert main(["data", "validate", str(path), "--json"]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"data": str(path), "rows": 4, "valid": 1, "problems": 3}
+    lines = out.err.strip().splitlines()
+    assert [line.split(": field ")[0] for line in lines] == [f"{path}:2", f"{path}:3", f"{path}:4"]
+    assert "'image'" in lines[1] and "'artifacts[0].bbox'" in lines[2]
+    assert main(["data", "validate", str(path), "--no-images", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"] == 1
+    assert main(["data", "stats", str(path), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["rows"] == 3 and stats["errors"] == 1 and stats["images"] == 2
+    assert stats["score"] == {"1": 0, "2": 1, "3": 0, "4": 1, "5": 0}
+    assert stats["artifact_category"] == {"texture": 1, "anatomy": 1}

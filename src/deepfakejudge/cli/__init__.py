@@ -10,13 +10,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..backends.base import BackendUnavailable
-from . import data, demo, judge, serve
-from . import export, meta_eval, train
-from . import detect, reason
-from . import annotate
-from . import bootstrap
+from . import annotate, bootstrap, data, demo, detect, export, judge, meta_eval, reason, serve, train
 
-COMMANDS = (judge, data, demo, serve, train, export, meta_eval, detect, reason, annotate, bootstrap)
+# In the order of the workflow: try it, judge, benchmark detectors, make data, train, evaluate, serve.
+COMMANDS = (demo, judge, detect, reason, bootstrap, train, export, meta_eval, serve, annotate, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

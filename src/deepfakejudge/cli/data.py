@@ -74,7 +74,7 @@ def stats(args: argparse.Namespace) -> int:
         "images": len({s.image for s in samples}),
         "label": dict(Counter(s.label for s in samples)),
         "source": dict(Counter(s.source or "(none)" for s in samples).most_common()),
-        "score": {str(k): sum(s.score == k for s in samples) for k in range(1, 6)},
+        "score": {str(k): sum(s.score == k for s in samples) for k in range(1, 6)} if any(s.score for s in samples) else {},
         "pointwise_rows": sum(s.response is not None for s in samples),
         "pairwise_rows": sum(s.response_a is not None and s.response_b is not None for s in samples),
         "preferred": dict(Counter(s.preferred for s in samples if s.preferred)),
