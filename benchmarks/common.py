@@ -460,6 +460,21 @@ def save(result: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def finish(result: dict[str, Any], path: Path, title: str, columns: list[tuple[str, str, str]],
+           parity_ok: bool) -> int:
+    """Record the verdicts, save, print the table; the exit code of a benchmark script."""
+    result["parity_all_ok"] = parity_ok
+    result["errors"] = sum("error" in r for r in result["runs"])
+    save(result, path)
+    print(f"\n{title} on {result['card']} ({result['dtype']}), {result['versions']}")
+    print(f"ceilings: {result['ceilings']}; parity all within {result['tolerance']}: {result['parity_all_ok']}")
+    print_table(result["runs"], columns)
+    print(f"saved {path}")
+    # An out-of-memory configuration is a measurement, not a failure of the script.
+    failed = [r for r in result["runs"] if "error" in r and "OutOfMemory" not in r["error"]]
+    return 0 if not failed and parity_ok else 1
+
+
 def fmt(value: Any, spec: str = "") -> str:
     if value is None:
         return "-"

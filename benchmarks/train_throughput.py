@@ -370,16 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
             dev.free()
             common.save(result, path)
-    result["parity_all_ok"] = bool(result["parity"]) and all(p["ok"] for p in result["parity"])
-    result["errors"] = sum("error" in r for r in result["runs"])
-    common.save(result, path)
-    print(f"\nLoRA training throughput on {result['card']} ({result['dtype']}), {result['versions']}")
-    print(f"ceilings: {result['ceilings']}; parity all within {result['tolerance']}: {result['parity_all_ok']}")
-    common.print_table(result["runs"], COLUMNS)
-    print(f"saved {path}")
-    # An out-of-memory configuration is a measurement, not a failure of the script.
-    failed = [r for r in result["runs"] if "error" in r and "OutOfMemory" not in r["error"]]
-    return 0 if not failed and result["parity_all_ok"] else 1
+    parity_ok = bool(result["parity"]) and all(p["ok"] for p in result["parity"])
+    return common.finish(result, path, "LoRA training throughput", COLUMNS, parity_ok)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,16 @@ def test_images():
         name: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         for name, (w, h) in sizes.items()
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For training tests: the tiny model's ops are far too small to gain from intra-op threads,
+    and when other test processes share the CPU, OpenMP threads spinning against them make each
+    step ~10x slower (measured: 10 steps in 41 s with 2 threads under load, 2.6 s with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,15 +24,7 @@ PAIRWISE = REPO / "examples" / "pairwise.jsonl"
 SMALL_PIXELS = 16 * 28 * 28
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's ops are far too small to gain from intra-op threads, and when other test
-    processes share the CPU, OpenMP threads spinning against them make each step ~10x slower
-    (measured: 10 steps in 41 s with 2 threads under load, 2.6 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
