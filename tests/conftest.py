@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from PIL import Image
+import os
 
-from deepfakejudge.backends.base import LoadOptions, PixelBudget
-from deepfakejudge.backends.tiny import build_tiny_qwen25vl
+# No test may reach a model hub: every model is built here or shipped by a package and loaded by
+# path. Set before anything imports huggingface_hub (it reads these once); subprocesses inherit them.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from deepfakejudge.backends.base import LoadOptions, PixelBudget  # noqa: E402
+from deepfakejudge.backends.tiny import build_tiny_qwen25vl  # noqa: E402
 
 # Small budget so that the vision tower stays cheap on CPU: at most 64 visual tokens per image.
 TEST_MAX_PIXELS = 64 * 28 * 28
