@@ -51,9 +51,13 @@ def test_bootstrap_over_http_then_validate_and_train_dry_run(server, tiny_model_
     assert summary["complete"] and summary["errors"] == 0
     assert summary["backends"]["generator"]["server"] == "deepfakejudge"
     assert summary["backends"]["generator"]["base_url"] != summary["backends"]["evaluator"]["base_url"]
-    # Every call went over HTTP and is counted: 15 units x (generate + evaluate + paraphrase + recheck),
-    # plus a second paraphrase for each one malformed or identical to its original.
-    assert served == usage["calls_total"] == summary["this_run"]["calls_total"] >= 15 * 4
+    # Every call is counted: 15 units x (generate + evaluate + paraphrase + recheck), plus a second
+    # paraphrase for each one malformed or identical to its original. A call whose request was already
+    # answered earlier in the run (two levels of one image can get the same noise text to rate) comes
+    # from the request cache; every other one went over HTTP.
+    this_run = summary["this_run"]
+    assert usage["calls_total"] == this_run["calls_total"] >= 15 * 4
+    assert served == this_run["calls_total"] - this_run["calls_from_cache"] > 0
     assert usage["calls"]["generate"] == 15 and usage["calls"]["evaluate"] == 15
     assert usage["generated_tokens"]["generate"] > 0  # counted from the server's logprobs
     rows = summary["outputs"]["rows"]
@@ -72,6 +76,14 @@ def test_bootstrap_over_http_then_validate_and_train_dry_run(server, tiny_model_
                      "--out", str(tmp_path / f"train-{kind}"), "--dry-run", "--json", "--max-pixels", SMALL_PIXELS]) == 0
         checked = json.loads(capsys.readouterr().out)
         assert checked["data"]["examples"] == rows[f"{kind}-train"] and checked["data"]["skipped"] == 0
+    # The same run into a fresh folder with the same request cache: every call is answered by the cache.
+    served_before = server.health()["requests"].get("chat", 0)
+    at = argv.index("--out")
+    assert main([*argv[:at + 1], str(tmp_path / "again"), *argv[at + 2:]]) == 0
+    cached = json.loads(capsys.readouterr().out)
+    assert server.health()["requests"].get("chat", 0) == served_before
+    assert cached["this_run"]["calls_from_cache"] == cached["this_run"]["calls_total"] == this_run["calls_total"]
+    assert cached["outputs"] == summary["outputs"]
     # A rerun finds everything done in the journal, not in the request cache: no request reaches the server.
     served_before = server.health()["requests"].get("chat", 0)
     at = argv.index("--cache")

@@ -84,6 +84,7 @@ class RunCounters:
     tokens: Counter = field(default_factory=Counter)  # role -> generated tokens (where counted)
     steps: int = 0
     seconds: float = 0.0
+    cached: int = 0  # of those calls, answered by the request cache (never sent to the model)
 
 
 def _tokens(g: Generation) -> int | None:

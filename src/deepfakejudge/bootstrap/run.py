@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..backends.base import Backend
+from ..backends.cache import CachedBackend
 from ..data import InputError, load_records, open_image
 from ..data.images import MAX_IMAGE_PIXELS
 from ..records import RowError, Sample
@@ -154,6 +155,8 @@ def run_bootstrap(
                 for backend in {id(b): b for b in opened}.values():
                     backend.close()
             counters = engine.counters if engine is not None else RunCounters()  # an interrupted run's too
+            if opened is not None:
+                counters.cached = sum(_cache_hits(b) for b in {id(b): b for b in opened}.values())
             result = _finish(config, prompts, by_id, units, errors, engine, journal, counters,
                              backends_info, fingerprint)
     return result
@@ -198,6 +201,7 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
             "seconds": round(counters.seconds, 3),
             "calls": dict(counters.calls),
             "calls_total": sum(counters.calls.values()),
+            "calls_from_cache": counters.cached,
             "generated_tokens": sum(counters.tokens.values()),
         },
         "settings": {**fingerprint, "batch_size": config.calls.batch_size, "limit": config.limit,
@@ -209,6 +213,10 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
     _write_json(config.out / "stats.json", stats)
     _write_json(config.out / "summary.json", summary)
     return BootstrapResult(out=config.out, summary=summary, stats=stats, errors=len(rows))
+
+
+def _cache_hits(backend: Backend) -> int:
+    return backend.cache.hits if isinstance(backend, CachedBackend) else 0
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
             f"L{k} {v['accepted']}/{v['units']}" for k, v in sorted(st["per_level"].items(), reverse=True)),
         f"  pointwise {rows['pointwise-train']} train / {rows['pointwise-test']} test; pairwise "
         f"{rows['pairwise-train']} train / {rows['pairwise-test']} test; rejected {rows['rejected']}",
-        f"  calls {usage['calls_total']} in all ({s['this_run']['calls_total']} this run, {s['this_run']['seconds']} s); "
+        f"  calls {usage['calls_total']} in all ({s['this_run']['calls_total']} this run, "
+        f"{s['this_run']['calls_from_cache']} of them from the request cache, {s['this_run']['seconds']} s); "
         f"generated tokens {usage['generated_tokens_total']}",
         f"  report: {result.out / 'stats.json'}; train: dfj train pointwise --data {result.out / 'pointwise-train.jsonl'} …",
     ]
