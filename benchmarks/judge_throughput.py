@@ -3,12 +3,16 @@
 Qwen2.5-VL at the real 3B / 7B shapes with random weights (see common.py), for workload A (448 px
 image, ~608-token prompt) and B (980 px, ~1,577 tokens). Paths, each timed after a warm-up as the
 median of repeats, device-synchronised, from `ChatRequest`s (PIL images + text) to the answer, so
-image preprocessing is inside every figure:
+image preprocessing is inside every figure. The baselines (naive, hf_*, vision_only) run
+transformers' own vision attention; the project's paths (vision_grouped, ours_*) the grouped one
+that `HFBackend` switches on (backends/vision_attention.py):
 
   naive_generate_bs1   processor + `generate` 64 tokens, one sample at a time (the released script)
   hf_generate          the same batched
   hf_score_forward     processor + one batched forward from pixels, next-token distribution
-  vision_only          the vision tower on preprocessed pixels (images/s), for its own floor
+  vision_only          the vision tower on preprocessed pixels (images/s), for its own floor: transformers'
+                       attention, one sdpa call per window of every image
+  vision_grouped       the same with the project's grouped attention (windows of one length batched)
   preprocess_only      the image processor alone (CPU, images/s)
   ours_score_cold      HFBackend.choice_probs, vision cache emptied before every call
   ours_score_warm      the same with every image's embeddings already cached
@@ -41,12 +45,14 @@ import common
 from common import Device, Workload, log
 
 PATHS = (
-    "naive_generate_bs1", "hf_generate", "hf_score_forward", "vision_only", "preprocess_only",
+    "naive_generate_bs1", "hf_generate", "hf_score_forward", "vision_only", "vision_grouped", "preprocess_only",
     "ours_score_cold", "ours_score_warm", "ours_pointwise_x5", "ours_pointwise_x5_files",
     "ours_pairwise_both", "ours_generate",
 )
 # Parity tolerances: choice log-probabilities and the distribution renormalised over the choices.
-TOLERANCE = {"float32": {"logprob": 1e-3, "prob": 1e-4}, "bfloat16": {"logprob": 0.1, "prob": 0.02}}
+# vision_grouped: max |difference| of the embeddings relative to their largest magnitude.
+TOLERANCE = {"float32": {"logprob": 1e-3, "prob": 1e-4, "embed_rel": 1e-5},
+             "bfloat16": {"logprob": 0.1, "prob": 0.02, "embed_rel": 0.02}}
 RECORDS_PER_IMAGE = 5
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,11 +92,18 @@ class Bench:
         self.config = self.model.config
         options = LoadOptions(model=f"random-Qwen2.5-VL-{size}", budget=PixelBudget(common.MIN_PIXELS, common.MAX_PIXELS))
         self.backend = HFBackend.from_loaded(self.model, processor, options)
+        self.ours(False)  # from_loaded switched the grouped vision attention on; baselines run without
         self.bytes_per = 2 if dev.cuda else 4
         self.weight_bytes = (common.llm_linear_params(self.config) + common.head_params(self.config)) * self.bytes_per
         self.vision_bytes = common.vision_params(self.config) * self.bytes_per
         self.rows: list[dict[str, Any]] = []
         self.naive_rate: float | None = None
+
+    def ours(self, on: bool) -> None:
+        """The project's vision attention (on) or transformers' (off) for what runs next."""
+        from deepfakejudge.backends.vision_attention import set_grouped_vision_attention
+
+        set_grouped_vision_attention(self.model, on)
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -248,14 +261,30 @@ class Bench:
         pixels, _ = proc.image_inputs(self.score_requests)
         pv, grid = pixels["pixel_values"].to(dev.device, dev.dtype), pixels["image_grid_thw"].to(dev.device)
 
-        def vision():
-            with torch.inference_mode():
-                model.get_image_features(pv, grid)
+        def vision(key):
+            def call():
+                with torch.inference_mode():
+                    outputs[key] = model.get_image_features(pv, grid, return_dict=True).pooler_output
+            return call
 
         vfloor = common.new_floor(self.ceilings)
         vfloor.phase(n * common.vision_flops(self.config, wl.patches), self.vision_bytes)
-        self.measure(wl, "vision_only", "images", n, vision, vfloor)
+        self.measure(wl, "vision_only", "images", n, vision("vision"), vfloor)
+        self.ours(True)
+        row = self.measure(wl, "vision_grouped", "images", n, vision("grouped"), vfloor)
+        self.ours(False)
+        if row is not None and "vision" in outputs and "grouped" in outputs:
+            # Same embeddings as transformers' attention, up to the dtype's rounding.
+            d = max(float((a.float() - b.float()).abs().max()) for a, b in zip(outputs["vision"], outputs["grouped"]))
+            scale = max(float(a.float().abs().max()) for a in outputs["vision"])
+            rel = d / scale if scale else 0.0
+            ok = rel <= TOLERANCE[str(dev.dtype).removeprefix("torch.")]["embed_rel"]
+            row.update(parity_max_abs_embed=d, parity_max_abs_embed_rel=rel, parity_ok=ok)
+            log(f"[{self.size}/{wl.name}] parity vision_grouped: max|d embed| {d:.2e} (of max |embed| {scale:.2e})"
+                + ("" if ok else "  OUT OF TOLERANCE"))
+            del outputs["vision"], outputs["grouped"]
         self.measure(wl, "preprocess_only", "images", n, lambda: proc.image_inputs(self.score_requests), None)
+        self.ours(True)
 
         def cold(fn):
             def call():
@@ -288,13 +317,16 @@ class Bench:
                      cold(lambda: self.point_score.score(self.x5_samples, batch_size=n5)),
                      self.floor(wl, images=n5_img, requests=n5, tokens=T))
         m = len(self.gen_requests)
+        self.ours(False)
         self.measure(wl, "hf_generate", "samples", m, lambda: outputs.__setitem__("hf_gen", hf_generate(self.gen_requests)),
                      self.floor(wl, images=m, requests=m, tokens=Tg, new_tokens=new), repeats=gen_repeats)
 
         config = GenerationConfig(max_new_tokens=new)
+        self.ours(True)
         self.measure(wl, "ours_generate", "samples", m, keep("gen", cold(lambda: b.generate(self.gen_requests, config))),
                      self.floor(wl, images=m, requests=m, tokens=Tg, new_tokens=new), repeats=gen_repeats)
         self.check_generate(outputs, naive_ids)
+        self.ours(False)
         return self.rows
 
     # -- correctness -------------------------------------------------------------------------
@@ -305,8 +337,10 @@ class Bench:
 
         context, ids = self.backend.heal(request.prefix, choices)
         batch = self.processor([request], tails=[context])
+        self.ours(False)  # the reference is transformers' own forward
         with torch.inference_mode():
             logits = self.model(**{k: v.to(self.dev.device) for k, v in batch.items()}).logits[0, -1].float()
+        self.ours(True)
         logp = torch.log_softmax(logits, dim=-1)
         return {c: float(logp[t]) for c, t in zip(choices, ids)}
 

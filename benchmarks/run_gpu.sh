@@ -64,7 +64,7 @@ stage judge-3B 150 python3 benchmarks/judge_throughput.py "${SMALL[@]}" --worklo
 stage train-3B 115 python3 benchmarks/train_throughput.py "${TRAIN_SMALL[@]}" --out "$OUT"
 # 7B skips the two rows that do not depend on the model (PNG decoding, preprocessing) to save time.
 stage judge-7B 160 python3 benchmarks/judge_throughput.py "${LARGE[@]}" --workloads A B --naive-samples 2 --out "$OUT" \
-  --paths naive_generate_bs1 hf_generate hf_score_forward vision_only ours_score_cold ours_score_warm \
+  --paths naive_generate_bs1 hf_generate hf_score_forward vision_only vision_grouped ours_score_cold ours_score_warm \
           ours_pointwise_x5 ours_pairwise_both ours_generate
 stage train-7B 100 python3 benchmarks/train_throughput.py "${TRAIN_LARGE[@]}" --out "$OUT"
 echo "== done at $(( $(date +%s) - START ))s"

@@ -92,7 +92,10 @@ def test_judge_fast_paths_match_a_plain_forward(judge_run):
     result, _ = judge_run
     tol = result["tolerance"]
     assert tol == judge_throughput.TOLERANCE["float32"]
-    checked = [r for r in result["runs"] if "parity_ok" in r]
+    # The grouped vision attention gives transformers' embeddings (vision_only's) within rounding.
+    grouped = [r for r in result["runs"] if r["path"] == "vision_grouped"]
+    assert len(grouped) == 2 and all(r["parity_ok"] and r["parity_max_abs_embed_rel"] <= tol["embed_rel"] for r in grouped)
+    checked = [r for r in result["runs"] if "parity_ok" in r and r["path"] != "vision_grouped"]
     paths = {r["path"] for r in checked}
     assert paths == {"hf_score_forward", "ours_score_cold", "ours_score_warm", "ours_pointwise_x5", "ours_pairwise_both"}
     for row in checked:

@@ -123,6 +123,8 @@ def test_run_record(trained):
     assert record["provenance"]["trl"] and record["data"]["skipped"] == 0
     assert record["runtime"]["model_dtype"] == "float32" and not record["runtime"]["bf16"]  # fp32 on CPU
     assert record["runtime"]["device"] == "cpu" and record["runtime"]["effective_batch"] == 2
+    visual = record["runtime"]["visual_cache"]  # the 14 example images, each encoded once
+    assert visual["used"] and visual["images"] == 14 and visual["bytes"] > 0
 
 
 def test_judge_with_adapter_uses_recorded_template_and_budget(trained, tiny_model_dir, tmp_path, capsys):
@@ -175,10 +177,12 @@ def test_resume_continues_the_step_count(tiny_model_dir, tmp_path, capsys):
     assert main([*common, "--max-steps", "4", "--resume", "--learning-rate", "1e-2"]) == 2
     assert "learning_rate 0.001 -> 0.01" in capsys.readouterr().err
 
-    assert main([*common, "--max-steps", "4", "--resume", "--json"]) == 0
+    # Turning the visual-embedding cache off changes no result: allowed on resume.
+    assert main([*common, "--max-steps", "4", "--resume", "--json", "--set", "visual_cache_gb=0"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["global_step"] == 4
     record = json.loads((out / RUN_FILE).read_text())
+    assert record["runtime"]["visual_cache"] == {"used": False, "reason": "visual_cache_gb is 0"}
     assert record["train"]["resumed_from"] == "checkpoint-2"
     assert [x["step"] for x in record["train"]["losses"]] == [1, 2, 3, 4]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
@@ -231,3 +235,76 @@ def test_frozen_vision_tower_runs_without_grad(tiny_model_dir):
     assert loss_a == loss_b
     assert grads_a.keys() == grads_b.keys() and all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
     assert torch.is_grad_enabled()  # grad mode restored after the tower
+
+
+def test_cached_visual_embeddings_give_the_pixel_paths_loss_and_gradients(tiny_model_dir, monkeypatch):
+    """Images encoded once before training (`visual_cache_gb`): the batch carries embeddings, the
+    tower does not run in the step, and loss and adapter gradients equal the pixel path's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from deepfakejudge.backends.processor import ImageTextProcessor
+    from deepfakejudge.data import load_records
+    from deepfakejudge.prompts import default_template
+    from deepfakejudge.train.collate import JudgeCollator
+    from deepfakejudge.train.examples import build_examples
+    from deepfakejudge.train.sft import language_model_targets
+    from deepfakejudge.train.visual import VisualStore, encode_images
+
+    processor = ImageTextProcessor.from_pretrained(str(tiny_model_dir), 3136, SMALL_PIXELS)
+    examples, _ = build_examples(load_records(REPO / "examples" / "pointwise.jsonl").samples[:12],
+                                 default_template("pointwise"))
+    rows = [e.to_row() for e in examples[::4]]  # three rows, three images
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=language_model_targets(model),
+                                                  init_lora_weights=False))
+    store = VisualStore()
+    paths = list(dict.fromkeys(e.image for e in examples))
+    too_big = encode_images(peft_model, processor, store, paths, visual_tokens=16 * len(paths), max_bytes=100)
+    assert not too_big["used"] and "more than" in too_big["reason"] and len(store) == 0
+    info = encode_images(peft_model, processor, store, paths, visual_tokens=16 * len(paths), max_bytes=2**30,
+                         batch_size=2)
+    assert info["used"] and info["images"] == len(store) == len(paths) and info["bytes"] == store.nbytes > 0
+
+    pixels = JudgeCollator(processor)(rows)
+    cached = JudgeCollator(processor, visual=store)(rows)
+    assert "pixel_values" in pixels and "pixel_values" not in cached and "mm_encoder_outputs" in cached
+    for key in ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(pixels[key], cached[key]), key
+    # A GPU run's DataLoader pins every batch. Pinning needs CUDA, so the tensor step is stubbed:
+    # the walk reaches every embedding (transformers' ModelOutput would refuse the walk's update()).
+    from torch.utils.data._utils.pin_memory import pin_memory
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    pinned_ids = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: (pinned_ids.append(id(t)), t)[1])
+    pinned = pin_memory(cached)
+    embeds = cached["mm_encoder_outputs"]["image"].pooler_output
+    assert pinned["mm_encoder_outputs"]["image"].pooler_output == embeds
+    assert {id(e) for e in embeds} <= set(pinned_ids)
+    with pytest.raises(Exception, match="update"):
+        pin_memory({"image": BaseModelOutputWithPooling(pooler_output=embeds)})
+    monkeypatch.undo()
+    # A row whose image is not in the store: the whole batch takes pixels.
+    other = JudgeCollator(processor, visual=VisualStore())(rows)
+    assert "pixel_values" in other
+
+    calls = []
+    model.model.visual.register_forward_hook(lambda m, a, out: calls.append(1))
+    peft_model.train()
+
+    def step(batch):
+        for p in peft_model.parameters():
+            p.grad = None
+        loss = peft_model(**batch).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    loss_p, grads_p = step(pixels)
+    assert calls == [1]
+    loss_c, grads_c = step(cached)
+    assert calls == [1]  # the tower did not run for the cached batch
+    assert loss_c == pytest.approx(loss_p, rel=1e-6)
+    for k in grads_p:
+        torch.testing.assert_close(grads_c[k], grads_p[k], rtol=1e-4, atol=1e-7)

@@ -182,6 +182,10 @@ class LoadOptions:
     # Visual embeddings kept per image (content hash + budget) so each image is encoded once;
     # 0 keeps none across calls (images are still encoded once per call).
     vision_cache_mb: int = 1024
+    # The vision tower's attention (see backends/vision_attention.py): "grouped", a few batched
+    # calls per layer; "loop", transformers' call per window; "auto", grouped on GPU (where the
+    # loop is launch-bound) and the loop on CPU (where a window's call is compute-bound already).
+    vision_attention: str = "auto"
     remote: RemoteOptions = field(default_factory=lambda: RemoteOptions())
 
 

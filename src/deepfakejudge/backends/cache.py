@@ -37,7 +37,7 @@ from .base import (
 
 SCHEMA_VERSION = 1
 # describe() entries that do not change an answer: left out of the key.
-VOLATILE = frozenset({"cache", "concurrency", "timeout", "max_retries", "vision_cache_mb"})
+VOLATILE = frozenset({"cache", "concurrency", "timeout", "max_retries", "vision_cache_mb", "vision_attention"})
 
 
 def default_cache_path() -> Path:

@@ -24,9 +24,11 @@ from .base import (
     TokenStep,
 )
 from .processor import ImageTextProcessor, is_local_model
+from .vision_attention import set_grouped_vision_attention
 from .vision_cache import VisionCache
 
 DTYPES = ("float32", "bfloat16", "float16")
+VISION_ATTENTION = ("auto", "grouped", "loop")
 _DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 
 
@@ -126,6 +128,7 @@ class HFBackend(Backend):
         from transformers import AutoConfig
 
         self.options = options
+        _vision_attention(options)  # a bad option fails before the model loads
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.attn_implementation = options.attn_implementation or "sdpa"
@@ -205,6 +208,9 @@ class HFBackend(Backend):
         ) | frozenset(tok.all_special_ids)
         self._piece_cache: dict[int, str] = {}
         self.vision_cache = VisionCache(self.options.vision_cache_mb * 2**20)
+        mode = _vision_attention(self.options)
+        on = mode == "grouped" or (mode == "auto" and self.device.type == "cuda")
+        self.vision_attention = "grouped" if set_grouped_vision_attention(self.model, on) else "loop"
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -420,6 +426,7 @@ class HFBackend(Backend):
             "min_pixels": self.options.budget.min_pixels,
             "max_pixels": self.options.budget.max_pixels,
             "attn_implementation": self.attn_implementation,
+            "vision_attention": self.vision_attention,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }
@@ -431,6 +438,12 @@ class HFBackend(Backend):
         self.vision_cache.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _vision_attention(options: LoadOptions) -> str:
+    if options.vision_attention not in VISION_ATTENTION:
+        raise ValueError(f"vision_attention: {options.vision_attention!r} is not one of {', '.join(VISION_ATTENTION)}")
+    return options.vision_attention
 
 
 def _load_adapter(model: Any, adapter: str) -> Any:

@@ -24,7 +24,7 @@ FLAGS: dict[str, str] = {
     "learning_rate": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
     "grad_accum": "gradient_accumulation_steps", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
     "max_length": "max_length", "min_pixels": "min_pixels", "max_pixels": "max_pixels", "device": "device",
-    "dtype": "dtype", "save_steps": "save_steps", "seed": "seed",
+    "dtype": "dtype", "save_steps": "save_steps", "seed": "seed", "visual_cache_gb": "visual_cache_gb",
 }
 
 
@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         h.add_argument("--device", help="auto | cpu | cuda (default auto)")
         h.add_argument("--dtype", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
         h.add_argument("--save-steps", type=int, help="checkpoint every N steps, default 500")
+        h.add_argument("--visual-cache-gb", type=float,
+                       help="CPU memory for the images' visual embeddings, computed once before training (the "
+                            "vision tower is frozen), default 32; 0: run the tower in every step")
         h.add_argument("--seed", type=int, help="default 42")
         h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other setting, e.g. --set lora_dropout=0 --set lr_scheduler_type=linear")

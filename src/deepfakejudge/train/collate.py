@@ -22,6 +22,7 @@ from PIL import Image
 from ..backends.base import ChatRequest
 from ..backends.processor import ImageTextProcessor
 from .examples import TrainExample
+from .visual import ImageEmbeddings, VisualStore
 
 IGNORE_INDEX = -100
 END_OF_TURN = "<|im_end|>"
@@ -55,19 +56,34 @@ def sequence_length(processor: ImageTextProcessor, example: TrainExample, n_visu
 
 @dataclass(frozen=True)
 class JudgeCollator:
-    """Rows of the training dataset (`TrainExample.to_row()`) -> model inputs with labels."""
+    """Rows of the training dataset (`TrainExample.to_row()`) -> model inputs with labels.
+
+    With a filled `visual` store the batch carries the images' precomputed embeddings
+    (`mm_encoder_outputs`) instead of pixels, and no image is opened.
+    """
 
     processor: ImageTextProcessor
+    visual: VisualStore | None = None
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         examples = [TrainExample.from_row(r) for r in rows]
-        requests = []
-        for ex in examples:
-            with Image.open(ex.image) as img:  # validated before training (`prepare_examples`)
-                requests.append(ChatRequest(text=ex.prompt, image=img.convert("RGB")))
-        vision, counts = self.processor.image_inputs(requests)
+        cached = [self.visual.get(ex.image) for ex in examples] if self.visual is not None else []
+        if cached and all(c is not None for c in cached):
+            requests = [ChatRequest(text=ex.prompt, image=_IMAGE_SLOT) for ex in examples]
+            merge = self.processor.image_processor.merge_size ** 2
+            counts = [int(grid.prod()) // merge for _, grid in cached]
+            vision = {
+                "image_grid_thw": torch.stack([grid for _, grid in cached]),
+                "mm_encoder_outputs": {"image": ImageEmbeddings(tuple(e for e, _ in cached))},
+            }
+        else:
+            requests = []
+            for ex in examples:
+                with Image.open(ex.image) as img:  # validated before training (`prepare_examples`)
+                    requests.append(ChatRequest(text=ex.prompt, image=img.convert("RGB")))
+            vision, counts = self.processor.image_inputs(requests)
         ids, labels = [], []
         for request, n, ex in zip(requests, counts, examples):
             prompt = self.processor.prompt_ids(request, n)

@@ -70,6 +70,9 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int | None = 2
     dataloader_num_workers: int = 0
+    # CPU memory for the training images' visual embeddings, computed once before training (the
+    # vision tower is frozen); 0, or more than this needed: the tower runs in every step.
+    visual_cache_gb: float = 32.0
     allow_errors: bool = False  # train on the valid rows when some rows cannot be used
 
     @property
@@ -87,7 +90,8 @@ REQUIRED: tuple[str, ...] = ("base", "data", "out")
 _INT = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
         "seed", "max_length", "min_pixels", "max_pixels", "logging_steps", "save_steps", "save_total_limit",
         "dataloader_num_workers"}
-_FLOAT = {"lora_dropout", "learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "max_grad_norm"}
+_FLOAT = {"lora_dropout", "learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "max_grad_norm",
+          "visual_cache_gb"}
 _BOOL = {"gradient_checkpointing", "allow_errors"}
 _STR = {"base", "data", "out", "template", "lr_scheduler_type", "device", "dtype"}
 _NULLABLE = {"template", "max_length", "save_total_limit"}
@@ -202,6 +206,7 @@ def validate(c: TrainConfig) -> None:
     need(c.save_steps >= 1, "save_steps", "must be >= 1")
     need(c.save_total_limit is None or c.save_total_limit >= 1, "save_total_limit", "must be >= 1 or null (keep all)")
     need(c.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+    need(c.visual_cache_gb >= 0, "visual_cache_gb", "must be >= 0 (0: encode the images in every step)")
     c.budget  # noqa: B018 - PixelBudget validates min_pixels <= max_pixels
 
 

@@ -3,7 +3,7 @@ every full sequence measured against `max_length` (never truncated: refused or d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..backends.processor import ImageTextProcessor
@@ -22,6 +22,7 @@ class PreparedData:
     rows: int  # rows read (valid + unusable)
     longest: int  # tokens of the longest kept sequence
     data_path: Path
+    image_tokens: dict[Path, int] = field(default_factory=dict)  # visual tokens of each image of `examples`
 
     def report(self, limit: int = 20) -> list[str]:
         lines = [str(e) for e in self.errors[:limit]]
@@ -46,6 +47,7 @@ def prepare_examples(
     errors: list[RowError] = list(dataset.errors)
     examples: list[TrainExample] = []
     sizes: dict[Path, tuple[int, int] | InputError] = {}
+    image_tokens: dict[Path, int] = {}
     longest = 0
     for sample in dataset.samples:
         try:
@@ -69,5 +71,6 @@ def prepare_examples(
             continue
         longest = max(longest, n)
         examples.append(example)
+        image_tokens[example.image] = n_visual
     return PreparedData(tuple(examples), tuple(errors), len(dataset.samples) + len(dataset.errors), longest,
-                        dataset.path)
+                        dataset.path, image_tokens)

@@ -17,11 +17,12 @@ from ..prompts import resolve_template
 from .config import TrainConfig
 from .prepare import PreparedData, prepare_examples
 from .record import RUN_FILE, read_record, write_record
+from .visual import VisualStore, encode_images
 
 # Settings that may change between a run and its resumption (they do not change what is learnt
 # per step, or extending a run is the point of resuming).
 RESUMABLE_CHANGES = frozenset({"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
-                               "dataloader_num_workers", "allow_errors", "device"})
+                               "dataloader_num_workers", "allow_errors", "device", "visual_cache_gb"})
 
 
 @dataclass(frozen=True)
@@ -143,16 +144,42 @@ def _precision(config: TrainConfig) -> tuple[Any, bool, bool]:
 
 
 def _load_model(config: TrainConfig, dtype: Any) -> Any:
+    import torch
     from transformers import AutoConfig
 
     from ..backends.hf import model_classes
+    from ..backends.vision_attention import set_grouped_vision_attention
 
     model_type = AutoConfig.from_pretrained(config.base).model_type
     classes = model_classes()
     if model_type not in classes:
         raise ValueError(f"base '{config.base}': architecture '{model_type}' is not supported "
                          f"(supported: {', '.join(classes)})")
-    return classes[model_type].from_pretrained(config.base, dtype=dtype, attn_implementation="sdpa")
+    model = classes[model_type].from_pretrained(config.base, dtype=dtype, attn_implementation="sdpa")
+    # Grouped vision attention on GPU only, as HFBackend's "auto" (backends/vision_attention.py).
+    set_grouped_vision_attention(model, config.device != "cpu" and torch.cuda.is_available())
+    return model
+
+
+def _encode_visual(trainer: Any, processor: Any, data: PreparedData, config: TrainConfig,
+                   store: VisualStore) -> dict[str, Any]:
+    """Fill `store` with the training images' embeddings, or say why the tower runs per step."""
+    from tqdm import tqdm
+
+    if config.visual_cache_gb <= 0:
+        return {"used": False, "reason": "visual_cache_gb is 0"}
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return {"used": False, "reason": "the weights are sharded (DeepSpeed/FSDP)"}
+    paths = list(data.image_tokens)
+    with tqdm(total=len(paths), desc="visual embeddings", unit="image", file=sys.stderr, dynamic_ncols=True,
+              disable=None if trainer.is_world_process_zero() else True) as bar:
+        info = encode_images(trainer.model, processor, store, paths, sum(data.image_tokens.values()),
+                             int(config.visual_cache_gb * 2**30), batch_size=config.per_device_train_batch_size,
+                             progress=bar.update)
+    if info["used"]:
+        _log(f"visual embeddings: {info['images']} images encoded once in {info['seconds']:.1f} s "
+             f"({info['bytes'] / 2**20:.0f} MiB in CPU memory); training steps run without the vision tower")
+    return info
 
 
 def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
@@ -238,6 +265,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     args = _sft_config(config, bf16, fp16)
     model = _load_model(config, dtype)
     vision_without_grad(model)
+    visual = VisualStore()  # filled below, once the model is on its device
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=language_model_targets(model), bias="none", task_type="CAUSAL_LM",
@@ -245,7 +273,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        data_collator=JudgeCollator(processor),
+        data_collator=JudgeCollator(processor, visual=visual),
         train_dataset=Dataset.from_list([ex.to_row() for ex in data.examples]),
         processing_class=processor.tokenizer,
         peft_config=lora,
@@ -258,6 +286,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
         "effective_batch": config.per_device_train_batch_size * config.gradient_accumulation_steps
         * trainer.args.world_size,
     }
+    record["runtime"]["visual_cache"] = _encode_visual(trainer, processor, data, config, visual)
     if trainer.is_world_process_zero():
         write_record(config.out, record, template)
     _log(f"train {config.kind}: {len(data.examples)} examples, {n_trainable:,} trainable LoRA parameters, "
