@@ -76,7 +76,7 @@ class JudgeCollator:
             counts = [int(grid.prod()) // merge for _, grid in cached]
             vision = {
                 "image_grid_thw": torch.stack([grid for _, grid in cached]),
-                "mm_encoder_outputs": {"image": ImageEmbeddings(tuple(e for e, _ in cached))},
+                "mm_encoder_outputs": {"image": ImageEmbeddings(pooler_output=tuple(e for e, _ in cached))},
             }
         else:
             requests = []

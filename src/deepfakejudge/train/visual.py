@@ -17,29 +17,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..backends.base import ChatRequest
 from ..backends.processor import ImageTextProcessor
 
 
-@dataclass(frozen=True)
-class ImageEmbeddings:
+class ImageEmbeddings(BaseModelOutputWithPooling):
     """A batch's image embeddings, as the model reads them (`mm_encoder_outputs["image"].pooler_output`).
 
-    Not transformers' `BaseModelOutputWithPooling`: the DataLoader pins batches on GPU runs, and
-    pinning copies a mapping with `update()`, which a ModelOutput refuses. The model moves the
-    embeddings to its device itself.
+    transformers' own output type (the model returns it again among its outputs), with a
+    `pin_memory` of its own: the DataLoader pins batches on GPU runs, and its generic pinning copies
+    a mapping with `update()`, which a ModelOutput refuses.
     """
 
-    pooler_output: tuple[Any, ...]
-
     def pin_memory(self) -> ImageEmbeddings:
-        return ImageEmbeddings(tuple(e.pin_memory() for e in self.pooler_output))
+        return ImageEmbeddings(pooler_output=tuple(e.pin_memory() for e in self.pooler_output))
 
 
 class VisualStore:
