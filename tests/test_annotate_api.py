@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 
 from deepfakejudge.annotate.app import create_app  # noqa: E402
 from deepfakejudge.annotate.project import export_all, open_project  # noqa: E402
+from deepfakejudge.annotate.work import flip  # noqa: E402
 from deepfakejudge.cli import main  # noqa: E402
 from deepfakejudge.data import load_records  # noqa: E402
 
@@ -637,3 +638,135 @@ def test_admin_pages_render_counts_and_annotations(sqlite_project):
     page = admin.get(f"/items/{item}").text
     assert "the block letters on the visor" in page and 'width="100' in page  # alice's box drawn
     assert admin.get("/items/99999").status_code == 404
+
+
+# ---------------------------------------------------------------- export → data validate → meta-eval
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _meta_eval(capsys, kind: str, pred: Path, gold: Path) -> dict:
+    capsys.readouterr()
+    assert main(["meta-eval", kind, "--pred", str(pred), "--gold", str(gold), "--json", "--n-resamples", "50"]) == 0
+    return {f["key"]: f for f in json.loads(capsys.readouterr().out)["figures"]}
+
+
+def test_export_feeds_meta_eval_human_agreement(project, data_dir, tmp_path, capsys):
+    """Two annotators rate the double-annotated items over HTTP; the export's human_scores /
+    human_preferences give meta-eval's kappas, checked against sklearn on the ratings we sent."""
+    from sklearn.metrics import cohen_kappa_score
+
+    p, admin = project, project.client("admin")
+    clients = {who: p.client(who) for who in ("alice", "bob")}
+    sent: dict[str, dict[str, dict[str, object]]] = {}  # kind -> sample id -> {annotator: canonical rating}
+    for kind in ("pointwise", "pairwise"):
+        mine = {who: {i["id"]: i for i in p.items(who, kind)} for who in clients}
+        shared = sorted(set(mine["alice"]) & set(mine["bob"]))
+        alone = sorted(set(mine["alice"]) - set(mine["bob"]))[:3]  # single-annotated: one entry
+        assert len(shared) >= 8
+        sent[kind] = {}
+        for n, iid in enumerate(shared + alone):
+            if kind == "pointwise":
+                ratings = {"alice": n % 5 + 1, "bob": min(5, n % 5 + 1 + n % 3 // 2)}
+            else:
+                ratings = {"alice": "AB"[n % 2], "bob": "AB"[n % 2] if n % 4 != 3 else "AB"[1 - n % 2]}
+            view = p.admin_view(iid)
+            for who, rating in ratings.items():
+                if iid not in mine[who]:
+                    continue
+                if kind == "pointwise":
+                    payload = {"score": rating}
+                else:  # the annotator clicks the side where the canonical choice was shown
+                    swapped = next(a["swapped"] for a in view["annotations"] if a["annotator"] == who)
+                    payload = {"shown_choice": flip(rating) if swapped else rating}
+                r = put(clients[who], iid, version=0, status="done", **payload)
+                assert r.status_code == 200, r.text
+                sent[kind].setdefault(mine[who][iid]["sample_id"], {})[who] = rating
+
+    for kind, field, judge_field in (("pointwise", "human_scores", "score"), ("pairwise", "human_preferences", "choice")):
+        r = admin.get(f"/api/export?dataset={kind}")
+        gold = data_dir / f"{kind}.export-{uuid.uuid4().hex[:6]}.jsonl"  # beside the data: image paths resolve
+        gold.write_text(r.text, encoding="utf-8")
+        try:
+            assert main(["data", "validate", str(gold)]) == 0
+            rows = [json.loads(line) for line in r.text.splitlines()]
+            assert {row["id"]: row[field] for row in rows} == sent[kind]
+            for row in rows:
+                info = row["annotation"]
+                assert list(row[field]) == info["annotators"] and info["annotator"] == info["annotators"][0]
+                assert row["score" if kind == "pointwise" else "preferred"] == row[field][info["annotator"]]
+            # a judge that copies alice on even rows and gives 3 / "A" elsewhere
+            judge = {row["id"]: (row[field]["alice"] if n % 2 == 0 and "alice" in row[field]
+                                 else (3 if kind == "pointwise" else "A")) for n, row in enumerate(rows)}
+            pred = write_rows(tmp_path / f"{kind}.pred.jsonl", [{"id": k, judge_field: v} for k, v in judge.items()])
+            fig = _meta_eval(capsys, kind, pred, gold)
+        finally:
+            gold.unlink()
+        opts = {"weights": "quadratic", "labels": [1, 2, 3, 4, 5]} if kind == "pointwise" else {"labels": ["A", "B"]}
+        both = [h for h in sent[kind].values() if len(h) == 2]
+        assert fig["kappa_alice_bob"]["n"] == len(both)
+        assert fig["kappa_alice_bob"]["value"] == pytest.approx(
+            cohen_kappa_score([h["alice"] for h in both], [h["bob"] for h in both], **opts))
+        rated = [(h["alice"], judge[sid]) for sid, h in sent[kind].items() if "alice" in h]
+        assert fig["kappa_judge_alice"]["n"] == len(rated)
+        assert fig["kappa_judge_alice"]["value"] == pytest.approx(
+            cohen_kappa_score([x for x, _ in rated], [y for _, y in rated], **opts))
+        assert fig["alpha_annotators"]["n"] == len(both)
+
+
+def test_export_moves_fields_that_contradict_the_human_under_original(tmp_path):
+    """A pair's intended levels and a `target` that imply another judgement than the human's are
+    kept under `original`, never beside the human's `score` / `preferred`; agreeing ones stay."""
+    from deepfakejudge.train.examples import target_text
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(root / "images" / "a.png")
+    base = {"image": "images/a.png", "label": "fake", "rationale": "a seam at the jaw"}
+    answer = "<reasoning>seams</reasoning> <answer>fake</answer>"
+    rows = [
+        {**base, "id": "p-agree", "response": answer, "score": 4, "target": "<reasoning>ok</reasoning>\n<score>4</score>"},
+        {**base, "id": "p-differ", "response": answer, "score": 4, "target": "<reasoning>ok</reasoning>\n<score>4</score>"},
+        {**base, "id": "q-agree", "response_a": "x", "response_b": "y", "preferred": "B", "score_a": 1, "score_b": 5},
+        {**base, "id": "q-differ", "response_a": "x", "response_b": "y", "preferred": "B", "score_a": 1, "score_b": 5,
+         "target": "<answer>B</answer>"},
+        {**base, "id": "q-tie", "response_a": "x", "response_b": "y", "preferred": "A", "score_a": 3, "score_b": 3},
+    ]
+    data = write_rows(root / "mixed.jsonl", rows)
+    opened = open_project(str(tmp_path / "s.db"), [str(data)], annotators=["alice"], double_share=0)
+    try:
+        app = create_app(opened.ctx)
+        alice, admin = TestClient(app), TestClient(app)
+        alice.headers["Authorization"] = f"Bearer {opened.tokens['alice']}"
+        admin.headers["Authorization"] = f"Bearer {opened.tokens['admin']}"
+        human = {"p-agree": 4, "p-differ": 2, "q-agree": "B", "q-differ": "A", "q-tie": "A"}
+        for it in alice.get("/api/items").json()["items"]:
+            want = human[it["sample_id"]]
+            if isinstance(want, int):
+                payload = {"score": want}
+            else:
+                swapped = admin.get(f"/api/items/{it['id']}").json()["annotations"][0]["swapped"]
+                payload = {"shown_choice": flip(want) if swapped else want}
+            assert put(alice, it["id"], version=0, status="done", **payload).status_code == 200
+        out = root / "export.jsonl"
+        out.write_text(admin.get("/api/export?dataset=mixed").text, encoding="utf-8")
+    finally:
+        opened.ctx.store.close()
+    got = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    strip = ("annotation", "human_scores", "human_preferences")
+    got = {k: {f: v for f, v in r.items() if f not in strip} for k, r in got.items()}
+    assert got["p-agree"] == rows[0]  # nothing to move: the target says 4, so did alice
+    assert got["p-differ"] == {**{k: v for k, v in rows[1].items() if k != "target"}, "score": 2,
+                               "original": {"score": 4, "target": rows[1]["target"]}}
+    assert got["q-agree"] == rows[2]
+    assert got["q-differ"] == {**{k: v for k, v in rows[3].items() if k not in ("score_a", "score_b", "target")},
+                               "preferred": "A",
+                               "original": {"preferred": "B", "score_a": 1, "score_b": 5, "target": "<answer>B</answer>"}}
+    assert got["q-tie"] == {**{k: v for k, v in rows[4].items() if k not in ("score_a", "score_b")},
+                            "original": {"score_a": 3, "score_b": 3}}  # equal levels prefer neither
+    # what is left is consistent: `dfj train` accepts every exported target, `dfj data validate` the file
+    targets = {s.id: target_text(s, "pointwise" if s.response else "pairwise") for s in load_records(out).samples}
+    assert targets["p-differ"].endswith("<score>2</score>") and targets["q-differ"].endswith("<answer>A</answer>")
+    assert main(["data", "validate", str(out)]) == 0

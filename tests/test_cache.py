@@ -189,3 +189,34 @@ def test_cli_cache_with_the_local_backend(tiny_model_dir, tmp_path, capsys, monk
     assert rows("one.jsonl") == rows("two.jsonl")
     summary = json.loads((tmp_path / "two.summary.json").read_text())
     assert summary["backend"]["cache"] == str(tmp_path / "c.sqlite")
+
+
+def test_a_model_changed_in_place_is_not_answered_from_the_cache(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The cache key holds a fingerprint of the checkpoint folder's files, not only its path:
+    weights rewritten in the same folder (a retrained judge) are asked again."""
+    import os
+    import shutil
+
+    from deepfakejudge.backends import hf
+    from deepfakejudge.cli import main
+
+    model = tmp_path / "judge"
+    shutil.copytree(tiny_model_dir, model)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text("".join(
+        json.dumps({"id": f"i{i}", "image": "a.png", "label": "fake", "response": f"resp {i}"}) + "\n" for i in range(2)))
+    calls = []
+    original = hf.HFBackend.choice_probs
+    monkeypatch.setattr(hf.HFBackend, "choice_probs", lambda self, *a: calls.append(len(a[0])) or original(self, *a))
+    argv = ["judge", "pointwise", "--model", str(model), "--data", str(tmp_path / "d.jsonl"), "--mode", "score-only",
+            "--device", "cpu", "--max-pixels", str(16 * 28 * 28), "--cache", str(tmp_path / "c.sqlite"), "--overwrite",
+            "--out", str(tmp_path / "r.jsonl")]
+    assert main(argv) == 0 and calls == [2]
+    assert main(argv) == 0 and calls == [2]  # same files: from the cache
+    weights = model / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten a second later
+    assert main(argv) == 0 and calls == [2, 2]
+    assert len(RequestCache(tmp_path / "c.sqlite")) == 4
+    assert hf.folder_fingerprint(str(model)) != hf.folder_fingerprint(str(tiny_model_dir))
+    assert hf.folder_fingerprint("Qwen/Qwen2.5-VL-3B-Instruct") is None and hf.folder_fingerprint(None) is None

@@ -221,3 +221,18 @@ def test_unreachable_hub_model_is_one_clear_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2
     assert "model 'Qwen/Qwen2.5-VL-3B-Instruct': cannot be loaded" in err and "Traceback" not in err
+
+
+def test_limit_is_the_first_n_items_across_resumed_runs(tiny_model_dir, tmp_path, capsys):
+    """--limit N selects the data's first N items: rerunning finds them done (nothing more is
+    judged), and a larger N judges only the items beyond the first run's."""
+    out = tmp_path / "pw.jsonl"
+    data = Path(__file__).resolve().parents[1] / "examples" / "pointwise.jsonl"
+    first_ids = [json.loads(line)["id"] for line in data.read_text().splitlines()][:5]
+    argv = ["judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+            "--mode", "score-only", "--json", "--max-pixels", str(16 * 28 * 28), "--device", "cpu"]
+    for limit, judged in ((3, 3), (3, 0), (5, 2)):
+        assert main([*argv, "--limit", str(limit)]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["this_run"]["judged"] == judged
+        assert [r["id"] for r in rows(out)] == first_ids[:limit]

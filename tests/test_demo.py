@@ -22,3 +22,21 @@ def test_demo_falls_back_to_a_tiny_model_offline(tmp_path, monkeypatch, capsys):
 def test_demo_names_the_missing_examples_folder(tmp_path, capsys):
     assert main(["demo", "--tiny", "--examples", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "--examples" in capsys.readouterr().err
+
+
+def test_demo_needs_both_released_judges(tmp_path, monkeypatch, capsys):
+    """Only the pointwise judge cached (offline): the demo does not mix a real and a random judge."""
+    from deepfakejudge.cli import demo
+
+    asked = []
+
+    def available(model_id):
+        asked.append(model_id)
+        return ("Pointwise" in model_id, "cached" if "Pointwise" in model_id else "not in the local cache")
+
+    monkeypatch.setattr(demo, "released_available", available)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--limit", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert sorted(asked) == sorted(demo.RELEASED.values())
+    assert "Released judges unavailable: not in the local cache" in captured.err
+    assert captured.out.count("[tiny random model: meaningless]") == 2

@@ -188,6 +188,14 @@ def test_resume_continues_the_step_count(tiny_model_dir, tmp_path, capsys):
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
 
+    # A run folder moved elsewhere (another disk, another machine) resumes there.
+    moved = tmp_path / "moved"
+    shutil.move(out, moved)
+    at = common.index("--out")
+    assert main([*common[:at], "--out", str(moved), *common[at + 2:], "--max-steps", "5", "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["global_step"] == 5
+    assert json.loads((moved / RUN_FILE).read_text())["train"]["resumed_from"] == "checkpoint-4"
+
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, capsys):
     rc = main(["train", "pointwise", "--base", "B", "--data", "D", "--out", str(tmp_path), "--resume"])

@@ -118,23 +118,33 @@ def summary_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
 
 
-def _git_hash() -> str | None:
+def _git(*args: str) -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        result = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        result = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, whether the package's source differs from it); (None, None) outside a checkout."""
+    head = _git("rev-parse", "HEAD")
+    if not head:
+        return None, None
+    # Only the package's own files: edited tests or docs do not change a result.
+    status = _git("status", "--porcelain", "--", str(Path(__file__).resolve().parent))
+    return head.strip(), None if status is None else bool(status.strip())
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
     from . import __version__
 
+    commit, dirty = _git_state()
     info = {
         "deepfakejudge": __version__,
-        "git": _git_hash(),
+        "git": commit,
+        "git_dirty": dirty,  # True: the code that ran is the commit plus uncommitted changes
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

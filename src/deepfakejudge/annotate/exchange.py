@@ -7,6 +7,12 @@ item's canonical row with the human annotation written into the canonical fields
 the dataset's A/B positions, for pairs). A value it replaces is kept under `original`; who
 annotated it, with which status and version, is under `annotation`. Unknown fields pass through,
 so `dfj data validate`, `dfj reason`, `dfj meta-eval` and `dfj train` read the file directly.
+
+Rated and compared rows also carry every finished rating, `human_scores` / `human_preferences`
+= {annotator: rating} in `annotation.annotators` order (assignment order), the form `dfj
+meta-eval` reads for inter-annotator agreement. Source fields that encode a judgement other than
+the human's (a pair's `score_a`/`score_b` levels, a `target` answer) move under `original` too,
+so no top-level field contradicts `score` / `preferred`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..data.canonical import InputError, sample_from_dict
+from ..parsing import parse_choice, parse_score
 from .agreement import Rating
 from .db import Annotation, Annotator, Dataset, Item, utcnow
 from .work import validate
@@ -52,6 +59,27 @@ def _done_annotations(session: Session) -> dict[int, list[tuple[Annotation, str]
     return out
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _contradicting(row: dict[str, Any], kind: str, human: dict[str, Any]) -> list[str]:
+    """Source fields that imply a judgement other than the human's: the generator's intended
+    levels of a pair (the higher one is the source's preferred; equal levels prefer neither)
+    and a training `target` (`dfj train` refuses a target that disagrees with `score`/`preferred`)."""
+    out = []
+    if kind == "pointwise":
+        if isinstance(row.get("target"), str) and parse_score(row["target"]) not in (None, human["score"]):
+            out.append("target")
+    elif kind == "pairwise":
+        a, b = row.get("score_a"), row.get("score_b")
+        if _number(a) and _number(b) and ("A" if a > b else "B" if b > a else None) != human["preferred"]:
+            out += ["score_a", "score_b"]
+        if isinstance(row.get("target"), str) and parse_choice(row["target"]) not in (None, human["preferred"]):
+            out.append("target")
+    return out
+
+
 def export_rows(session: Session, dataset: str, out_dir: Path | None = None,
                 annotator: str | None = None) -> tuple[list[dict[str, Any]], ExportReport]:
     """Rows of `dataset` with a finished annotation: the first annotator's (by assignment
@@ -76,10 +104,12 @@ def export_rows(session: Session, dataset: str, out_dir: Path | None = None,
         if item.kind == "annotate":
             human = {"label": a.label, "artifacts": a.artifacts or [], "rationale": a.rationale or None}
         elif item.kind == "pointwise":
-            human = {"score": a.score}
+            human = {"score": a.score, "human_scores": {n: x.score for x, n in finished}}
         else:
-            human = {"preferred": a.choice}
+            human = {"preferred": a.choice, "human_preferences": {n: x.choice for x, n in finished}}
         original = {k: row[k] for k, v in human.items() if row.get(k) not in (None, v)}
+        for k in _contradicting(row, item.kind, human):
+            original[k] = row.pop(k)
         row.pop("original", None)
         for k, v in human.items():  # the human's fields replace the record's, an empty one too
             if v is None:

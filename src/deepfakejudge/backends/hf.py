@@ -421,6 +421,10 @@ class HFBackend(Backend):
             "backend": self.name,
             "model": self.options.model,
             "adapter": self.options.adapter,
+            # What is in the folders, not only their names: a model retrained into the same folder
+            # must not be answered from a request cache filled by the old one.
+            "model_files": folder_fingerprint(self.options.model),
+            "adapter_files": folder_fingerprint(self.options.adapter),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "min_pixels": self.options.budget.min_pixels,
@@ -438,6 +442,24 @@ class HFBackend(Backend):
         self.vision_cache.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def folder_fingerprint(path: str | None) -> str | None:
+    """A short hash of the names, sizes and modification times of a local checkpoint folder's
+    files (weights and configs); None for a hub id or no path. Cheap: no weight is read."""
+    import hashlib
+    import json
+    import os
+
+    if path is None or not os.path.isdir(path):
+        return None
+    entries = []
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_file() and e.name.endswith((".safetensors", ".bin", ".json", ".txt", ".jinja", ".model")):
+                st = e.stat()
+                entries.append((e.name, st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()[:16]
 
 
 def _vision_attention(options: LoadOptions) -> str:

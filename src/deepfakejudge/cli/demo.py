@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
     models = dict(RELEASED)
     meaningless = args.tiny
     if not args.tiny:
-        ok, why = released_available(RELEASED["pointwise"])
+        # Both judges or neither: one real and one random judge would make a confusing demo.
+        checks = [released_available(RELEASED[kind]) for kind in ("pointwise", "pairwise")]
+        ok = all(good for good, _ in checks)
+        why = next((reason for good, reason in checks if not good), "")
         if not ok:
             print(f"Released judges unavailable: {why}. Running the same path on a tiny random model "
                   "built locally: its scores are MEANINGLESS.", file=sys.stderr)

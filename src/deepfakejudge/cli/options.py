@@ -62,7 +62,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", required=True, help="dataset: canonical or ms-swift JSONL, or a split folder with data.jsonl")
     g.add_argument("--out", required=True, help="results JSONL (resumed if it exists; summary written beside it)")
     g.add_argument("--batch-size", type=int, default=8, help="items per model call (default 8)")
-    g.add_argument("--limit", type=int, default=None, help="judge at most N items (smoke runs)")
+    g.add_argument("--limit", type=int, default=None, help="only the first N items of the data (smoke runs; a resumed run stops at the same N)")
     g.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming --out")
     g.add_argument("--retry-errors", action="store_true",
                    help="judge again the items whose model call failed before (out of memory, server errors); "

@@ -60,9 +60,10 @@ def run_judge(
     started = time.perf_counter()
     with ResultsWriter(out, resume=not overwrite, retry_errors=retry_errors) as writer:
         writer.write(error_row(e) for e in dataset.errors)
-        todo = [s for s in dataset.samples if not writer.is_done(f"id:{s.id}")]
-        if limit is not None:
-            todo = todo[:limit]
+        # The first `limit` items of the data, not `limit` more per run: a resumed run ends
+        # where an uninterrupted one would.
+        selected = dataset.samples if limit is None else dataset.samples[:limit]
+        todo = [s for s in selected if not writer.is_done(f"id:{s.id}")]
         with progress(len(todo)) if progress and todo else _NoProgress() as bar:
             for rows in batches(todo) if todo else ():
                 writer.write(verdict_row(r) for r in rows)

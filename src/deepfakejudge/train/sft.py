@@ -20,9 +20,10 @@ from .record import RUN_FILE, read_record, write_record
 from .visual import VisualStore, encode_images
 
 # Settings that may change between a run and its resumption (they do not change what is learnt
-# per step, or extending a run is the point of resuming).
+# per step, or extending a run is the point of resuming; `out` changes when a run folder is
+# moved or copied to another machine).
 RESUMABLE_CHANGES = frozenset({"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
-                               "dataloader_num_workers", "allow_errors", "device", "visual_cache_gb"})
+                               "dataloader_num_workers", "allow_errors", "device", "visual_cache_gb", "out"})
 
 
 @dataclass(frozen=True)
