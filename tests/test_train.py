@@ -316,3 +316,37 @@ def test_cached_visual_embeddings_give_the_pixel_paths_loss_and_gradients(tiny_m
     assert loss_c == pytest.approx(loss_p, rel=1e-6)
     for k in grads_p:
         torch.testing.assert_close(grads_c[k], grads_p[k], rtol=1e-4, atol=1e-7)
+
+
+def test_two_process_data_parallel_training_on_cpu(tiny_model_dir, tmp_path):
+    """The multi-GPU path (DDP), on two CPU processes with gloo: torchrun is what `accelerate
+    launch --multi_gpu` runs underneath. Each rank trains on its share of every batch; rank 0
+    alone writes the adapter and the run record."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), "-m", "deepfakejudge.cli", "train", "pointwise", "--base", str(tiny_model_dir),
+         "--data", str(REPO / "examples" / "pointwise.jsonl"), "--out", str(out), "--max-steps", "2",
+         "--batch-size", "2", "--max-pixels", str(SMALL_PIXELS), "--device", "cpu", "--set", "logging_steps=1",
+         "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0 speaks for both
+    assert proc.stderr.count("train pointwise: 70 examples") == proc.stderr.count("visual embeddings: 14 images") == 1
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["status"] == "done" and record["train"]["global_step"] == 2
+    assert record["runtime"]["world_size"] == 2 and record["runtime"]["effective_batch"] == 4
+    assert record["runtime"]["visual_cache"]["used"] and record["runtime"]["visual_cache"]["images"] == 14
+    assert [x["step"] for x in record["train"]["losses"]] == [1, 2]
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)

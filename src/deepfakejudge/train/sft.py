@@ -8,6 +8,7 @@ recipe (`config`), checkpoints with resume, and the run record `dfj judge --adap
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,10 @@ class TrainOutcome:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # Every rank of a multi-GPU run logs the same lines: rank 0 speaks for all (torchrun and
+    # accelerate set RANK).
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
 
 
 def _import_training():
