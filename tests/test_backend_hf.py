@@ -189,6 +189,9 @@ def test_batched_generate_equals_one_by_one(tiny_backend, test_images):
     for request, got in zip(requests, batched):
         alone = tiny_backend.generate([request], config)[0]
         assert got.text == alone.text
+        # Token counts as an engine reports them: the left padding of the batch is not a prompt token.
+        assert got.prompt_tokens == alone.prompt_tokens == tiny_backend.processor([request])["input_ids"].shape[1]
+        assert got.completion_tokens == alone.completion_tokens
         assert got.finish_reason == alone.finish_reason
         assert [s.token for s in got.steps] == [s.token for s in alone.steps]
         for a, b in zip(got.steps, alone.steps):
@@ -235,8 +238,10 @@ def test_generation_stops_at_a_stop_token(tiny_backend, test_images, monkeypatch
     gen = tiny_backend.generate([request], GenerationConfig(max_new_tokens=6))[0]
     assert gen.finish_reason == "stop"
     assert gen.text == tiny_backend.processor.tokenizer.decode(ids[:cut], skip_special_tokens=True)
+    assert gen.completion_tokens == cut + 1  # the stop token counts, as engines count it
     monkeypatch.undo()
-    assert tiny_backend.generate([request], GenerationConfig(max_new_tokens=6))[0].finish_reason == "length"
+    full = tiny_backend.generate([request], GenerationConfig(max_new_tokens=6))[0]
+    assert full.finish_reason == "length" and full.completion_tokens == 6
 
 
 def test_sampling_is_seeded(tiny_backend, test_images):

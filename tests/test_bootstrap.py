@@ -8,6 +8,7 @@ sampling settings, so runs are deterministic and every call can be counted.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -75,16 +76,22 @@ POLICIES = {
 class Scripted(Backend):
     """Deterministic generator + evaluator (see the module docstring). `options` is accepted so
     that the CLI can load it through the backend registry (`DFJ_TEST_POLICY` picks the policy,
-    `DFJ_TEST_CALL_LOG` appends one line per request)."""
+    `DFJ_TEST_CALL_LOG` appends one line per request). With `counts`, every generation carries
+    token counts as a server's `usage` would: 100 prompt + 10 generated tokens for a generator
+    call, 200 + 20 for an evaluator call. `truncated` outputs are well-formed prose that stopped
+    at the token limit (finish_reason "length")."""
 
     name = "scripted"
     capabilities = Capabilities(logprobs=False, choice_probs=True)
 
-    def __init__(self, options=None, rate=None, malformed=None, fail=None, unparsable=None):
+    def __init__(self, options=None, rate=None, malformed=None, fail=None, unparsable=None, truncated=None,
+                 counts=False):
         self.rate = rate or POLICIES[os.environ.get("DFJ_TEST_POLICY", "aligned")]
         self.malformed = malformed or (lambda image, level, rnd, seed: False)
         self.fail = fail or (lambda role, image, level: False)
         self.unparsable = unparsable or (lambda image, level, config: False)
+        self.truncated = truncated or (lambda image, level, rnd, seed: False)
+        self.counts = counts
         self.calls: Counter = Counter()
         self.log: list[tuple[str, str, GenerationConfig]] = []
         self.closed = False
@@ -99,6 +106,14 @@ class Scripted(Backend):
             self._log_file.flush()
 
     def _one(self, request, config):
+        out = self._answer(request, config)
+        if self.counts and isinstance(out, Generation):
+            evaluating = role_of(request.text) == "evaluate"
+            return dataclasses.replace(out, prompt_tokens=200 if evaluating else 100,
+                                       completion_tokens=20 if evaluating else 10)
+        return out
+
+    def _answer(self, request, config):
         text = request.text
         role = role_of(text)
         self._record(role, text, config)
@@ -132,6 +147,8 @@ class Scripted(Backend):
             rnd = int(_ROUND.search(prev).group(1)) + 1
         if self.malformed(image, level, rnd, config.seed):
             return Generation(text="<reasoning>cut off")
+        if self.truncated(image, level, rnd, config.seed):
+            return Generation(text=f"IMG[{image}] lvl {level} round {rnd} s={config.seed}: the smear on the", finish_reason="length")
         return Generation(text=f"<reasoning>IMG[{image}] lvl {level} round {rnd} t={config.temperature} s={config.seed}</reasoning>")
 
     def generate_each(self, requests, config):
@@ -322,6 +339,86 @@ def test_malformed_generator_output_is_asked_again_with_another_seed(tmp_path):
     rejected = rows(result.out / "rejected.jsonl")
     assert rejected[0]["malformed"] == ["no closed <reasoning>…</reasoning> block"] * 3
     assert backend.calls["generate"] == 2 + 3 + 3  # level 5: 2; level 2: 1 + 2 rounds; others: 1 each
+
+
+def test_truncated_generator_output_is_malformed_unless_kept(tmp_path):
+    data = make_data(tmp_path, n=1)
+    # Untagged prose that parses as an explanation, but stopped at the token limit. Level 5: cut off at
+    # seed 0 only (fine once reseeded); level 2: always cut off.
+    cut = lambda image, level, rnd, seed: level == 2 or (level == 5 and seed == 0)
+    cfg = config(tmp_path, data, settings=Settings(rounds=2, paraphrases=0),
+                 calls=CallSettings(generator=GenerationConfig(temperature=0.0, seed=0, max_new_tokens=64)))
+    backend = Scripted(truncated=cut)
+    result = run(cfg, backend)
+    st = result.stats
+    assert st["per_level"]["5"]["accepted"] == 1 and st["per_level"]["2"]["rejected"] == 1
+    assert st["rejection_reasons"] == {"generator output cut off at the token limit": 1}
+    assert st["truncated_outputs"] == st["malformed_generations"] == 1 + 3
+    # Asked again, sampled with another seed, as for any malformed output; never rated.
+    gens = [c for role, t, c in backend.log if role == "generate" and "quality level 5" in t]
+    assert [(c.seed, c.temperature) for c in gens] == [(0, 0.0), (1, 0.7)]
+    assert backend.calls == {"generate": 2 + 3 + 3, "evaluate": 4}
+    reason = ("cut off at the token limit (64 tokens): raise --generator-max-new-tokens, or pass --keep-truncated "
+              "to keep such outputs")
+    (rejected,) = rows(result.out / "rejected.jsonl")
+    assert rejected["level"] == 2 and rejected["malformed"] == [reason] * 3
+    assert all(e["finish"] == "length" and e["response"] is None
+               for e in journal(result.out) if e["e"] == "gen" and e["u"] == "im0#2")
+    # --keep-truncated: the same outputs are explanations; every unit is accepted at the first try.
+    kept = Scripted(truncated=cut)
+    cfg = dataclasses.replace(cfg, out=tmp_path / "kept", settings=Settings(rounds=2, paraphrases=0, keep_truncated=True))
+    result = run(cfg, kept)
+    assert result.stats["acceptance_rate"] == 1.0 and result.stats["malformed_generations"] == 0
+    assert result.stats["truncated_outputs"] == 2 and kept.calls == {"generate": 5, "evaluate": 5}
+    point = {r["score"]: r for r in rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")}
+    assert point[2]["response"] == "<reasoning>IMG[im0] lvl 2 round 0 s=0: the smear on the</reasoning> <answer>fake</answer>"
+
+
+def test_cli_keep_truncated_flag(tmp_path):
+    from deepfakejudge.cli.bootstrap import build, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    common = ["bootstrap", "--generator", "g", "--evaluator", "e", "--data", "d.jsonl", "--out", str(tmp_path)]
+    assert build(parser.parse_args(common))[0].settings.keep_truncated is False
+    assert build(parser.parse_args([*common, "--keep-truncated"]))[0].settings.keep_truncated is True
+
+
+def test_token_counts_from_usage_and_calls_without_them(tmp_path, capsys, monkeypatch):
+    data = make_data(tmp_path, n=1)
+    # Level 4's ratings (of the explanation and of its paraphrase) parse only when re-asked: one event for two calls.
+    unparsable = lambda image, level, c: level == 4 and c.temperature == 0
+    calls = CallSettings(evaluator=GenerationConfig(max_new_tokens=64, reasks=1))
+    result = run(config(tmp_path, data, calls=calls, settings=Settings(paraphrases=1)),
+                 Scripted(counts=True, unparsable=unparsable))
+    u = result.stats["usage"]
+    roles = ("generate", "refine", "paraphrase", "evaluate", "recheck")
+    assert u["calls"] == dict(zip(roles, (5, 0, 5, 6, 6)))
+    assert u["prompt_tokens"] == dict(zip(roles, (500, 0, 500, 1200, 1200))) and u["prompt_tokens_total"] == 3400
+    assert u["generated_tokens"] == dict(zip(roles, (50, 0, 50, 120, 120))) and u["generated_tokens_total"] == 340
+    assert u["calls_without_prompt_tokens"] == u["calls_without_generated_tokens"] == dict.fromkeys(roles, 0)
+    (reasked,) = [e for e in journal(result.out) if e["e"] == "eval" and e["calls"] == 2]
+    assert reasked["u"] == "im0#4" and (reasked["prompt_tokens"], reasked["tokens"]) == (400, 40)
+    assert result.summary["this_run"]["prompt_tokens"] == 3400 and result.summary["this_run"]["generated_tokens"] == 340
+    # A score-only evaluator reports no counts (no text is generated; choice probabilities carry no
+    # usage): its calls are listed as uncounted, the generator's still counted.
+    result = run(config(tmp_path, data, out="score-only", calls=CallSettings(evaluator_mode="score-only"),
+                        settings=Settings(paraphrases=1)), Scripted(counts=True))
+    u = result.stats["usage"]
+    assert u["prompt_tokens"] == dict(zip(roles, (500, 0, 500, 0, 0)))
+    assert u["calls_without_prompt_tokens"] == u["calls_without_generated_tokens"] == dict(zip(roles, (0, 0, 0, 5, 5)))
+    # An engine without counts or log-probs: nothing is counted, and the CLI says so.
+    from deepfakejudge.backends import BACKENDS
+
+    monkeypatch.setitem(BACKENDS, "scripted", (__name__, "Scripted", "dev"))
+    argv = ["bootstrap", "--generator", "g", "--generator-backend", "scripted", "--evaluator", "g",
+            "--evaluator-backend", "scripted", "--data", str(data), "--out", str(tmp_path / "cli"),
+            "--paraphrases", "0", "--no-cache"]
+    assert main(argv) == 0
+    assert ("prompt tokens 0, generated tokens 0 (not counted: prompt tokens of 10 calls, generated tokens of 10; "
+            "see stats.json)") in capsys.readouterr().out
+    u = json.loads((tmp_path / "cli" / "stats.json").read_text())["usage"]
+    assert u["calls_without_prompt_tokens"] == dict(zip(roles, (5, 0, 0, 5, 0)))
 
 
 def test_evaluator_without_a_score_is_reasked_then_rejected(tmp_path):

@@ -9,6 +9,7 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,6 +299,84 @@ def test_logprobs_refused_degrades_once(scripted, caplog):
     assert [g.text for g in gens] == ["<score>5</score>"] * 3 and all(not g.steps for g in gens)
     assert "logprobs" not in server.calls[-1][1]  # later requests no longer ask
     assert sum("refuses logprobs" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_usage_is_read_into_the_generation(scripted):
+    def respond(body, n):
+        reply = completion(f"answer {n}")
+        if n == 0:
+            reply["usage"] = {"prompt_tokens": 321, "completion_tokens": 7, "total_tokens": 328}
+        elif n == 1:
+            reply["usage"] = {"prompt_tokens": "many", "completion_tokens": -1}  # not counts: ignored
+        return 200, reply, []
+
+    server = scripted(respond)
+    b = backend(server.url, concurrency=1)
+    try:
+        gens = b.generate([req("a"), req("b"), req("c")], GenerationConfig(max_new_tokens=8, top_logprobs=0))
+    finally:
+        b.close()
+    assert [(g.prompt_tokens, g.completion_tokens) for g in gens] == [(321, 7), (None, None), (None, None)]
+
+
+def test_choice_probs_refused_logprobs_are_an_error_for_every_request(scripted):
+    # A server whose limit is 5 alternatives, asked for 50: no request of any batch may come back as
+    # an answer without log-probs (it would read as "no probability on any choice").
+    def respond(body, n):
+        if body.get("top_logprobs", 0) > 5:
+            return 400, {"error": {"message": "top_logprobs must be between 0 and 5, got 50"}}, []
+        logprobs = {"content": [entry("4", 0.5, [("4", 0.5), ("3", 0.25)])]} if body.get("logprobs") else None
+        return 200, completion("4", logprobs), []
+
+    server = scripted(respond)
+    b = backend(server.url, top_logprobs=50)
+    try:
+        first = b.choice_probs_each([req(f"t{i}", prefix="<score>") for i in range(4)], list("12345"))
+        sent = len(server.calls)
+        later = b.choice_probs_each([req(f"u{i}", prefix="<score>") for i in range(3)], list("12345"))
+        # Text generation on the same backend still degrades to text without log-probs.
+        (g,) = b.generate([req("g")], GenerationConfig(max_new_tokens=4, top_logprobs=50))
+    finally:
+        b.close()
+    assert all(isinstance(r, BackendError) for r in first + later) and len(first + later) == 7
+    message = str(first[0])
+    assert message.startswith("--top-logprobs 50: the server at ") and "between 0 and 5" in message
+    assert "at most the server's limit" in message and all(str(r) == message for r in first + later)
+    assert sent == 4 and len(server.calls) == 4 + 2  # the later batch is answered without a call
+    assert g.text == "4" and not g.steps
+
+
+def test_detect_score_only_over_the_servers_logprobs_limit_gives_error_rows_to_retry(tiny_model_dir, tmp_path, capsys):
+    # `dfj detect run --mode score-only --top-logprobs 500` against `dfj serve --max-logprobs 20`: every
+    # row, in every batch, is a model-call error row; --retry-errors with a --top-logprobs the server takes
+    # answers them all.
+    from serving import NAME, SMALL_PIXELS, Server, free_port
+
+    from deepfakejudge.cli import main
+
+    data = Path(__file__).resolve().parents[1] / "examples" / "detect.jsonl"
+    server = Server(tiny_model_dir, free_port(), tmp_path / "server.log", "--max-logprobs", "20")
+    try:
+        out = tmp_path / "detect.jsonl"
+        argv = ["detect", "run", "--model", NAME, "--backend", "openai", "--base-url", server.url + "/v1",
+                "--mode", "score-only", "--data", str(data), "--out", str(out), "--batch-size", "8",
+                "--max-pixels", SMALL_PIXELS, "--no-cache"]
+        assert main([*argv, "--top-logprobs", "500"]) == 1
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 14 and all(r["field"] == "<model>" for r in rows)
+        assert all("--top-logprobs 500" in r["error"] and "between 0 and 20 (the server's --max-logprobs)" in r["error"]
+                   for r in rows)
+        assert server.health()["requests"].get("chat", 0) == 0  # counted only once a request is accepted
+        capsys.readouterr()
+        assert main([*argv, "--top-logprobs", "20", "--retry-errors", "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert summary["errors"] == 0 and sorted(r["id"] for r in rows) == sorted(json.loads(x)["id"] for x in
+                                                                                  data.read_text().splitlines())
+        assert all("error" not in r and r["choice_mass"] is not None for r in rows)
+        assert server.health()["requests"]["chat"] == 14
+    finally:
+        server.stop()
 
 
 def test_images_are_sent_resized_by_qwens_rule(scripted, tiny_model_dir):

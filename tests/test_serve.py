@@ -117,6 +117,8 @@ async def _load(url, clients, per_client):
                                              {"type": "text", "text": f"client {i} request {j}: real or fake?"}]}]}
             r = await http.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
             ok = r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+            # OpenAI's usage block: the image's tokens are prompt tokens; at most max_tokens generated.
+            ok = ok and r.json()["usage"]["prompt_tokens"] > 10 and 1 <= r.json()["usage"]["completion_tokens"] <= 4
             codes.append(r.status_code if ok else f"{r.status_code}: {r.text[:200]}")
         return codes
 

@@ -46,11 +46,14 @@ class TokenStep:
 @dataclass(frozen=True)
 class Generation:
     """Text generated for one request (prefix not included); `steps` is empty when the engine
-    exposes no log-probs."""
+    exposes no log-probs. `prompt_tokens` / `completion_tokens` are the engine's own counts (an
+    HTTP server's `usage`), None where it reports none."""
 
     text: str
     steps: tuple[TokenStep, ...] = ()
     finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True)

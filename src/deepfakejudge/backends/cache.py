@@ -88,6 +88,8 @@ def encode_generation(g: Generation) -> dict[str, Any]:
         "text": g.text,
         "finish_reason": g.finish_reason,
         "steps": [[s.offset, s.token, s.logprob, [list(t) for t in s.top]] for s in g.steps],
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
     }
 
 
@@ -95,7 +97,9 @@ def decode_generation(d: dict[str, Any]) -> Generation:
     steps = tuple(
         TokenStep(offset=o, token=t, logprob=lp, top=tuple((a, b) for a, b in top)) for o, t, lp, top in d["steps"]
     )
-    return Generation(text=d["text"], steps=steps, finish_reason=d["finish_reason"])
+    # .get: entries written before the counts were stored have none
+    return Generation(text=d["text"], steps=steps, finish_reason=d["finish_reason"],
+                      prompt_tokens=d.get("prompt_tokens"), completion_tokens=d.get("completion_tokens"))
 
 
 class RequestCache:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .base import (
@@ -317,25 +318,31 @@ class HFBackend(Backend):
             batch = self._inputs(requests)
             if sampling:
                 torch.manual_seed(config.seed)  # global RNG: HF generate takes no generator
-            return batch["input_ids"].shape[1], self.model.generate(**batch, generation_config=hf_config)
+            out = self.model.generate(**batch, generation_config=hf_config)
+            return batch["input_ids"].shape[1], batch["attention_mask"].sum(1).tolist(), out
 
-        prompt_length, out = self._guarded(len(requests), call)
+        prompt_length, prompt_tokens, out = self._guarded(len(requests), call)
         new_tokens = out.sequences[:, prompt_length:].tolist()
         # out.logits: one [batch, vocab] tensor per step, raw (the model's own distribution,
         # before temperature). Not stacked: at Qwen's 152k vocabulary that would copy gigabytes.
-        return [self._generation(row, ids, out.logits, config.top_logprobs) for row, ids in enumerate(new_tokens)]
+        return [
+            replace(self._generation(row, ids, out.logits, config.top_logprobs), prompt_tokens=int(prompt_tokens[row]))
+            for row, ids in enumerate(new_tokens)
+        ]
 
     def _generation(self, row: int, ids: list[int], logits: Sequence[Any], top_k: int) -> Generation:
         import torch
 
         stop_at = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
         finish = "stop" if stop_at is not None else "length"
+        # Generated tokens as engines count them: the stop token included, the padding after it not.
+        count = stop_at + 1 if stop_at is not None else len(ids)
         ids = ids[:stop_at] if stop_at is not None else ids
         kept = [i for i, t in enumerate(ids) if t not in self.special_ids]
         tok = self.processor.tokenizer
         text = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         if not kept:
-            return Generation(text=text, steps=(), finish_reason=finish)
+            return Generation(text=text, steps=(), finish_reason=finish, completion_tokens=count)
         kept_ids = [ids[i] for i in kept]
         logprobs = torch.log_softmax(torch.stack([logits[i][row] for i in kept]).float(), dim=-1)
         chosen = logprobs.gather(1, torch.tensor(kept_ids, device=logprobs.device)[:, None])[:, 0].tolist()
@@ -357,7 +364,7 @@ class HFBackend(Backend):
                 f"token offsets do not reconstruct the decoded text ({offset} != {len(text)} chars): "
                 "this tokenizer's decoder cannot attribute text to single tokens"
             )
-        return Generation(text=text, steps=tuple(steps), finish_reason=finish)
+        return Generation(text=text, steps=tuple(steps), finish_reason=finish, completion_tokens=count)
 
     def _piece(self, token_id: int) -> str:
         """Decoded text of one vocabulary entry (special tokens shown as themselves), memoised."""

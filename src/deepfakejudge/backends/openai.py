@@ -16,9 +16,13 @@ server returns them and their tokens rebuild the text; otherwise steps stay empt
 then report parsed scores without probabilities) and a one-line notice says so.
 `choice_probs` sends the prefix as a final assistant message that the server continues
 (`continue_final_message`, as vLLM, SGLang and `dfj serve` support) and reads the first token's
-`top_logprobs`. Servers that cannot continue a message (OpenAI, Gemini, Ollama) get
-`capabilities.choice_probs=False`. The API key is read from an environment variable at start
-and kept only in the request headers: it is never written to results, logs or caches.
+`top_logprobs`; a server that refuses those log-probs (`--top-logprobs` over its limit) gives
+every such request the same `BackendError` naming `--top-logprobs`, so each row of a run is an
+answer or an error row, never a silent "no probability". Servers that cannot continue a message
+(OpenAI, Gemini, Ollama) get `capabilities.choice_probs=False`. The response's `usage` (prompt
+and completion tokens) is kept on each `Generation` where the server sends it. The API key is
+read from an environment variable at start and kept only in the request headers: it is never
+written to results, logs or caches.
 """
 
 from __future__ import annotations
@@ -195,6 +199,12 @@ def _error_message(response: httpx.Response) -> str:
     return str(error)[:300]
 
 
+def _count(usage: dict[str, Any], key: str) -> int | None:
+    """A token count from a response's `usage`, or None where the server gives none."""
+    value = usage.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 class _Retryable(Exception):
     def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -253,6 +263,7 @@ class OpenAIBackend(Backend):
         self._images_lock = threading.Lock()
         self._notices: set[str] = set()
         self._send_logprobs = True
+        self._choice_refusal: str | None = None  # why choice probabilities cannot be read here
         self._runner = _LoopThread()
         self._client = self._runner.run(self._make_client(headers, transport))
         try:
@@ -414,11 +425,18 @@ class OpenAIBackend(Backend):
             payload.update(self._prefill_body)
         return payload
 
-    async def _complete(self, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _complete(self, payload: dict[str, Any], degrade: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(choices[0], usage) of one chat completion; usage is {} where the server sends none.
+        A refusal of the log-probs is answered without them when `degrade` (text generation can
+        do without); otherwise it is this request's `BackendError`."""
         try:
             data = await self._call("POST", "/chat/completions", payload)
         except BackendError as exc:
             if "logprobs" in payload and "logprob" in str(exc).lower() and "HTTP 400" in str(exc):
+                if not degrade:
+                    # Remembered: the run's other requests get the same error without a call.
+                    self._choice_refusal = self._logprobs_refused(payload, str(exc))
+                    raise BackendError(self._choice_refusal) from None
                 # The server refuses log-probs (some hosted APIs): ask again without them.
                 self._send_logprobs = False
                 self._notice("no-logprobs", f"notice: {self.base_url} refuses logprobs ({exc}); "
@@ -428,14 +446,22 @@ class OpenAIBackend(Backend):
             else:
                 raise
         try:
-            return data["choices"][0]
+            choice = data["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise BackendError(f"response has no choices[0]: {json.dumps(data)[:200]}") from None
+        usage = data.get("usage")
+        return choice, usage if isinstance(usage, dict) else {}
+
+    def _logprobs_refused(self, payload: dict[str, Any], why: str) -> str:
+        asked = f"--top-logprobs {payload['top_logprobs']}" if "top_logprobs" in payload else "--top-logprobs"
+        return (f"{asked}: the server at {self.base_url} refuses these logprobs ({why}); choice probabilities "
+                "(--mode score-only) need them: set --top-logprobs to at most the server's limit (vLLM and dfj "
+                "serve: their --max-logprobs) and rerun with --retry-errors, or use --mode generate")
 
     async def _generate_one(self, request: ChatRequest, config: GenerationConfig) -> Generation:
         payload = self._payload(request, request.prefix, config.max_new_tokens, config.temperature,
                                 config.seed, config.top_logprobs)
-        choice = await self._complete(payload)
+        choice, usage = await self._complete(payload)
         message = choice.get("message") or {}
         text = message.get("content") or ""
         if not isinstance(text, str):
@@ -452,14 +478,22 @@ class OpenAIBackend(Backend):
                              "tokens that do not rebuild the text): probabilities are null, scores parsed from text")
             else:
                 steps = rebuilt
-        return Generation(text=text, steps=steps, finish_reason=choice.get("finish_reason"))
+        return Generation(text=text, steps=steps, finish_reason=choice.get("finish_reason"),
+                          prompt_tokens=_count(usage, "prompt_tokens"),
+                          completion_tokens=_count(usage, "completion_tokens"))
 
     async def _next_token(self, request: ChatRequest, context: str) -> dict[str, float]:
-        """Probability of each token the server lists at the first position after `context`."""
+        """Probability of each token the server lists at the first position after `context`.
+
+        Every request of a run must get the same treatment: a refusal of the log-probs is an
+        error for each request (an error row that --retry-errors asks again), never an answer
+        without them, which would read as "no probability on any choice"."""
+        if self._choice_refusal is not None:  # refused before: the same answer without a call
+            raise BackendError(self._choice_refusal)
         payload = self._payload(request, context, 1, 0.0, 0, self.remote.top_logprobs)
         if "logprobs" not in payload:
-            raise BackendError("the server refuses logprobs: choice probabilities cannot be read")
-        choice = await self._complete(payload)
+            raise BackendError(self._logprobs_refused(payload, "an earlier request was refused them"))
+        choice, _ = await self._complete(payload, degrade=False)
         entries = (choice.get("logprobs") or {}).get("content") or []
         if not entries:
             return {}

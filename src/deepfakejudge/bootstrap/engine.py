@@ -38,6 +38,7 @@ from .prompts import SCORE_ONLY_PREFIX, RolePrompts, parse_explanation, strip_ta
 from .state import GENERATOR_ROLES, Action, Settings, Unit
 
 EvaluatorMode = Literal["generate", "score-only"]
+TRUNCATED = "cut off at the token limit"
 
 
 @dataclass(frozen=True)
@@ -76,19 +77,30 @@ class Rating:
     expected: float | None
     calls: int
     tokens: int | None
+    prompt_tokens: int | None = None
 
 
 @dataclass
 class RunCounters:
     calls: Counter = field(default_factory=Counter)  # role -> model calls made in this run
     tokens: Counter = field(default_factory=Counter)  # role -> generated tokens (where counted)
+    prompt_tokens: Counter = field(default_factory=Counter)  # role -> prompt tokens (where counted)
     steps: int = 0
     seconds: float = 0.0
     cached: int = 0  # of those calls, answered by the request cache (never sent to the model)
 
 
 def _tokens(g: Generation) -> int | None:
+    """Generated tokens: the engine's count, else one per returned log-prob step, else unknown."""
+    if g.completion_tokens is not None:
+        return g.completion_tokens
     return len(g.steps) if g.steps else None
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    # A sum over several calls is known only if every call's count is: a partial sum would
+    # pass for a whole one.
+    return None if a is None or b is None else a + b
 
 
 def rate_generation(g: Generation, calls: int = 1) -> Rating:
@@ -103,6 +115,7 @@ def rate_generation(g: Generation, calls: int = 1) -> Rating:
         expected=None if expected is None else round(expected, 4),
         calls=calls,
         tokens=_tokens(g),
+        prompt_tokens=g.prompt_tokens,
     )
 
 
@@ -132,10 +145,12 @@ def evaluate(backend: Backend, requests: Sequence[ChatRequest], mode: EvaluatorM
         for i, g in zip(todo, backend.generate_each([requests[i] for i in todo], again), strict=True):
             prev = out[i]
             assert isinstance(prev, Rating)
-            tokens = (prev.tokens or 0) + (_tokens(g) or 0) if isinstance(g, Generation) else prev.tokens
-            rating = rate_generation(g) if isinstance(g, Generation) else prev
+            ok = isinstance(g, Generation)
+            tokens = _add(prev.tokens, _tokens(g) if ok else None)
+            prompt_tokens = _add(prev.prompt_tokens, g.prompt_tokens if ok else None)
+            rating = rate_generation(g) if ok else prev
             keep = rating if rating.score is not None else prev
-            out[i] = replace(keep, calls=prev.calls + 1, tokens=tokens or None)
+            out[i] = replace(keep, calls=prev.calls + 1, tokens=tokens, prompt_tokens=prompt_tokens)
     return out
 
 
@@ -228,6 +243,7 @@ class Engine:
             touched.append(unit)
             self.counters.calls[event["role"]] += event.get("calls", 1)
             self.counters.tokens[event["role"]] += event.get("tokens") or 0
+            self.counters.prompt_tokens[event["role"]] += event.get("prompt_tokens") or 0
         self.counters.steps += 1
         self._release_finished_images()
         if self.on_step is not None:
@@ -319,7 +335,8 @@ class Engine:
                 "e": "eval" if action.role == "evaluate" else "recheck", **where,
                 "score": result.score, "feedback": result.feedback, "expected_score": result.expected,
                 **({"raw": result.raw} if result.raw is not None else {}),
-                "calls": result.calls, "tokens": result.tokens, "prompt_chars": len(request.text),
+                "calls": result.calls, "tokens": result.tokens, "prompt_tokens": result.prompt_tokens,
+                "prompt_chars": len(request.text),
             }
         assert isinstance(result, Generation)
         label = self.samples[unit.image_id].label
@@ -329,13 +346,18 @@ class Engine:
             original = unit.accepted_try(self.settings)
             if original is not None and _same(parsed.response, original.response):
                 malformed = "the same text as the original"
+        if result.finish_reason == "length" and not self.settings.keep_truncated:
+            # Named before any other fault: a cut-off text is often unclosed too, but the limit is the cause.
+            malformed = (f"{TRUNCATED} ({self.calls.generator.max_new_tokens} tokens): raise "
+                         "--generator-max-new-tokens, or pass --keep-truncated to keep such outputs")
         return {
             "e": "para" if action.role == "paraphrase" else "gen", **where,
             "response": None if malformed else parsed.response,
             "malformed": malformed,
             **({"raw": result.text} if malformed else {}),
             "finish": result.finish_reason,
-            "calls": 1, "tokens": _tokens(result), "prompt_chars": len(request.text),
+            "calls": 1, "tokens": _tokens(result), "prompt_tokens": result.prompt_tokens,
+            "prompt_chars": len(request.text),
         }
 
 

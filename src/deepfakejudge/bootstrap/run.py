@@ -203,6 +203,7 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
             "calls_total": sum(counters.calls.values()),
             "calls_from_cache": counters.cached,
             "generated_tokens": sum(counters.tokens.values()),
+            "prompt_tokens": sum(counters.prompt_tokens.values()),
         },
         "settings": {**fingerprint, "batch_size": config.calls.batch_size, "limit": config.limit,
                      "test_fraction": config.test_fraction, "pairs_per_image": config.pairs_per_image,

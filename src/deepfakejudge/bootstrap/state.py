@@ -39,6 +39,9 @@ class Settings:
     paraphrases: int = 4
     recheck: bool = True
     paraphrase_retries: int = 1
+    # A generator output cut off at its token limit is malformed unless kept: a truncated
+    # explanation is not a valid training target.
+    keep_truncated: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("rounds", 0), ("tolerance", 0), ("paraphrases", 0), ("paraphrase_retries", 0)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
+from .engine import TRUNCATED
 from .prompts import LEVELS
 from .state import ROLES, Settings, Unit
 
@@ -32,7 +33,12 @@ def confusion(pairs: Iterable[tuple[int, int | None]]) -> dict[str, dict[str, in
 
 
 def usage(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    calls, tokens, uncounted, chars, failed = Counter(), Counter(), Counter(), Counter(), Counter()
+    """Calls and tokens per role. Token counts are the engine's own (an HTTP server's `usage`);
+    without them generated tokens are counted from per-token log-probs and prompt tokens not at
+    all. A call without a count is not in the totals but in `calls_without_*_tokens`."""
+    calls, chars, failed = Counter(), Counter(), Counter()
+    tokens = {"prompt": Counter(), "generated": Counter()}
+    uncounted = {"prompt": Counter(), "generated": Counter()}
     for e in events:
         role = e["role"]
         n = e.get("calls", 1)
@@ -41,19 +47,21 @@ def usage(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             failed[role] += n
             continue
         chars[role] += e.get("prompt_chars", 0) * n
-        if e.get("tokens") is None:
-            uncounted[role] += n
-        else:
-            tokens[role] += e["tokens"]
+        for kind, key in (("prompt", "prompt_tokens"), ("generated", "tokens")):
+            if e.get(key) is None:
+                uncounted[kind][role] += n
+            else:
+                tokens[kind][role] += e[key]
     return {
         "calls": {r: calls[r] for r in ROLES},
         "calls_total": sum(calls.values()),
         "failed_calls": sum(failed.values()),
-        "generated_tokens": {r: tokens[r] for r in ROLES},
-        "generated_tokens_total": sum(tokens.values()),
-        # Calls whose engine returned no per-token log-probs (or that generate nothing: score-only):
-        # their generated tokens are not in the totals.
-        "calls_without_token_count": sum(uncounted.values()),
+        "prompt_tokens": {r: tokens["prompt"][r] for r in ROLES},
+        "prompt_tokens_total": sum(tokens["prompt"].values()),
+        "generated_tokens": {r: tokens["generated"][r] for r in ROLES},
+        "generated_tokens_total": sum(tokens["generated"].values()),
+        "calls_without_prompt_tokens": {r: uncounted["prompt"][r] for r in ROLES},
+        "calls_without_generated_tokens": {r: uncounted["generated"][r] for r in ROLES},
         "prompt_chars": {r: chars[r] for r in ROLES},
     }
 
@@ -96,6 +104,8 @@ def report(units: list[Unit], settings: Settings, events: list[dict[str, Any]]) 
         "rejection_reasons": dict(Counter(_reason_kind(statuses[u.key][1] or "") for u in units
                                           if statuses[u.key][0] == "rejected")),
         "malformed_generations": sum(1 for u in units for t in u.rounds if t.malformed),
+        # Generator outputs that hit --generator-max-new-tokens (malformed unless --keep-truncated).
+        "truncated_outputs": sum(1 for e in events if e.get("e") in ("gen", "para") and e.get("finish") == "length"),
         # Rows: intended level; columns: the evaluator's score. "first": the first rating of each
         # unit (how well the generator hits a level unaided); "final": the last rating.
         "confusion": {
@@ -119,6 +129,8 @@ def report(units: list[Unit], settings: Settings, events: list[dict[str, Any]]) 
 def _reason_kind(reason: str) -> str:
     if reason.startswith("evaluator rated"):
         return "never aligned"
+    if reason.startswith("generator output malformed") and TRUNCATED in reason:
+        return "generator output cut off at the token limit"
     if reason.startswith("generator output malformed"):
         return "malformed generator output"
     if reason.startswith("the evaluator gave no parsable score"):

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     loop.add_argument("--no-recheck", action="store_true", help="keep paraphrases without asking the evaluator again")
     loop.add_argument("--paraphrase-retries", type=int, default=1,
                       help="further tries of a paraphrase that is malformed or re-rated off level (default 1)")
+    loop.add_argument("--keep-truncated", action="store_true",
+                      help="keep generator outputs cut off at --generator-max-new-tokens (default: such an output is "
+                           "malformed and asked again, as a truncated explanation is no valid training target)")
     loop.add_argument("--temperature", type=float, default=0.7,
                       help="generator sampling temperature, seeded (default 0.7; the evaluator is greedy)")
     loop.add_argument("--seed", type=int, default=0, help="seed of every sampled call, the split and the pairing (default 0)")
@@ -136,7 +139,8 @@ def build(args: argparse.Namespace):
         batch_size=args.batch_size,
     )
     settings = Settings(rounds=args.rounds, tolerance=args.tolerance, paraphrases=args.paraphrases,
-                        recheck=not args.no_recheck, paraphrase_retries=args.paraphrase_retries)
+                        recheck=not args.no_recheck, paraphrase_retries=args.paraphrase_retries,
+                        keep_truncated=args.keep_truncated)
     config = BootstrapConfig(
         data=Path(args.data), out=Path(args.out), settings=settings, calls=calls, seed=args.seed,
         test_fraction=args.test_fraction, pairs_per_image=args.pairs_per_image, limit=args.limit,
@@ -185,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         f"{rows['pairwise-train']} train / {rows['pairwise-test']} test; rejected {rows['rejected']}",
         f"  calls {usage['calls_total']} in all ({s['this_run']['calls_total']} this run, "
         f"{s['this_run']['calls_from_cache']} of them from the request cache, {s['this_run']['seconds']} s); "
-        f"generated tokens {usage['generated_tokens_total']}",
+        f"prompt tokens {usage['prompt_tokens_total']}, generated tokens {usage['generated_tokens_total']}"
+        + _uncounted(usage),
         f"  report: {result.out / 'stats.json'}; train: dfj train pointwise --data {result.out / 'pointwise-train.jsonl'} …",
     ]
     if not s["complete"]:
@@ -195,6 +200,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"dfj bootstrap: {s['errors']} error(s), listed in {result.out / 'errors.jsonl'}", file=sys.stderr)
         return 1
     return 0
+
+
+def _uncounted(usage: dict) -> str:
+    """Which calls the token totals leave out (servers without `usage`, score-only calls)."""
+    prompt, generated = (sum(usage[f"calls_without_{k}_tokens"].values()) for k in ("prompt", "generated"))
+    if not prompt and not generated:
+        return ""
+    return f" (not counted: prompt tokens of {prompt} calls, generated tokens of {generated}; see stats.json)"
 
 
 def _pct(value: float | None) -> str:

@@ -71,7 +71,16 @@ def completion_body(call: ChatCall, generation: Generation, model: str) -> dict[
                 "finish_reason": generation.finish_reason or "stop",
             }
         ],
+        **_usage(generation),
     }
+
+
+def _usage(generation: Generation) -> dict[str, Any]:
+    """OpenAI's `usage` block, when the engine counted both sides (clients tally cost from it)."""
+    p, c = generation.prompt_tokens, generation.completion_tokens
+    if p is None or c is None:
+        return {}
+    return {"usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
 
 
 class _Counters:
