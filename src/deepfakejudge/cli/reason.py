@@ -167,7 +167,7 @@ def ladder(args: argparse.Namespace) -> int:
                "results": [r.to_dict() for r in results], "missing": missing,
                "checks": {k: c.brief() for k, c in checks.items()}}
     lines = [f"Ladder: {len(result.per_image)} images of {args.data}; Spearman rho between intended level and metric.", ""]
-    from ..detect.scoring import markdown_table, num
+    from ..tables import markdown_table, num
 
     lines.append(markdown_table(["metric", "mean rho", "images ranked perfectly", "inverted pairs"],
                                 [[r.metric, num(r.mean_rho, 3),

@@ -16,8 +16,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..metrics import BootstrapCI, DetectionMetrics, bootstrap_cis, detection_breakdown, detection_report
+from ..metrics import (
+    BootstrapCI,
+    DetectionMetrics,
+    bootstrap_cis,
+    detection_breakdown,
+    detection_report,
+)
 from ..records import RowError
+from ..tables import MISSING, markdown_table, num, pct
 from .predictions import Gold, PredictionFile
 
 KINDS = {"real": "real", "fake": "t2i", "edited": "edited"}  # gold label -> manipulation kind
@@ -158,26 +165,12 @@ def score_predictions(
 # -- tables ---------------------------------------------------------------------------------------
 
 
-def pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
-def num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def _with_ci(value: float | None, ci: BootstrapCI | None, fmt=pct) -> str:
     if value is None:
-        return "–"
+        return MISSING
     if ci is None or ci.n_used == 0:
         return fmt(value)
     return f"{fmt(value)} [{fmt(ci.low)}, {fmt(ci.high)}]"
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def score_markdown(score: DetectionScore) -> str:

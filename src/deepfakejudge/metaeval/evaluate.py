@@ -34,6 +34,7 @@ from ..metrics import (
     pointwise_agreement,
 )
 from ..prompts import Template
+from ..tables import markdown_table
 from ..records import Sample
 from .join import Joined, choice_value, join, score_value
 
@@ -299,20 +300,17 @@ def markdown(result: MetaEval) -> str:
         if result.kind == "pointwise" else ("accuracy", "consistency", "accuracy_from_pointwise")
     shown = [result.figure(k) for k in keys if result.figure(k) is not None]
     if shown:
-        lines.append("| judge | n | " + " | ".join(f.label for f in shown) + " |")
-        lines.append("|---|---:|" + "---:|" * len(shown))
-        lines.append(f"| {result.pred} | {c['joined']} | " + " | ".join(_fmt(f.value) for f in shown) + " |")
-        lines.append("")
-    lines.append(f"| figure | value | {pct}% CI | n | unparsable |")
-    lines.append("|---|---:|---|---:|---:|")
-    for f in result.figures:
-        ci = "n/a" if f.low is None else f"[{f.low:.3f}, {f.high:.3f}]"
-        lines.append(f"| {f.label} | {_fmt(f.value)} | {ci} | {f.n} | {f.unparsable} |")
+        lines += [markdown_table(["judge", "n", *(f.label for f in shown)],
+                                 [[result.pred, c["joined"], *(_fmt(f.value) for f in shown)]], "lr" + "r" * len(shown)), ""]
+    lines.append(markdown_table(
+        ["figure", "value", f"{pct}% CI", "n", "unparsable"],
+        [[f.label, _fmt(f.value), "n/a" if f.low is None else f"[{f.low:.3f}, {f.high:.3f}]", f.n, f.unparsable]
+         for f in result.figures],
+        "lrlrr"))
     if result.confusion is not None:
         lines += ["", "Confusion (rows: gold score, columns: judge score; parsed scores only)", "",
-                  "| gold \\ judge | 1 | 2 | 3 | 4 | 5 |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {level} | " + " | ".join(str(v) for v in row) + " |"
-                  for level, row in zip(SCORE_LEVELS, result.confusion)]
+                  markdown_table(["gold \\ judge", *map(str, SCORE_LEVELS)],
+                                 [[level, *row] for level, row in zip(SCORE_LEVELS, result.confusion)], "lrrrrr")]
     lines.append("")
     lines.append(f"CIs: percentile bootstrap over items, {result.bootstrap.resamples} resamples, seed "
                  f"{result.bootstrap.seed}.")

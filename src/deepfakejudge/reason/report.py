@@ -215,7 +215,7 @@ def table_rows(reports: list[ReasonReport]) -> list[dict[str, Any]]:
 def markdown(reports: list[ReasonReport]) -> str:
     """The paper's DFJ-Reason layout (Model | BLEU-3 | BERTScore | DFJ Score) plus the reference
     check and its components; a missing metric shows "n/a" and a footnote says why."""
-    from ..detect.scoring import markdown_table, num, pct
+    from ..tables import markdown_table, num, pct
 
     head = ["Model", "n", "BLEU-3", "BLEU-3 (sent.)", "BERTScore", "DFJ Score", "Ref. score",
             "Label agr.", "Evidence recall", "Unsupported", "Spatial"]
