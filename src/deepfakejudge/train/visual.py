@@ -44,7 +44,6 @@ class VisualStore:
 
     def __init__(self) -> None:
         self._items: dict[str, tuple[Any, Any]] = {}
-        self.info: dict[str, Any] = {"used": False}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,9 +53,6 @@ class VisualStore:
 
     def put(self, path: str | Path, embeds: Any, grid: Any) -> None:
         self._items[str(path)] = (embeds, grid)
-
-    def clear(self) -> None:
-        self._items.clear()
 
     @property
     def nbytes(self) -> int:
