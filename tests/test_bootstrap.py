@@ -701,3 +701,17 @@ def test_progress_bar_counts_finished_units_and_acceptance(tmp_path):
     (bar,) = bars
     assert bar.total == 10 and bar.n == 10 and bar.closed
     assert len(bar.postfix) > 5 and bar.postfix[-1] == "acc 8 rej 2 fail 0 | L5 2/2 L4 2/2 L3 2/2 L2 2/2 L1 0/2"
+
+
+def test_cli_evaluator_reasks_default_to_two_in_bootstrap_only(tmp_path):
+    """An unparsable rating would reject the whole unit: bootstrap re-asks twice by default, while
+    `dfj judge` stays greedy (0)."""
+    from deepfakejudge.cli import build_parser
+    from deepfakejudge.cli.bootstrap import build
+
+    parser = build_parser()
+    common = ["bootstrap", "--generator", "g", "--evaluator", "e", "--data", "d.jsonl", "--out", str(tmp_path)]
+    assert build(parser.parse_args(common))[0].calls.evaluator.reasks == 2
+    assert build(parser.parse_args([*common, "--reasks", "0"]))[0].calls.evaluator.reasks == 0
+    judge = parser.parse_args(["judge", "pointwise", "--model", "m", "--data", "d", "--out", "o"])
+    assert judge.reasks == 0

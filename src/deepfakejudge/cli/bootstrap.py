@@ -51,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default {MIN_PIXELS})")
     m.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default {MAX_PIXELS})")
     m.add_argument("--vision-cache-mb", type=int, default=1024, help="visual embeddings kept per image (default 1024)")
-    add_remote_options(p)
+    # An evaluator answer without a score would cost the whole unit (rejected): two seeded re-asks
+    # are cheap next to that. Judging keeps 0, so that its results stay greedy.
+    add_remote_options(p, reasks=2)
     loop = p.add_argument_group("the loop")
     loop.add_argument("--tolerance", type=int, default=0,
                       help="accept when |evaluator score - intended level| <= N (default 0: exact)")

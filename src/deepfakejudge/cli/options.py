@@ -32,8 +32,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     add_remote_options(p)
 
 
-def add_remote_options(p: argparse.ArgumentParser) -> None:
-    """--backend openai settings, the request cache and re-asks: every model command gets them."""
+def add_remote_options(p: argparse.ArgumentParser, reasks: int = 0) -> None:
+    """--backend openai settings, the request cache and re-asks: every model command gets them.
+    `reasks`: the command's default number of re-asks."""
     r = p.add_argument_group("remote model (--backend openai)")
     r.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
@@ -53,8 +54,8 @@ def add_remote_options(p: argparse.ArgumentParser) -> None:
                    help="SQLite request cache: a rerun costs no model call for what it holds (default for --backend "
                         "openai: $DFJ_CACHE or ~/.cache/deepfakejudge/requests.sqlite; local backends: off unless given)")
     c.add_argument("--no-cache", action="store_true", help="do not read or write the request cache")
-    c.add_argument("--reasks", type=int, default=0,
-                   help="ask again, sampled, at most N times when an output has no parsable answer (default 0)")
+    c.add_argument("--reasks", type=int, default=reasks,
+                   help=f"ask again, sampled, at most N times when an output has no parsable answer (default {reasks})")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
