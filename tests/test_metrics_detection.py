@@ -16,7 +16,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from deepfakejudge.metrics import ECE_BINS, detection_breakdown, detection_report
+from deepfakejudge.metrics import (
+    ECE_BINS,
+    POLICIES,
+    detection_breakdown,
+    detection_policies,
+    detection_report,
+)
 
 
 def _random_rows(seed, n=300, p_none=0.1, p_missing_prob=0.1, decimals=None):
@@ -219,3 +225,96 @@ def test_breakdown_matches_subsets():
 def test_errors(gold, pred, p_fake, match):
     with pytest.raises(ValueError, match=match):
         detection_report(gold, pred, p_fake)
+
+
+# -- unparsable policies ---------------------------------------------------------------------------
+
+
+def test_hand_case_under_both_policies():
+    gold = ["real", "real", "real", "real", "fake", "edited", "fake", "fake"]
+    pred = ["real", "real", None, None, "fake", "real", "fake", None]
+    # gold real -> (real, real, none, none) = (2, 0, 2); gold fake -> (fake, real, fake, none) = (1, 2, 1)
+    both = detection_policies(gold, pred)
+    assert list(both) == list(POLICIES) == ["unparsable-as-miss", "parsed-only"]
+    miss, parsed = both["unparsable-as-miss"], both["parsed-only"]
+    for r in (miss, parsed):
+        assert r.confusion == ((2, 0, 2), (1, 2, 1))
+        assert (r.n, r.n_unparsable) == (8, 3)
+        assert r.accuracy == 0.5  # 4 of 8 right: over all items under both policies
+    # unparsable-as-miss. real: TP 2, FP 1, FN 0 + 2 -> F1 4/7; fake: TP 2, FP 0, FN 1 + 1 -> F1 4/6
+    assert miss.policy == "unparsable-as-miss"
+    assert miss.real_f1 == pytest.approx(4 / 7) and miss.fake_f1 == pytest.approx(2 / 3)
+    assert miss.real_recall == pytest.approx(2 / 4) and miss.fake_recall == pytest.approx(2 / 4)
+    assert miss.macro_f1 == pytest.approx((4 / 7 + 2 / 3) / 2)
+    # parsed-only (5 parsed rows). real: TP 2, FP 1, FN 0 -> F1 4/5; fake: TP 2, FP 0, FN 1 -> 4/5
+    assert parsed.policy == "parsed-only"
+    assert parsed.real_f1 == pytest.approx(4 / 5) and parsed.fake_f1 == pytest.approx(4 / 5)
+    assert parsed.real_recall == 1.0 and parsed.fake_recall == pytest.approx(2 / 3)
+    assert parsed.real_precision == pytest.approx(2 / 3) and parsed.fake_precision == 1.0
+    assert parsed.macro_f1 == pytest.approx(4 / 5)
+    # the policy keyword gives the same figures, and names itself in to_dict
+    assert detection_report(gold, pred, policy="parsed-only") == parsed
+    assert detection_report(gold, pred) == miss
+    assert parsed.to_dict()["policy"] == "parsed-only"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_parsed_only_matches_sklearn_on_parsed_rows(seed):
+    gold, pred, _ = _random_rows(seed, p_none=0.3)
+    r = detection_report(gold, pred, policy="parsed-only")
+    g, p = _sk(gold, pred)
+    keep = [i for i, v in enumerate(pred) if v is not None]
+    gk, pk = [g[i] for i in keep], [p[i] for i in keep]
+    labels = ["real", "fake"]
+    assert (r.real_f1, r.fake_f1) == pytest.approx(tuple(f1_score(gk, pk, labels=labels, average=None)))
+    assert r.macro_f1 == pytest.approx(f1_score(gk, pk, labels=labels, average="macro"))
+    assert (r.real_precision, r.fake_precision) == pytest.approx(
+        tuple(precision_score(gk, pk, labels=labels, average=None)))
+    assert (r.real_recall, r.fake_recall) == pytest.approx(tuple(recall_score(gk, pk, labels=labels, average=None)))
+    # accuracy stays over all items, unparsable counted wrong
+    assert r.accuracy == pytest.approx(accuracy_score(g, p))
+    assert r.n == len(gold) and r.n_unparsable == len(gold) - len(keep)
+
+
+def test_policies_agree_without_unparsable_answers():
+    gold, pred, _ = _random_rows(5, p_none=0.0)
+    both = detection_policies(gold, pred)
+    a, b = both["unparsable-as-miss"].to_dict(), both["parsed-only"].to_dict()
+    assert a.pop("policy") == "unparsable-as-miss" and b.pop("policy") == "parsed-only"
+    assert a == b
+
+
+def test_paper_row_fits_parsed_only_and_not_unparsable_as_miss():
+    # A published row: Real F1 76.6, Fake F1 79.8, accuracy 63.7 on 1,000 real + 1,000 fake.
+    n_real = n_fake = 1000
+    correct = 1274  # 63.7% of 2,000
+    # Under unparsable-as-miss even zero false positives cannot reach both F1s: F1 <= 2r / (r + 1)
+    # with r = recall (precision <= 1), and the two recalls share the 1,274 correct answers.
+    reachable = [rr for rr in range(correct - n_fake, n_real + 1)
+                 if 2 * rr / (rr + n_real) >= 0.766 and 2 * (correct - rr) / (correct - rr + n_fake) >= 0.798]
+    assert reachable == []
+    # Under parsed-only a confusion with 373 unparsable answers reproduces it (to 0.1 points).
+    rr, ff, rf, fr = 577, 697, 176, 177
+    gold = ["real"] * n_real + ["fake"] * n_fake
+    pred = (["real"] * rr + ["fake"] * rf + [None] * (n_real - rr - rf)
+            + ["real"] * fr + ["fake"] * ff + [None] * (n_fake - fr - ff))
+    parsed = detection_report(gold, pred, policy="parsed-only")
+    assert (parsed.real_f1, parsed.fake_f1, parsed.accuracy) == pytest.approx((0.766, 0.798, 0.637), abs=5e-4)
+    miss = detection_report(gold, pred)
+    assert miss.accuracy == parsed.accuracy and miss.n_unparsable == 373
+    assert miss.real_f1 < 0.70 and miss.fake_f1 < 0.78
+
+
+def test_breakdown_under_parsed_only():
+    gold, pred, _ = _random_rows(8, n=60, p_none=0.3)
+    source = [["sd", "flux"][i % 2] for i in range(60)]
+    parts = detection_breakdown(gold, pred, source, policy="parsed-only")
+    idx = [i for i in range(60) if source[i] == "sd"]
+    assert parts["sd"] == detection_report([gold[i] for i in idx], [pred[i] for i in idx], policy="parsed-only")
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="policy 'parsed' is not an unparsable policy; use 'unparsable-as-miss'"):
+        detection_report(["real"], ["real"], policy="parsed")
+    with pytest.raises(ValueError, match="not an unparsable policy"):
+        detection_breakdown(["real"], ["real"], ["a"], policy="miss")

@@ -20,8 +20,15 @@ SCORE_CASES = [
     ("<Score>\n4\n</Score>", 4),
     # several tags: the last well-formed one counts
     ("<score>2</score> on reflection <score>4</score>", 4),
-    # the last tag is out of range: None, not the earlier valid one
-    ("<score>4</score> then <score>6</score>", None),
+    # the last *valid* tag counts: a later invalid tag does not hide an earlier answer
+    ("<score>4</score> then <score>6</score>", 4),
+    # a zero-shot model echoing the template's placeholder after its answer
+    ("<reasoning>r</reasoning>\n<score>4</score>\n<score>{integer score from 1 to 5}</score>", 4),
+    ("<score>2</score> <score>5</score> <score>{integer score from 1 to 5}</score>", 5),
+    # no valid tag at all stays unparsable
+    ("<score>{integer score from 1 to 5}</score> <score>7</score>", None),
+    # a valid tag inside the reasoning is still not an answer, even when the visible one is invalid
+    ("<reasoning><score>3</score></reasoning> <score>{integer score from 1 to 5}</score>", None),
     # a score quoted inside the judge's reasoning is not an answer
     ("<reasoning>The candidate wrote <score>5</score> itself.</reasoning>\n<score>2</score>", 2),
     ("<reasoning>The candidate wrote <score>5</score> itself.</reasoning>", None),
@@ -67,6 +74,7 @@ CHOICE_CASES = [
     ("<reasoning>x <answer>A</answer></reasoning>", None),
     ("<answer>A or B</answer>", None),
     ("<answer>{A_or_B}</answer>", None),
+    ("<answer>A</answer> <answer>{A_or_B}</answer>", "A"),
     ("<answer>Response A</answer>", None),
     ("<answer>C</answer>", None),
     ("A", None),
@@ -86,6 +94,7 @@ PREDICTION_CASES = [
     ("<answer>edited</answer>", "fake"),
     ("<answer>real</answer> wait <answer>fake</answer>", "fake"),
     ("<answer>real or fake</answer>", None),
+    ("<answer>fake</answer>\n<answer>{real or fake}</answer>", "fake"),
     ("<answer>probably fake</answer>", None),
     ("<answer>fak</answer>", None),
     ("The image is fake.", None),
@@ -106,6 +115,10 @@ def test_spans_point_at_the_value():
     text = "<answer>B</answer> and finally <answer>\nA</answer>"
     m = find_choice(text)
     assert m is not None and text[m.start : m.end] == "A" and m.start == text.rindex("A")
+    # the span is that of the valid tag, not of a later echoed placeholder
+    text = "<score>4</score> <score>{integer score from 1 to 5}</score>"
+    m = find_score(text)
+    assert m is not None and (m.start, m.end) == (7, 8) and text[m.start : m.end] == "4"
 
 
 def test_parse_reasoning():

@@ -5,8 +5,11 @@ Rules (DESIGN.md, "Parsing"):
 - tags are matched case-insensitively and may carry spaces (`< Score >`);
 - tags inside a closed `<reasoning>…</reasoning>` block are ignored, so a judge that quotes a
   candidate's `<score>5</score>` or `<answer>A</answer>` in its reasoning is not read as answering;
-- of the remaining well-formed tags the *last* one counts; if its content is not exactly one
-  allowed value (after trimming whitespace) the result is None: never a guess, never a default.
+- of the remaining well-formed tags the last *valid* one counts: a tag whose content is exactly
+  one allowed value after trimming whitespace. A later invalid tag (a zero-shot model echoing the
+  template's `<score>{integer score from 1 to 5}</score>` after its answer, an out-of-range
+  `<score>6</score>`) does not hide an earlier valid answer. No valid tag at all is None: never a
+  guess, never a default.
 
 `find_*` return the value and the span of the value in the text so that callers can locate the
 token that produced it (for the probability at the score position).
@@ -51,17 +54,14 @@ def _blank_reasoning(text: str) -> str:
 
 def _last_tag(text: str, pattern: re.Pattern[str], allowed: dict[str, str]) -> Match | None:
     visible = _blank_reasoning(text)
-    last = None
-    for last in pattern.finditer(visible):
-        pass
-    if last is None:
-        return None
-    body = last.group("body")
-    value = allowed.get(body.strip())
-    if value is None:
-        return None
-    start = last.start("body") + (len(body) - len(body.lstrip()))
-    return Match(value=value, start=start, end=start + len(body.strip()))
+    found = None
+    for tag in pattern.finditer(visible):
+        body = tag.group("body")
+        value = allowed.get(body.strip())
+        if value is not None:
+            start = tag.start("body") + (len(body) - len(body.lstrip()))
+            found = Match(value=value, start=start, end=start + len(body.strip()))
+    return found
 
 
 _SCORE_VALUES = {str(k): str(k) for k in range(1, 6)}
@@ -75,21 +75,21 @@ _LABEL_VALUES = {
 
 
 def find_score(text: str | None) -> Match | None:
-    """The last `<score>N</score>` outside reasoning, N an ASCII digit 1..5."""
+    """The last valid `<score>N</score>` outside reasoning, N an ASCII digit 1..5."""
     if not text:
         return None
     return _last_tag(text, _SCORE, _SCORE_VALUES)
 
 
 def find_choice(text: str | None) -> Match | None:
-    """The last `<answer>A|B</answer>` outside reasoning."""
+    """The last valid `<answer>A|B</answer>` outside reasoning."""
     if not text:
         return None
     return _last_tag(text, _ANSWER, _CHOICE_VALUES)
 
 
 def find_prediction(text: str | None) -> Match | None:
-    """The last `<answer>real|fake</answer>` outside reasoning ("edited" reads as fake)."""
+    """The last valid `<answer>real|fake</answer>` outside reasoning ("edited" reads as fake)."""
     if not text:
         return None
     return _last_tag(text, _ANSWER, _LABEL_VALUES)

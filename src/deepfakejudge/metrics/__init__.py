@@ -16,15 +16,23 @@ from deepfakejudge.metrics.agreement import (
 from deepfakejudge.metrics.bootstrap import BootstrapCI, bootstrap_ci, bootstrap_cis
 from deepfakejudge.metrics.detection import (
     ECE_BINS,
+    PARSED_ONLY,
+    POLICIES,
+    UNPARSABLE_AS_MISS,
     DetectionMetrics,
     ProbabilityMetrics,
     ReliabilityBin,
     detection_breakdown,
+    detection_policies,
     detection_report,
+    with_policy,
 )
 
 __all__ = [
     "ECE_BINS",
+    "PARSED_ONLY",
+    "POLICIES",
+    "UNPARSABLE_AS_MISS",
     "BootstrapCI",
     "DetectionMetrics",
     "PairwiseAccuracy",
@@ -36,8 +44,10 @@ __all__ = [
     "bootstrap_cis",
     "cohen_kappa",
     "detection_breakdown",
+    "detection_policies",
     "detection_report",
     "krippendorff_alpha",
     "pairwise_accuracy",
     "pointwise_agreement",
+    "with_policy",
 ]

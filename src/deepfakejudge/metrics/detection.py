@@ -2,10 +2,17 @@
 
 Definitions (DESIGN.md, "Metric definitions"):
 - Gold labels are "real", "fake" or "edited"; "edited" counts as fake.
-- Predictions are "real", "fake" or None (unparsable). Accuracy counts None as wrong. Real F1
-  and Fake F1 are per-class F1 where None is a miss (false negative) for the true class and a
-  prediction of neither class (no false positive anywhere). This equals sklearn's
+- Predictions are "real", "fake" or None (unparsable). Accuracy is over all items and counts
+  None as wrong, under both policies below.
+- Unparsable policy `"unparsable-as-miss"` (the headline): Real F1 and Fake F1 are per-class F1
+  where None is a miss (false negative) for the true class and a prediction of neither class (no
+  false positive anywhere). This equals sklearn's
   `f1_score(gold, pred, labels=["real", "fake"], average=None)` with None mapped to a third label.
+  It does not reward refusing to answer.
+- Unparsable policy `"parsed-only"`: precision, recall and F1 over the items with a parsed answer
+  only (sklearn's `f1_score` on the rows where pred is not None); accuracy still over all items.
+  This is what published figures whose F1s exceed their accuracy by far fit (a model that refuses
+  often keeps high F1s).
 - F1 is 2·TP / (2·TP + FP + FN); precision TP / (TP + FP); recall TP / (TP + FN). A figure whose
   denominator is 0 is None (undefined), not 0. Macro F1 is the mean of the two, None if either is.
 
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +46,9 @@ from scipy.stats import rankdata
 from deepfakejudge.metrics._common import Result, as_items, check_aligned, float_array, is_number, ratio, show
 
 GOLD_LABELS: tuple[str, ...] = ("real", "fake", "edited")
+UNPARSABLE_AS_MISS = "unparsable-as-miss"
+PARSED_ONLY = "parsed-only"
+POLICIES: tuple[str, ...] = (UNPARSABLE_AS_MISS, PARSED_ONLY)  # the first is the headline
 PREDICTIONS: tuple[str, ...] = ("real", "fake")
 ECE_BINS = 15
 _GOLD_SET = frozenset(GOLD_LABELS)
@@ -74,7 +84,9 @@ class ProbabilityMetrics(Result):
 class DetectionMetrics(Result):
     """Real/fake detection figures. `confusion[g][p]`: gold g in (real, fake) × pred p in
     (real, fake, none). `n_fake` counts edited images too; `n_edited` is the edited part of it.
-    `probability` is None unless p_fake was given."""
+    `policy` says how unparsable answers enter precision, recall and F1 (see the module doc);
+    counts, confusion and accuracy do not depend on it. `probability` is None unless p_fake was
+    given."""
 
     n: int
     n_real: int
@@ -92,6 +104,7 @@ class DetectionMetrics(Result):
     unparsable_rate: float
     confusion: tuple[tuple[int, int, int], tuple[int, int, int]]
     probability: ProbabilityMetrics | None = None
+    policy: str = UNPARSABLE_AS_MISS
 
 
 def _within(items: list[Any], allowed: frozenset) -> bool:
@@ -145,16 +158,69 @@ def _f1(tp: int, fp: int, fn: int) -> float | None:
     return ratio(2 * tp, 2 * tp + fp + fn)
 
 
+def check_policy(policy: str) -> str:
+    """`policy` if it names an unparsable policy; ValueError naming the choices otherwise."""
+    if policy not in POLICIES:
+        raise ValueError(
+            f"policy {policy!r} is not an unparsable policy; use {UNPARSABLE_AS_MISS!r} (an unparsable "
+            f"answer is a miss in both F1s) or {PARSED_ONLY!r} (F1 over parsed answers only)"
+        )
+    return policy
+
+
+def class_figures(
+    confusion: tuple[tuple[int, int, int], tuple[int, int, int]], policy: str = UNPARSABLE_AS_MISS
+) -> dict[str, float | None]:
+    """Precision, recall and F1 per class (and macro F1) from a confusion matrix
+    ((rr, rf, rn), (fr, ff, fn)): gold real × pred (real, fake, none), then gold fake."""
+    (rr, rf, rn), (fr, ff, fn_) = confusion
+    if check_policy(policy) == PARSED_ONLY:
+        rn = fn_ = 0  # unparsable answers leave the F1s entirely
+    # real: TP = rr, FP = fr (fake called real), FN = rf + rn (missed real, "none" included)
+    # fake: TP = ff, FP = rf, FN = fr + fn_
+    real_f1 = _f1(rr, fr, rf + rn)
+    fake_f1 = _f1(ff, rf, fr + fn_)
+    return {
+        "real_precision": ratio(rr, rr + fr),
+        "real_recall": ratio(rr, rr + rf + rn),
+        "real_f1": real_f1,
+        "fake_precision": ratio(ff, ff + rf),
+        "fake_recall": ratio(ff, fr + ff + fn_),
+        "fake_f1": fake_f1,
+        "macro_f1": None if real_f1 is None or fake_f1 is None else (real_f1 + fake_f1) / 2,
+    }
+
+
+def with_policy(m: DetectionMetrics, policy: str) -> DetectionMetrics:
+    """`m` with its precision, recall and F1 recomputed under `policy` (no rescan of the rows)."""
+    return replace(m, policy=policy, **class_figures(m.confusion, policy))
+
+
+def detection_policies(
+    gold: Sequence[str],
+    pred: Sequence[str | None],
+    p_fake: Sequence[float | None] | None = None,
+) -> dict[str, DetectionMetrics]:
+    """`detection_report` under every unparsable policy, headline first, keyed by policy name."""
+    headline = detection_report(gold, pred, p_fake)
+    return {policy: with_policy(headline, policy) for policy in POLICIES}
+
+
 def detection_report(
     gold: Sequence[str],
     pred: Sequence[str | None],
     p_fake: Sequence[float | None] | None = None,
+    *,
+    policy: str = UNPARSABLE_AS_MISS,
 ) -> DetectionMetrics:
-    """Detection figures for aligned gold labels and predictions (and optionally p_fake).
+    """Detection figures for aligned gold labels and predictions (and optionally p_fake), with
+    unparsable answers (None) entering the F1s as `policy` says ("unparsable-as-miss", the
+    headline, or "parsed-only").
 
-    Raises ValueError on mismatched lengths, empty input, an unknown gold label or prediction,
-    or a probability outside [0, 1].
+    Raises ValueError on an unknown policy, mismatched lengths, empty input, an unknown gold label
+    or prediction, or a probability outside [0, 1].
     """
+    check_policy(policy)
     gold = as_items("gold", gold)
     pred = as_items("pred", pred)
     check_aligned("gold", gold, "pred", pred)
@@ -169,10 +235,7 @@ def detection_report(
     rr, rf, rn, fr, ff, fn_ = (int(c) for c in cells)  # gold real × (real, fake, none), then gold fake
     n = len(gold)
     n_unparsable = rn + fn_
-    # real: TP = rr, FP = fr (fake called real), FN = rf + rn (missed real, "none" included)
-    # fake: TP = ff, FP = rf, FN = fr + fn_
-    real_f1 = _f1(rr, fr, rf + rn)
-    fake_f1 = _f1(ff, rf, fr + fn_)
+    confusion = ((rr, rf, rn), (fr, ff, fn_))
 
     probability = None
     if p_fake is not None:
@@ -189,17 +252,12 @@ def detection_report(
         n_fake=fr + ff + fn_,
         n_edited=int(np.sum(gold_arr == "edited")),
         accuracy=(rr + ff) / n,
-        real_precision=ratio(rr, rr + fr),
-        real_recall=ratio(rr, rr + rf + rn),
-        real_f1=real_f1,
-        fake_precision=ratio(ff, ff + rf),
-        fake_recall=ratio(ff, fr + ff + fn_),
-        fake_f1=fake_f1,
-        macro_f1=None if real_f1 is None or fake_f1 is None else (real_f1 + fake_f1) / 2,
+        **class_figures(confusion, policy),
         n_unparsable=n_unparsable,
         unparsable_rate=n_unparsable / n,
-        confusion=((rr, rf, rn), (fr, ff, fn_)),
+        confusion=confusion,
         probability=probability,
+        policy=policy,
     )
 
 
@@ -208,6 +266,8 @@ def detection_breakdown(
     pred: Sequence[str | None],
     groups: Sequence[Hashable],
     p_fake: Sequence[float | None] | None = None,
+    *,
+    policy: str = UNPARSABLE_AS_MISS,
 ) -> dict[Hashable, DetectionMetrics]:
     """`detection_report` per group (e.g. each row's source, or its gold label for the
     real / t2i / edited breakdown), in order of first appearance.
@@ -218,6 +278,7 @@ def detection_breakdown(
     gold = as_items("gold", gold)
     pred = as_items("pred", pred)
     groups = as_items("groups", groups)
+    check_policy(policy)
     check_aligned("gold", gold, "groups", groups)
     check_aligned("gold", gold, "pred", pred)
     p_list = None if p_fake is None else as_items("p_fake", p_fake)
@@ -231,6 +292,7 @@ def detection_breakdown(
             [gold[i] for i in idx],
             [pred[i] for i in idx],
             None if p_list is None else [p_list[i] for i in idx],
+            policy=policy,
         )
         for key, idx in members.items()
     }
