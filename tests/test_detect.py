@@ -178,6 +178,30 @@ def test_score_cli_hand_computed(tmp_path, capsys):
     assert "| all | 7 | 40.0 [" in table and "| 2 (28.6%) |" in table and "| 0.667 [" in table
 
 
+def test_score_reports_both_unparsable_policies(tmp_path, capsys):
+    gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
+    pred = write_jsonl(tmp_path / "pred.jsonl", PRED)
+    argv = ["detect", "score", "--pred", str(pred), "--data", str(gold), "--n-resamples", "200"]
+    assert main(argv + ["--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["policy"] == "unparsable-as-miss" and list(s["policies"]) == ["unparsable-as-miss", "parsed-only"]
+    miss, parsed = s["policies"]["unparsable-as-miss"], s["policies"]["parsed-only"]
+    assert (miss["real_f1"], miss["fake_f1"]) == pytest.approx((2 / 5, 4 / 7))  # as the headline
+    # parsed-only, 5 parsed rows: real TP 1, FP 1, FN 1 -> 2/4; fake TP 2, FP 1, FN 1 -> 4/6
+    assert (parsed["real_f1"], parsed["fake_f1"], parsed["macro_f1"]) == pytest.approx((1 / 2, 2 / 3, 7 / 12))
+    assert parsed["accuracy"] == miss["accuracy"] == pytest.approx(3 / 7)  # over all 7 items
+    assert parsed["unparsable"] == miss["unparsable"] == 2
+    ci = parsed["ci"]["real_f1"]
+    assert ci["low"] <= 0.5 <= ci["high"] and ci["n_resamples"] == 200
+    # per group too: splice holds e1 (fake, right) and e2 (unparsable): parsed-only Fake F1 is 1
+    assert s["by_source"]["splice"]["parsed_only"]["fake_f1"] == 1.0
+    assert s["by_source"]["splice"]["fake_f1"] == pytest.approx(2 / 3)
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| unparsable-as-miss (headline) | 40.0 [" in table and "| parsed-only | 50.0 [" in table
+    assert "(2 unparsable of 7)" in table
+
+
 def test_bad_prediction_rows_are_named_counted_and_the_rest_scored(tmp_path, capsys):
     gold = write_jsonl(tmp_path / "gold.jsonl", GOLD)
     bad = [
@@ -231,6 +255,10 @@ def test_labels_carried_by_the_rows_and_comparison_table(tmp_path, capsys):
     assert "| CNN | 7 | 40.0 | 57.1 | 42.9 |" in table and "| Oracle | 7 | 100.0 | 100.0 | 100.0 |" in table
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("detector,n,real_f1,fake_f1,accuracy") and lines[2].startswith("Oracle,7,1.0,1.0,1.0")
+    # the parsed-only F1s close each row: CNN real 1/2, fake 2/3 over its 5 parsed answers
+    assert lines[0].endswith("parsed_only_real_f1,parsed_only_fake_f1,parsed_only_macro_f1")
+    assert lines[1].endswith(",0.5,0.6666666666666666,0.5833333333333333")
+    assert "| 50.0 | 66.7 |" in table.splitlines()[2]
 
 
 def test_score_without_gold_says_how_to_fix_it(tmp_path, capsys):

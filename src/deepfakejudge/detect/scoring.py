@@ -1,6 +1,9 @@
 """Score prediction files against gold labels: DFJ-Detect figures, CIs, breakdowns, tables.
 
-Definitions are those of `metrics.detection` (DESIGN.md, "Metric definitions"). Which rows count:
+Definitions are those of `metrics.detection`. Unparsable answers enter the F1s under two named
+policies, reported side by side: "unparsable-as-miss" (the headline: a miss for the true class,
+so refusing to answer is never rewarded) and "parsed-only" (F1 over parsed answers; accuracy over
+all items under both). Which rows count:
 - a prediction row whose id is in the gold set and that passed validation is scored;
 - a problem row (bad label, duplicate, id not in gold…) is excluded and counted;
 - a gold id without a usable prediction (no row, a run error, a problem row) is "missing": left
@@ -17,18 +20,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..metrics import (
+    PARSED_ONLY,
+    POLICIES,
+    UNPARSABLE_AS_MISS,
     BootstrapCI,
     DetectionMetrics,
     bootstrap_cis,
     detection_breakdown,
     detection_report,
+    with_policy,
 )
+from ..metrics.detection import check_policy, class_figures
 from ..records import RowError
 from ..tables import MISSING, markdown_table, num, pct
 from .predictions import Gold, PredictionFile
 
 KINDS = {"real": "real", "fake": "t2i", "edited": "edited"}  # gold label -> manipulation kind
 CI_FIGURES = ("accuracy", "real_f1", "fake_f1", "macro_f1", "unparsable_rate")
+POLICY_FIGURES = ("real_precision", "real_recall", "real_f1", "fake_precision", "fake_recall", "fake_f1", "macro_f1")
+PARSED_ONLY_CI = ("real_f1", "fake_f1", "macro_f1")  # CI keys "parsed_only_<figure>"
 PROB_FIGURES = ("roc_auc", "average_precision", "eer", "brier", "ece")
 
 
@@ -49,6 +59,19 @@ class DetectionScore:
     run_errors: tuple[RowError, ...]
     missing_as_unparsable: bool
 
+    def under(self, policy: str) -> DetectionMetrics:
+        """The overall figures under an unparsable policy ("unparsable-as-miss" is `metrics`)."""
+        return with_policy(self.metrics, check_policy(policy))
+
+    def ci_under(self, policy: str) -> dict[str, BootstrapCI]:
+        """The CIs of the F1s and accuracy under `policy`, keyed by figure name."""
+        if check_policy(policy) == UNPARSABLE_AS_MISS:
+            return {k: v for k, v in self.ci.items() if k in ("accuracy", "real_f1", "fake_f1", "macro_f1")}
+        out = {k: self.ci[f"parsed_only_{k}"] for k in PARSED_ONLY_CI if f"parsed_only_{k}" in self.ci}
+        if "accuracy" in self.ci:
+            out["accuracy"] = self.ci["accuracy"]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         m = self.metrics
         out: dict[str, Any] = {
@@ -64,6 +87,12 @@ class DetectionScore:
             "unparsable_rate": m.unparsable_rate,
         }
         out.update(m.to_dict())
+        out["policies"] = {
+            policy: {"accuracy": m.accuracy, **{k: getattr(self.under(policy), k) for k in POLICY_FIGURES},
+                     "unparsable": m.n_unparsable,
+                     "ci": {k: v.to_dict() for k, v in self.ci_under(policy).items()}}
+            for policy in POLICIES
+        }
         out["confusion"] = {
             gold: dict(zip(("real", "fake", "none"), row)) for gold, row in zip(("real", "fake"), m.confusion)
         }
@@ -85,6 +114,8 @@ def _brief(m: DetectionMetrics) -> dict[str, Any]:
     d = m.to_dict()
     out = {k: d[k] for k in keys}
     out["unparsable"] = out.pop("n_unparsable")
+    parsed = class_figures(m.confusion, PARSED_ONLY)
+    out["parsed_only"] = {k: parsed[k] for k in ("real_f1", "fake_f1", "macro_f1")}
     if m.probability is not None:
         out["roc_auc"] = m.probability.roc_auc
     return out
@@ -93,6 +124,8 @@ def _brief(m: DetectionMetrics) -> dict[str, Any]:
 def _ci_figures(gold: Sequence[str], pred: Sequence[str | None], p_fake: Sequence[float | None] | None) -> dict[str, Any]:
     m = detection_report(gold, pred, p_fake)
     out = {k: getattr(m, k) for k in CI_FIGURES}
+    parsed = class_figures(m.confusion, PARSED_ONLY)  # same resample, other policy: no second pass
+    out.update({f"parsed_only_{k}": parsed[k] for k in PARSED_ONLY_CI})
     if m.probability is not None:
         out.update({k: getattr(m.probability, k) for k in PROB_FIGURES})
     return out
@@ -190,10 +223,21 @@ def score_markdown(score: DetectionScore) -> str:
             rows.append([f"{prefix}: {key}", g.n, f1[0], f1[1], pct(g.accuracy), f1[2], str(g.n_unparsable)])
     parts = [
         f"Detection: {score.name} ({score.pred}) vs {score.gold}. F1 and accuracy in %, "
-        f"95% bootstrap CI ({_n_resamples(ci)} resamples) in brackets; unparsable answers count as wrong; "
+        f"95% bootstrap CI ({_n_resamples(ci)} resamples) in brackets; unparsable answers count as misses "
+        f"in both F1s and as wrong in accuracy (policy {UNPARSABLE_AS_MISS}); "
         "per kind and source F1 only where both classes occur.",
         "",
         markdown_table(head, rows),
+        "",
+        f"Unparsable policies ({m.n_unparsable} unparsable of {m.n}): {UNPARSABLE_AS_MISS} (headline) counts "
+        f"an unparsable answer as a miss for its true class; {PARSED_ONLY} computes the F1s over the "
+        f"{m.n - m.n_unparsable} parsed answers only. Accuracy is over all items under both.",
+        "",
+        markdown_table(["policy", "Real F1", "Fake F1", "Overall Acc.", "Macro F1", "Unparsable"],
+                       [[policy + (" (headline)" if policy == UNPARSABLE_AS_MISS else ""),
+                         *(_with_ci(getattr(score.under(policy), k), score.ci_under(policy).get(k))
+                           for k in ("real_f1", "fake_f1", "accuracy", "macro_f1")),
+                         m.n_unparsable] for policy in POLICIES]),
     ]
     (rr, rf, rn), (fr, ff, fn) = m.confusion
     parts += ["", markdown_table(["gold \\ predicted", "real", "fake", "unparsable"],
@@ -219,32 +263,41 @@ def _n_resamples(ci: Mapping[str, BootstrapCI]) -> int:
 
 
 COMPARE_COLUMNS = ("detector", "n", "real_f1", "fake_f1", "accuracy", "macro_f1", "unparsable",
-                   "acc_real", "acc_t2i", "acc_edited", "roc_auc")
+                   "acc_real", "acc_t2i", "acc_edited", "roc_auc",
+                   "parsed_only_real_f1", "parsed_only_fake_f1", "parsed_only_macro_f1")
 
 
 def compare_rows(scores: Sequence[DetectionScore]) -> list[dict[str, Any]]:
-    """One row per detector (figures as fractions, None where undefined)."""
+    """One row per detector (figures as fractions, None where undefined). The F1s are those of
+    the headline policy (unparsable-as-miss); `parsed_only_*` are those of parsed-only."""
     out = []
     for s in scores:
         m = s.metrics
+        parsed = s.under(PARSED_ONLY)
         out.append({
             "detector": s.name, "n": m.n, "real_f1": m.real_f1, "fake_f1": m.fake_f1,
             "accuracy": m.accuracy, "macro_f1": m.macro_f1, "unparsable": m.n_unparsable,
             **{f"acc_{k}": (s.by_kind[k].accuracy if k in s.by_kind else None) for k in ("real", "t2i", "edited")},
             "roc_auc": m.probability.roc_auc if m.probability else None,
+            **{f"parsed_only_{k}": getattr(parsed, k) for k in ("real_f1", "fake_f1", "macro_f1")},
         })
     return out
 
 
 def compare_markdown(scores: Sequence[DetectionScore]) -> str:
     """The paper's DFJ-Detect layout (Model | Real F1 | Fake F1 | Overall Acc., in %), extended
-    with macro F1, unparsable answers, accuracy per kind and ROC-AUC."""
+    with macro F1, unparsable answers, accuracy per kind, ROC-AUC and the F1s under parsed-only."""
     head = ["Model", "n", "Real F1", "Fake F1", "Overall Acc.", "Macro F1", "Unparsable",
-            "Acc. real", "Acc. t2i", "Acc. edited", "ROC-AUC"]
+            "Acc. real", "Acc. t2i", "Acc. edited", "ROC-AUC", "Real F1 (parsed-only)", "Fake F1 (parsed-only)"]
     rows = [[r["detector"], r["n"], pct(r["real_f1"]), pct(r["fake_f1"]), pct(r["accuracy"]), pct(r["macro_f1"]),
-             r["unparsable"], pct(r["acc_real"]), pct(r["acc_t2i"]), pct(r["acc_edited"]), num(r["roc_auc"])]
+             r["unparsable"], pct(r["acc_real"]), pct(r["acc_t2i"]), pct(r["acc_edited"]), num(r["roc_auc"]),
+             pct(r["parsed_only_real_f1"]), pct(r["parsed_only_fake_f1"])]
             for r in compare_rows(scores)]
-    return markdown_table(head, rows)
+    return "\n".join([
+        markdown_table(head, rows), "",
+        f"F1 in % under {UNPARSABLE_AS_MISS} (an unparsable answer is a miss for its true class; the headline) "
+        f"and, in the last two columns, under {PARSED_ONLY} (F1 over parsed answers only); accuracy over all items.",
+    ])
 
 
 def compare_csv(scores: Sequence[DetectionScore]) -> str:
