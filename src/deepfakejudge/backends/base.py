@@ -23,13 +23,16 @@ class ChatRequest:
     """One user turn: `image` first, then `text`; `prefix` is prefilled assistant text.
 
     `image_key` identifies the image's content (a hash of its bytes) so that backends may cache
-    per-image work; it is optional.
+    per-image work; it is optional. `image_bytes` is the file the image was decoded from (its
+    SHA-256 is `image_key`), where known: a remote backend may send it as is, or ship it to a
+    worker process instead of the decoded pixels.
     """
 
     text: str
     image: Image.Image | None = None
     prefix: str = ""
     image_key: str | None = None
+    image_bytes: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ class GenerationConfig:
     # replaced only by an output that parses. 0 (the default) keeps every run greedy.
     reasks: int = 0
     reask_temperature: float = 0.7
+    # The answer tag ("score", "choice" or "prediction") after which a sequence may stop: its
+    # later tokens are never read (backends/stopping.py). Engines that cannot stop on it (remote
+    # servers) generate to the end; the answer read is the same unless a second tag follows.
+    stop_at_answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,9 @@ class PixelBudget:
             )
 
 
+DECODINGS: tuple[str, ...] = ("checkpoint", "greedy")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load a local model: path or hub id, optional LoRA adapter, device and dtype."""
@@ -189,6 +199,10 @@ class LoadOptions:
     # calls per layer; "loop", transformers' call per window; "auto", grouped on GPU (where the
     # loop is launch-bound) and the loop on CPU (where a window's call is compute-bound already).
     vision_attention: str = "auto"
+    # "checkpoint": the model's own generation config (generation_config.json), as
+    # `model.generate(**inputs, max_new_tokens=N)` uses it; "greedy": plain argmax without the
+    # checkpoint's repetition penalty. Local backends only: a server applies its own defaults.
+    decoding: str = "checkpoint"
     remote: RemoteOptions = field(default_factory=lambda: RemoteOptions())
 
 
@@ -209,6 +223,10 @@ class RemoteOptions:
     prefill: str = "auto"  # auto | on | off: continue a prefilled assistant message
     backoff_base: float = 0.5  # seconds; doubled per retry, with jitter, capped at backoff_cap
     backoff_cap: float = 30.0
+    # How images travel: "png", resized here to the budget (exact with any server); "original",
+    # the file's bytes, for a server that resizes with the same budget (backends/image_payload.py).
+    image_transport: str = "png"
+    image_workers: int | None = None  # processes preparing images; None: one per core, 0: in-process
 
     def __post_init__(self) -> None:
         for name, low in (("concurrency", 1), ("max_retries", 0), ("top_logprobs", 1)):
@@ -218,3 +236,7 @@ class RemoteOptions:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.prefill not in ("auto", "on", "off"):
             raise ValueError(f"--prefill must be auto, on or off, got {self.prefill!r}")
+        if self.image_transport not in ("png", "original"):
+            raise ValueError(f"--image-transport must be png or original, got {self.image_transport!r}")
+        if self.image_workers is not None and self.image_workers < 0:
+            raise ValueError(f"--image-workers must be >= 0 (0: prepare images in this process), got {self.image_workers}")

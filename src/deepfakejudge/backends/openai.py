@@ -1,8 +1,11 @@
 """OpenAI-compatible HTTP backend: vLLM, SGLang, `dfj serve`, OpenAI, Gemini, Ollama.
 
-One chat completion per request: the image goes as a base64 PNG data URL, resized first to the
-pixel budget with Qwen's rule (so a Qwen server sees exactly the pixels the local backend would
-feed the model), then the text. Requests run concurrently on an asyncio loop in a background
+One chat completion per request: the image goes as a base64 data URL, then the text. By default
+(`--image-transport png`) the image is resized first to the pixel budget with Qwen's rule and
+sent as lossless PNG, so a Qwen server sees exactly the pixels the local backend would feed the
+model; `--image-transport original` sends the file's own bytes for a server that resizes with
+the same budget itself. Each image is prepared once per run, in worker processes, never on the
+event loop (`image_payload.py`). Requests run concurrently on an asyncio loop in a background
 thread, at most `concurrency` in flight; 429, 5xx, timeouts and dropped connections are retried
 with exponential backoff and jitter, honouring Retry-After. What happens when retries run out:
 
@@ -28,9 +31,7 @@ written to results, logs or caches.
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
-import io
 import json
 import logging
 import math
@@ -38,7 +39,6 @@ import os
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -58,6 +58,7 @@ from .base import (
     TokenStep,
     raise_failures,
 )
+from .image_payload import ImagePreparer, json_body, png_data_url
 
 log = logging.getLogger("deepfakejudge.backends.openai")
 
@@ -96,13 +97,7 @@ def smart_resize(height: int, width: int, budget: PixelBudget, factor: int = FAC
 
 def encode_image(image: Image.Image, budget: PixelBudget) -> str:
     """A PNG data URL of `image` resized (bicubic, as Qwen's image processor) to the budget."""
-    rgb = image.convert("RGB")
-    height, width = smart_resize(rgb.height, rgb.width, budget)
-    if (width, height) != rgb.size:
-        rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_data_url(image, budget).decode("ascii")
 
 
 def heal_split(prefix: str, choices: Sequence[str]) -> tuple[str, str]:
@@ -259,8 +254,9 @@ class OpenAIBackend(Backend):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._rng = random.Random(0)
-        self._images: OrderedDict[str, str] = OrderedDict()  # image_key -> data URL (pairs share images)
-        self._images_lock = threading.Lock()
+        # Data URLs, prepared once per image in worker processes and shared by every backend of
+        # the process (pairs, detectors and bootstrap's roles share images).
+        self._prepare = ImagePreparer(self.budget, remote.image_transport, remote.image_workers)
         self._notices: set[str] = set()
         self._send_logprobs = True
         self._choice_refusal: str | None = None  # why choice probabilities cannot be read here
@@ -346,7 +342,8 @@ class OpenAIBackend(Backend):
     ) -> dict[str, Any]:
         try:
             async with self._slots:
-                response = await self._client.request(method, url, json=payload)
+                body = None if payload is None else json_body(payload)
+                response = await self._client.request(method, url, content=body)
         except httpx.TimeoutException as exc:
             raise _Retryable("timeout", f"timed out after {self.remote.timeout:g} s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
@@ -378,26 +375,22 @@ class OpenAIBackend(Backend):
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _image_url(self, request: ChatRequest) -> str:
-        assert request.image is not None
-        key = request.image_key
-        if key is not None:
-            with self._images_lock:
-                if key in self._images:
-                    self._images.move_to_end(key)
-                    return self._images[key]
-        url = encode_image(request.image, self.budget)
-        if key is not None:
-            with self._images_lock:
-                self._images[key] = url
-                while len(self._images) > 64:
-                    self._images.popitem(last=False)
-        return url
+    async def _image_url(self, request: ChatRequest) -> bytes | None:
+        """The request's image as a data URL (ASCII bytes, spliced into the body by `json_body`),
+        awaited while the image is prepared elsewhere; a failure is this request's BackendError."""
+        if request.image is None:
+            return None
+        try:
+            return await asyncio.wrap_future(self._prepare.url(request))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever preparing this image raised costs its row only
+            raise BackendError(f"image: cannot prepare it for sending ({type(exc).__name__}: {exc})") from None
 
-    def _messages(self, request: ChatRequest, prefix: str) -> list[dict[str, Any]]:
+    def _messages(self, request: ChatRequest, prefix: str, image_url: bytes | None) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = []
-        if request.image is not None:
-            content.append({"type": "image_url", "image_url": {"url": self._image_url(request)}})
+        if image_url is not None:
+            content.append({"type": "image_url", "image_url": {"url": image_url}})
         content.append({"type": "text", "text": request.text})
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if prefix:
@@ -405,10 +398,10 @@ class OpenAIBackend(Backend):
         return messages
 
     def _payload(self, request: ChatRequest, prefix: str, max_tokens: int, temperature: float,
-                 seed: int, top_logprobs: int) -> dict[str, Any]:
+                 seed: int, top_logprobs: int, image_url: bytes | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.options.model,
-            "messages": self._messages(request, prefix),
+            "messages": self._messages(request, prefix, image_url),
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
@@ -460,7 +453,7 @@ class OpenAIBackend(Backend):
 
     async def _generate_one(self, request: ChatRequest, config: GenerationConfig) -> Generation:
         payload = self._payload(request, request.prefix, config.max_new_tokens, config.temperature,
-                                config.seed, config.top_logprobs)
+                                config.seed, config.top_logprobs, await self._image_url(request))
         choice, usage = await self._complete(payload)
         message = choice.get("message") or {}
         text = message.get("content") or ""
@@ -490,7 +483,8 @@ class OpenAIBackend(Backend):
         without them, which would read as "no probability on any choice"."""
         if self._choice_refusal is not None:  # refused before: the same answer without a call
             raise BackendError(self._choice_refusal)
-        payload = self._payload(request, context, 1, 0.0, 0, self.remote.top_logprobs)
+        payload = self._payload(request, context, 1, 0.0, 0, self.remote.top_logprobs,
+                                await self._image_url(request))
         if "logprobs" not in payload:
             raise BackendError(self._logprobs_refused(payload, "an earlier request was refused them"))
         choice, _ = await self._complete(payload, degrade=False)
@@ -573,7 +567,9 @@ class OpenAIBackend(Backend):
             "top_logprobs": self.remote.top_logprobs,
             "min_pixels": self.budget.min_pixels,
             "max_pixels": self.budget.max_pixels,
-            "image_format": "png",
+            # The transport that ran (a cached answer is only reused for the same one): "png",
+            # resized here; "original", the file's bytes, resized by the server.
+            "image_format": self._prepare.transport,
         }
 
     def close(self) -> None:

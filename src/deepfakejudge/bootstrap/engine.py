@@ -276,8 +276,10 @@ class Engine:
             assert tried.response is not None
             text = p.evaluate_text(sample, tried.response, size)
             prefix = SCORE_ONLY_PREFIX if self.calls.evaluator_mode == "score-only" else ""
-            return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256)
-        return ChatRequest(text=text, image=image.image, image_key=image.sha256)
+            return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
+                               image_bytes=image.data or None)
+        return ChatRequest(text=text, image=image.image, image_key=image.sha256,
+                           image_bytes=image.data or None)
 
     # -- calls -----------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..backends import BACKENDS, Backend, LoadOptions, PixelBudget, RemoteOptions, load_backend
-from ..backends.base import MAX_PIXELS, MIN_PIXELS
+from ..backends.base import DECODINGS, MAX_PIXELS, MIN_PIXELS
 from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..data.images import MAX_IMAGE_PIXELS
 
@@ -29,6 +29,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default: the adapter's training budget, else {MAX_PIXELS})")
     g.add_argument("--vision-cache-mb", type=int, default=1024,
                    help="keep visual embeddings of up to this many MB so each image is encoded once (hf backend; 0: off)")
+    g.add_argument("--decoding", default="checkpoint", choices=DECODINGS,
+                   help="checkpoint: the model's generation_config.json, as model.generate uses it and the released "
+                        "judges were run (Qwen: top_k=1, repetition_penalty=1.05); greedy: plain argmax, no "
+                        "repetition penalty (hf backend; a remote server applies its own defaults)")
     add_remote_options(p)
 
 
@@ -49,6 +53,12 @@ def add_remote_options(p: argparse.ArgumentParser, reasks: int = 0) -> None:
     r.add_argument("--prefill", choices=("auto", "on", "off"), default="auto",
                    help="continue a prefilled assistant message (needed by --mode score-only); auto: on for vLLM, "
                         "SGLang and dfj serve, detected from /v1/models")
+    r.add_argument("--image-transport", choices=("png", "original"), default="png",
+                   help="png (default): images resized here to the pixel budget, sent as lossless PNG, exact with any "
+                        "server; original: the files' own bytes (~5x less data for JPEG), exact only when the server "
+                        "resizes with the same --min-pixels/--max-pixels (see docs/remote-and-serve.md)")
+    r.add_argument("--image-workers", type=int, default=None, metavar="N",
+                   help="processes preparing images, each image once per run (default: one per core; 0: in this process)")
     c = p.add_argument_group("request cache and re-asks")
     c.add_argument("--cache", default=None, metavar="PATH",
                    help="SQLite request cache: a rerun costs no model call for what it holds (default for --backend "
@@ -60,7 +70,11 @@ def add_remote_options(p: argparse.ArgumentParser, reasks: int = 0) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
-    g.add_argument("--data", required=True, help="dataset: canonical or ms-swift JSONL, or a split folder with data.jsonl")
+    g.add_argument("--data", required=True,
+                   help="dataset: canonical or ms-swift JSONL, a split folder with data.jsonl, or a split name of the "
+                        "released data (e.g. dfj-meta/pointwise/test; see dfj data fetch)")
+    add_data_root_option(g)
+    add_image_root_option(g)
     g.add_argument("--out", required=True, help="results JSONL (resumed if it exists; summary written beside it)")
     g.add_argument("--batch-size", type=int, default=8, help="items per model call (default 8)")
     g.add_argument("--limit", type=int, default=None, help="only the first N items of the data (smoke runs; a resumed run stops at the same N)")
@@ -73,6 +87,37 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
 
 
+def add_image_root_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="also read images from under DIR (repeatable); by default images are read only from "
+                        "inside the data file's folder (symlinks resolved), anything else is an error row")
+
+
+def add_data_root_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="folder that split names are resolved under (default: $DFJ_DATA, else the folder "
+                        "`dfj data fetch` downloads to)")
+
+
+# Arguments that name a dataset, and so may be a split name of the released data.
+DATA_ARGS = ("data", "gold", "pointwise_gold")
+
+
+def expand_split_names(args: argparse.Namespace) -> None:
+    """With --data-root, turn split names in the dataset arguments into their files under it
+    (without it, `resolve_data_path` looks names up under $DFJ_DATA or the default folder)."""
+    from ..data.reader import resolve_data_path
+    from ..data.splits import is_split_name
+
+    root = getattr(args, "data_root", None)
+    if root is None:
+        return
+    for name in DATA_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not Path(value).exists() and is_split_name(value):
+            setattr(args, name, str(resolve_data_path(value, root)))
+
+
 def backend_from_args(args: argparse.Namespace) -> Backend:
     options = LoadOptions(
         model=args.model,
@@ -81,6 +126,7 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
         dtype=args.dtype,
         budget=pixel_budget(args),
         vision_cache_mb=args.vision_cache_mb,
+        decoding=getattr(args, "decoding", "checkpoint"),
         remote=RemoteOptions(
             base_url=args.base_url,
             api_key_env=args.api_key_env,
@@ -89,6 +135,8 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
             max_retries=args.max_retries,
             top_logprobs=args.top_logprobs,
             prefill=args.prefill,
+            image_transport=getattr(args, "image_transport", "png"),
+            image_workers=getattr(args, "image_workers", None),
         ),
     )
     path = cache_path(args)

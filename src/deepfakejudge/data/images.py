@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +31,7 @@ MAX_IMAGE_PIXELS = 89_478_485
 class LoadedImage:
     image: Image.Image  # RGB, fully decoded
     sha256: str  # of the file's bytes: identifies the content for caches
+    data: bytes = field(default=b"", repr=False, compare=False)  # the file's bytes (remote backends send them)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -55,28 +60,96 @@ def _decode(path: Path, mtime_ns: int, size: int, max_image_pixels: int) -> Load
         data = path.read_bytes()
     except OSError as exc:
         raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
-    with warnings.catch_warnings():
+    try:
+        rgb = decode_bytes(data, max_image_pixels)
+    except ImageTooLarge as exc:
+        raise InputError(
+            "image",
+            f"{path}: {exc} (decompression-bomb guard; raise --max-image-pixels if the image is genuine)",
+        ) from None
+    except ImageUnreadable as exc:
+        raise InputError("image", f"{path}: {exc}") from None
+    return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest(), data=data)
+
+
+class ImageTooLarge(ValueError):
+    """More pixels than the caller's limit; nothing was decoded."""
+
+    def __init__(self, width: int | None, height: int | None, limit: int) -> None:
+        size = f"{width}x{height} = {width * height} pixels" if width and height else "a frame or tile"
+        super().__init__(f"{size} exceeds the limit of {limit}")
+        self.width, self.height, self.limit = width, height, limit
+
+
+class ImageUnreadable(ValueError):
+    """Bytes that are not a decodable image (empty, unknown format, truncated, corrupt)."""
+
+
+def decode_bytes(data: bytes, max_image_pixels: int) -> Image.Image:
+    """`data` decoded to RGB, refusing images over `max_image_pixels` before decoding them.
+
+    Our limit governs, not PIL's global one (which refuses above ~179 MP whatever the caller
+    asked): see `pil_pixel_limit`. Messages never carry PIL's object reprs.
+    """
+    if not data:
+        raise ImageUnreadable("the file is empty (0 bytes), not an image")
+    with warnings.catch_warnings(), pil_pixel_limit(max_image_pixels):
         # PIL only warns between 1x and 2x its limit; we refuse at our own limit instead.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_image_pixels:
-                raise InputError(
-                    "image",
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                    f"{max_image_pixels} (decompression-bomb guard; raise --max-image-pixels if the "
-                    "image is genuine)",
-                )
+                raise ImageTooLarge(width, height, max_image_pixels)
             img.load()
-            rgb = img.convert("RGB")
-        except InputError:
+            return img.convert("RGB")
+        except ImageTooLarge:
             raise
-        except Image.DecompressionBombError as exc:
-            raise InputError("image", f"{path}: {exc}") from None
+        except Image.DecompressionBombError:  # a frame or tile over the limit
+            raise ImageTooLarge(None, None, max_image_pixels) from None
+        except Image.UnidentifiedImageError:
+            raise ImageUnreadable("cannot decode image (not a format PIL recognises)") from None
         except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "corrupt"
-            raise InputError("image", f"{path}: cannot decode image ({exc})") from None
-    return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest())
+            raise ImageUnreadable(f"cannot decode image ({exc})") from None
+
+
+_pil_lock = threading.Lock()
+_pil_active: Counter[int] = Counter()
+_pil_saved: list[int | None] = []
+
+
+@contextmanager
+def pil_pixel_limit(limit: int) -> Iterator[None]:
+    """PIL's global `Image.MAX_IMAGE_PIXELS` raised to `limit` while this call decodes.
+
+    PIL checks its one process-wide limit deep inside its plugins, so our per-call limit can
+    only govern by setting it. Thread-safe and restoring: while calls are active the global is
+    the largest limit any of them asked for (never below the value found, so nobody's guard is
+    lowered), and it returns to that value when the last one ends. Our own size check, made
+    before decoding, enforces each call's own limit. PIL refuses at twice its value, so a
+    limit at or below it leaves the global untouched.
+    """
+    with _pil_lock:
+        if not _pil_active:
+            _pil_saved[:] = [Image.MAX_IMAGE_PIXELS]
+        _pil_active[limit] += 1
+        _set_pil_limit()
+    try:
+        yield
+    finally:
+        with _pil_lock:
+            _pil_active[limit] -= 1
+            if _pil_active[limit] <= 0:
+                del _pil_active[limit]
+            _set_pil_limit()
+
+
+def _set_pil_limit() -> None:
+    saved = _pil_saved[0] if _pil_saved else Image.MAX_IMAGE_PIXELS
+    if saved is None or not _pil_active:  # None: PIL's guard was switched off by the application
+        Image.MAX_IMAGE_PIXELS = saved
+        return
+    Image.MAX_IMAGE_PIXELS = max(saved, max(_pil_active))
 
 
 def check_boxes(sample: Sample, size: tuple[int, int]) -> None:

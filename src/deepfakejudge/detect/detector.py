@@ -87,7 +87,8 @@ class Detector:
 
     def request(self, image: LoadedImage) -> ChatRequest:
         prefix = self.answer_prefix if self.mode == "score-only" else ""
-        return ChatRequest(text=self.template.fill(), image=image.image, prefix=prefix, image_key=image.sha256)
+        return ChatRequest(text=self.template.fill(), image=image.image, prefix=prefix, image_key=image.sha256,
+                           image_bytes=image.data or None)
 
     def detect(self, samples: Iterable[Sample], batch_size: int = 8) -> list[DetectVerdict | RowError]:
         """One entry per sample, in order."""

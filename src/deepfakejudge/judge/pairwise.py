@@ -66,7 +66,8 @@ class PairwiseJudge:
         a, b = (sample.response_b, sample.response_a) if swapped else (sample.response_a, sample.response_b)
         text = self.template.fill(ground_truth_label=sample.label, response_a=a or "", response_b=b or "")
         prefix = self.answer_prefix if self.mode == "score-only" else ""
-        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256)
+        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
+                           image_bytes=image.data or None)
 
     def compare(
         self, samples: Iterable[Sample], both_orders: bool = True, batch_size: int = 8

@@ -57,7 +57,8 @@ class PointwiseJudge:
     def request(self, sample: Sample, image: LoadedImage) -> ChatRequest:
         text = self.template.fill(ground_truth_label=sample.label, candidate_response=sample.response or "")
         prefix = self.score_prefix if self.mode == "score-only" else ""
-        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256)
+        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
+                           image_bytes=image.data or None)
 
     def score(self, samples: Iterable[Sample], batch_size: int = 8) -> list[PointwiseVerdict | RowError]:
         """Judge every sample; the result has one entry per sample, in order."""
