@@ -13,7 +13,7 @@ def test_default_templates_have_their_placeholders(kind):
     t = default_template(kind)
     for name in PLACEHOLDERS[kind]:
         assert "{" + name + "}" in t.text
-    assert len(t.sha256) == 64 and t.name == "default"
+    assert len(t.sha256) == 64 and t.name == "dfj-default" and not t.official
 
 
 def test_fill_is_single_pass_and_keeps_other_braces(tmp_path):
@@ -22,7 +22,10 @@ def test_fill_is_single_pass_and_keeps_other_braces(tmp_path):
     t = load_template(path, "pairwise")
     # A response that itself contains a placeholder must not be substituted again.
     text = t.fill(ground_truth_label="fake", response_a="says {response_b}", response_b="x {0} }{")
-    assert text == "Label: fake\r\nA: says {response_b}\r\nB: x {0} }{\r\n<answer>{A_or_B}</answer>"
+    # Read in text mode, as the official scripts read their file: CRLF -> LF.
+    assert text == "Label: fake\nA: says {response_b}\nB: x {0} }{\n<answer>{A_or_B}</answer>"
+    with open(path) as fh:
+        assert t.text == fh.read()
 
 
 def test_fill_names_missing_values():
@@ -50,7 +53,7 @@ def test_hash_follows_content(tmp_path):
 @needs_official
 def test_official_templates_load_and_fill_without_keyerror():
     pw = load_template(OFFICIAL / "pointwise_prompt.txt", "pointwise")
-    assert "\r\n" in pw.text  # CRLF preserved: it is what the released model saw
+    assert "\r" not in pw.text and pw.official  # text mode, as the official scripts read it
     filled = pw.fill(ground_truth_label="edited", candidate_response="<reasoning>r</reasoning> <answer>fake</answer>")
     assert "{integer score from 1 to 5}" in filled and "{ground_truth_label}" not in filled
     pr = load_template(OFFICIAL / "pairwise_prompt.txt", "pairwise")

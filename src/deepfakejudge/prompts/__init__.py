@@ -50,11 +50,16 @@ SCORE_PREFIX: dict[str, str] = {
 }
 
 
+DEFAULT_NAME = "dfj-default"  # the project's own rubric, the default for models that are not released judges
+
+
 @dataclass(frozen=True)
 class Template:
     kind: Kind
     text: str
-    name: str  # "default" or the file path it came from
+    name: str  # DEFAULT_NAME, "official:…" (see official.py) or the file path it came from
+    # True only for the authors' pinned prompt file of a released judge (see official.py).
+    official: bool = False
 
     @property
     def sha256(self) -> str:
@@ -72,28 +77,39 @@ class Template:
             )
         return _PATTERN.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), self.text)
 
-    def provenance(self) -> dict[str, str]:
-        return {"template": self.name, "template_sha256": self.sha256}
+    def provenance(self) -> dict[str, str | bool]:
+        return {"template": self.name, "template_sha256": self.sha256, "template_official": self.official}
 
 
 def default_template(kind: Kind) -> Template:
     if kind not in PLACEHOLDERS:
         raise ValueError(f"template kind must be one of {sorted(PLACEHOLDERS)}, got {kind!r}")
     text = resources.files(__package__).joinpath("templates", f"{kind}.txt").read_text("utf-8")
-    return Template(kind=kind, text=text, name="default")
+    return Template(kind=kind, text=text, name=DEFAULT_NAME)
+
+
+def template_text(raw: bytes, name: str) -> str:
+    """The text of a template file as Python's text mode reads it (`open(path).read()`): UTF-8,
+    CRLF and CR turned into LF. The official inference scripts read their prompt file this way,
+    so this is the text the released judges were run with."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--template {name}: not UTF-8 text (byte {exc.start})") from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def load_template(path: str | Path, kind: Kind) -> Template:
-    """Read a template file exactly as it is (CRLF kept: it is part of what the model saw)."""
+    """Read a template file in text mode (line ends become LF, as `open(path).read()` gives).
+
+    The file is the authors' official prompt when its bytes have the pinned hash (see
+    official.py); `Template.official` says so."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"--template {path}: cannot read the file ({exc.strerror})") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"--template {path}: not UTF-8 text (byte {exc.start})") from exc
+    text = template_text(raw, str(path))
     missing = [name for name in PLACEHOLDERS[kind] if "{" + name + "}" not in text]
     if missing:
         raise ValueError(
@@ -101,8 +117,25 @@ def load_template(path: str | Path, kind: Kind) -> Template:
             + ", ".join("{" + n + "}" for n in PLACEHOLDERS[kind])
             + f"; missing {', '.join('{' + n + '}' for n in missing)}"
         )
-    return Template(kind=kind, text=text, name=str(path))
+    from .official import PINNED_SHA256
+
+    official = PINNED_SHA256.get(kind) == hashlib.sha256(raw).hexdigest()
+    return Template(kind=kind, text=text, name=str(path), official=official)
 
 
-def resolve_template(path: str | Path | None, kind: Kind) -> Template:
-    return default_template(kind) if path is None else load_template(path, kind)
+def resolve_template(
+    path_or_name: str | Path | None, kind: Kind, *, model: str | None = None, adapter: str | None = None
+) -> Template:
+    """The template a command uses: a file path, "official" (the authors' prompt, see
+    official.py) or "default" (the project's own); None means the authors' prompt when `model`
+    (or `adapter`) is a released DFJ judge, else the project's own."""
+    from .official import official_template, released_kind
+
+    if path_or_name is None:
+        released = released_kind(adapter) or released_kind(model)
+        return official_template(kind) if released and kind in ("pointwise", "pairwise") else default_template(kind)
+    if str(path_or_name) == "official":
+        return official_template(kind)
+    if str(path_or_name) in ("default", DEFAULT_NAME):
+        return default_template(kind)
+    return load_template(path_or_name, kind)
