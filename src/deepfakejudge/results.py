@@ -29,12 +29,22 @@ def error_row(error: RowError) -> dict[str, Any]:
     return {"id": error.id, "where": error.where, "field": error.field, "error": error.message}
 
 
-def verdict_row(verdict: PointwiseVerdict | PairwiseVerdict | RowError) -> dict[str, Any]:
+def verdict_row(verdict: Any, protocol: str | None = None) -> dict[str, Any]:
+    """The results row of a verdict (any task's frozen record) or of a `RowError`. `protocol`
+    (judge/protocol.py) is recorded in the row. A `--mode compare` verdict is the generate
+    verdict's row with the score-only one under `score_only`."""
     if isinstance(verdict, RowError):
         return error_row(verdict)
+    if hasattr(verdict, "score_only_protocol"):  # judge.compare.Compared
+        row = verdict_row(verdict.generate, "generate")
+        other = verdict_row(verdict.score_only, verdict.score_only_protocol)
+        other.pop("id", None)
+        return {**row, "score_only": other}
     row = asdict(verdict)
     if isinstance(verdict, PointwiseVerdict):
         row["probs"] = None if verdict.probs is None else dict(zip("12345", verdict.probs))
+    if protocol is not None:
+        row["protocol"] = protocol
     return row
 
 

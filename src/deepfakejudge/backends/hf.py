@@ -1,14 +1,19 @@
 """Local transformers backend for Qwen2-VL / Qwen2.5-VL judges.
 
 The model is loaded once; every call is one batched, left-padded pass (`generate`) or one
-batched forward (`choice_probs`). Sampling settings come only from `GenerationConfig`: the
-checkpoint's generation_config.json (Qwen ships top_k=1, top_p=0.001, repetition_penalty=1.05)
-would otherwise be merged into every `generate` call by transformers and make "greedy" here
-differ from greedy in other engines.
+batched forward (`choice_probs`). Decoding follows `LoadOptions.decoding`: "checkpoint" (the
+default) uses the checkpoint's generation_config.json as `model.generate(**inputs,
+max_new_tokens=N)` does, which is how the released judges were run (Qwen ships top_k=1,
+top_p=0.001, repetition_penalty=1.05); "greedy" is plain argmax without the repetition penalty,
+as greedy is in other engines. Log-probs and score-only distributions are the model's logits
+after the checkpoint's logits processors (the repetition penalty) but before the sampling
+warpers (temperature, top-k, top-p), which only sharpen or cut the distribution: with top_k=1
+it would be one-hot.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,6 +30,7 @@ from .base import (
     TokenStep,
 )
 from .processor import ImageTextProcessor, is_local_model
+from .stopping import AnswerStop, check_answer_kind, cut_at
 from .vision_attention import set_grouped_vision_attention
 from .vision_cache import VisionCache
 
@@ -200,7 +206,13 @@ class HFBackend(Backend):
         checkpoint_eos = [checkpoint_eos] if isinstance(checkpoint_eos, int) else list(checkpoint_eos or [])
         im_end = tok.convert_tokens_to_ids("<|im_end|>")
         self.stop_ids = tuple(sorted({im_end, tok.eos_token_id, *checkpoint_eos} - {None}))
-        # Only token ids: see the module docstring for why the checkpoint's sampling is dropped.
+        # The checkpoint's settings are applied per call (see `_decoding_config`); the model's own
+        # copy holds only token ids, so nothing else is merged in behind our back.
+        # Kept on the model too: a second backend wrapping the same model (`from_loaded`) must see
+        # the checkpoint's settings, not the token-only config the first one left.
+        if not hasattr(self.model, "dfj_checkpoint_generation"):
+            self.model.dfj_checkpoint_generation = self.model.generation_config
+        self.checkpoint_generation = self.model.dfj_checkpoint_generation
         self.model.generation_config = HFGenerationConfig(
             eos_token_id=list(self.stop_ids), pad_token_id=self.processor.pad_token_id
         )
@@ -289,7 +301,6 @@ class HFBackend(Backend):
 
     def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
         import torch
-        from transformers import GenerationConfig as HFGenerationConfig
 
         if config.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
@@ -299,42 +310,110 @@ class HFBackend(Backend):
             raise ValueError(f"top_logprobs: must be >= 0, got {config.top_logprobs}")
         if not requests:
             return []
-        sampling = config.temperature > 0
-        # Plain greedy, or plain temperature sampling: transformers would otherwise fill unset
-        # values from its own defaults (top_k=50), so the sampling filters are switched off.
-        warpers = {"temperature": config.temperature, "top_k": 0, "top_p": 1.0} if sampling else {}
-        hf_config = HFGenerationConfig(
-            max_new_tokens=config.max_new_tokens,
-            do_sample=sampling,
-            repetition_penalty=1.0,
-            eos_token_id=list(self.stop_ids),
-            pad_token_id=self.processor.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-            **warpers,
-        )
+        hf_config = self._decoding_config(config)
+        sampling = hf_config.do_sample
+
+        check_answer_kind(config.stop_at_answer)
+        answer_stop: list[AnswerStop] = []
 
         def call():
             batch = self._inputs(requests)
             if sampling:
                 torch.manual_seed(config.seed)  # global RNG: HF generate takes no generator
-            out = self.model.generate(**batch, generation_config=hf_config)
+            stopping = self._answer_stop(config.stop_at_answer, batch["input_ids"].shape, answer_stop)
+            out = self.model.generate(**batch, generation_config=hf_config, stopping_criteria=stopping)
             return batch["input_ids"].shape[1], batch["attention_mask"].sum(1).tolist(), out
 
         prompt_length, prompt_tokens, out = self._guarded(len(requests), call)
+        logits = self._processed_steps(out, prompt_length, config)
         new_tokens = out.sequences[:, prompt_length:].tolist()
+        stopped = answer_stop[-1].stopped if answer_stop else [None] * len(new_tokens)
         # out.logits: one [batch, vocab] tensor per step, raw (the model's own distribution,
         # before temperature). Not stacked: at Qwen's 152k vocabulary that would copy gigabytes.
         return [
-            replace(self._generation(row, ids, out.logits, config.top_logprobs), prompt_tokens=int(prompt_tokens[row]))
+            replace(
+                self._generation(row, ids, logits, config.top_logprobs, stopped[row]),
+                prompt_tokens=int(prompt_tokens[row]),
+            )
             for row, ids in enumerate(new_tokens)
         ]
 
-    def _generation(self, row: int, ids: list[int], logits: Sequence[Any], top_k: int) -> Generation:
+    def _decoding_config(self, config: GenerationConfig) -> Any:
+        """The transformers generation config of one call (see the module docstring)."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        fixed = dict(
+            max_new_tokens=config.max_new_tokens,
+            eos_token_id=list(self.stop_ids),
+            pad_token_id=self.processor.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        if config.temperature > 0 or self.options.decoding == "greedy":
+            # Plain greedy, or plain temperature sampling (re-asks): transformers would otherwise fill
+            # unset values from its own defaults (top_k=50), so the sampling filters are switched off.
+            sampling = config.temperature > 0
+            warpers = {"temperature": config.temperature, "top_k": 0, "top_p": 1.0} if sampling else {}
+            return HFGenerationConfig(do_sample=sampling, repetition_penalty=1.0, **fixed, **warpers)
+        # What `model.generate(**inputs, max_new_tokens=N)` does: the checkpoint's config, updated.
+        hf_config = copy.deepcopy(self.checkpoint_generation)
+        hf_config.update(**fixed)
+        return hf_config
+
+    def decoding_settings(self) -> dict[str, Any]:
+        """The decoding of plain (non re-ask) calls, for provenance and the request cache's key."""
+        if self.options.decoding == "greedy":
+            return {"decoding": "greedy", "do_sample": False, "repetition_penalty": 1.0}
+        c = self.checkpoint_generation
+        return {"decoding": "checkpoint", "do_sample": bool(c.do_sample), "temperature": c.temperature,
+                "top_k": c.top_k, "top_p": c.top_p, "repetition_penalty": c.repetition_penalty}
+
+    def _penalty(self, config: GenerationConfig | None = None) -> Any:
+        """The checkpoint's repetition penalty as a logits processor, or None when it does not apply."""
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        if self.options.decoding != "checkpoint" or (config is not None and config.temperature > 0):
+            return None
+        penalty = self.checkpoint_generation.repetition_penalty
+        return None if penalty in (None, 1.0) else RepetitionPenaltyLogitsProcessor(float(penalty))
+
+    def _processed_steps(self, out: Any, prompt_length: int, config: GenerationConfig) -> Sequence[Any]:
+        """Each step's logits as generation saw them after the logits processors (see the module
+        docstring); the raw logits when no processor applies."""
+        penalty = self._penalty(config)
+        if penalty is None:
+            return out.logits
+        steps = list(out.logits)
+        out.logits = None  # each raw step is freed once processed: no second copy of all steps
+        for i, step in enumerate(steps):
+            steps[i] = penalty(out.sequences[:, : prompt_length + i], step)
+        return steps
+
+    def _answer_stop(self, kind: str | None, shape: Any, made: list[AnswerStop]) -> Any:
+        """The stopping criteria that end each row at its answer tag (none when `kind` is None);
+        the criterion is appended to `made` so the caller can read where each row stopped."""
+        from transformers import StoppingCriteriaList
+
+        if kind is None:
+            return StoppingCriteriaList()
+        tok = self.processor.tokenizer
+        criterion = AnswerStop(
+            kind, shape[1], shape[0],
+            lambda ids: tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False),
+            self._piece,
+        )
+        made.append(criterion)
+        return StoppingCriteriaList([criterion])
+
+    def _generation(
+        self, row: int, ids: list[int], logits: Sequence[Any], top_k: int, answer_end: int | None = None
+    ) -> Generation:
         import torch
 
+        # A row stopped at its answer tag ends there (the batch's padding after it is not output).
+        ids, at_answer = cut_at(ids, answer_end)
         stop_at = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
-        finish = "stop" if stop_at is not None else "length"
+        finish = "stop" if stop_at is not None or at_answer else "length"
         # Generated tokens as engines count them: the stop token included, the padding after it not.
         count = stop_at + 1 if stop_at is not None else len(ids)
         ids = ids[:stop_at] if stop_at is not None else ids
@@ -414,8 +493,16 @@ class HFBackend(Backend):
         healed = [self.heal(r.prefix, choices) for r in requests]
         tails = [context for context, _ in healed]
         # Left padding puts every context's last token at the last position; keep only its logits.
-        out = self._guarded(len(requests), lambda: self.model(**self._inputs(requests, tails), logits_to_keep=1))
-        probs = torch.softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+        penalty = self._penalty()
+
+        def call():
+            batch = self._inputs(requests, tails)
+            last = self.model(**batch, logits_to_keep=1).logits[:, -1, :]
+            # The distribution generation would sample the choice from: the same processors.
+            return last if penalty is None else penalty(batch["input_ids"], last)
+
+        last = self._guarded(len(requests), call)
+        probs = torch.softmax(last.float(), dim=-1).cpu()
         return [
             {c: float(probs[row, t]) for c, t in zip(choices, ids)} for row, (_, ids) in enumerate(healed)
         ]
@@ -438,6 +525,7 @@ class HFBackend(Backend):
             "max_pixels": self.options.budget.max_pixels,
             "attn_implementation": self.attn_implementation,
             "vision_attention": self.vision_attention,
+            "generation": self.decoding_settings(),
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }

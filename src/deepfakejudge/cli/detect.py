@@ -10,8 +10,10 @@ from pathlib import Path
 from ..backends import GenerationConfig
 from ..data import load_records
 from ..judge import MODES
+from ..judge.compare import agreement, agreement_lines, compare_judges
+from ..judge.protocol import protocol as task_protocol
 from ..judge.runner import RunResult, run_judge
-from ..prompts import resolve_template
+from ..prompts import SCORE_PREFIX, resolve_template
 from .options import add_model_options, add_run_options, backend_from_args, emit, pixel_budget, progress
 
 
@@ -25,9 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(r)
     add_run_options(r)
     g = r.add_argument_group("detection")
-    g.add_argument("--mode", choices=MODES, default="generate",
-                   help="generate: reasoning + answer, p_fake read at the answer token (default); "
-                        "score-only: one forward pass reading p(real)/p(fake), no text")
+    g.add_argument("--mode", choices=(*MODES, "compare"), default="generate",
+                   help="generate: reasoning + answer, each output stopped at its answer tag, p_fake read at the "
+                        "answer token (default; the paper's protocol); score-only: one forward pass reading "
+                        "p(real)/p(fake) after an empty reasoning, no text (an approximation: the detector reasons "
+                        "first); compare: both on the same images, with their verdict agreement in the summary")
+    g.add_argument("--no-stop-at-answer", action="store_true",
+                   help="generate mode: write each output to its end instead of stopping at the answer tag")
     g.add_argument("--template", default=None, help="detection prompt file (default: the project's own)")
     g.add_argument("--max-new-tokens", type=int, default=512, help="generation length limit (generate mode)")
     r.set_defaults(run=run)
@@ -70,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         f"predicted real {s['predicted']['real']}, fake {s['predicted']['fake']}; "
         f"p_fake on {s['with_p_fake']} rows. Score with: dfj detect score --pred {result.out}",
     ]
+    if "agreement" in s:
+        lines.extend(agreement_lines("detect", s["agreement"]))
+    elif s["protocol"] is not None and not s["protocol"]["exact"]:
+        lines.append(f"protocol {s['protocol']['name']}: {s['protocol']['meaning']}")
     emit(s, args.json, lines)
     return 1 if s["errors"] and not args.allow_errors else 0
 
@@ -84,25 +94,37 @@ def run_command(args: argparse.Namespace) -> RunResult:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    dataset = load_records(args.data)
+    dataset = load_records(args.data, image_roots=args.image_root)
     backend = None
 
     def batches(samples):
         nonlocal backend
         backend = backend_from_args(args)
-        detector = Detector(backend, template=template, mode=args.mode,
-                            generation=GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks),
-                            max_image_pixels=args.max_image_pixels)
-        return detector.iter_batches(samples, args.batch_size)
+        common = dict(template=template, max_image_pixels=args.max_image_pixels,
+                      generation=GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks),
+                      stop_at_answer=not args.no_stop_at_answer)
+        if args.mode == "compare":
+            return compare_judges(Detector(backend, mode="generate", **common),
+                                  Detector(backend, mode="score-only", **common), samples, args.batch_size)
+        return Detector(backend, mode=args.mode, **common).iter_batches(samples, args.batch_size)
 
-    settings = {"mode": args.mode, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+    protocol = "compare" if args.mode == "compare" else task_protocol("detect", args.mode, template.text,
+                                                                       SCORE_PREFIX["detect"])
+    counts = detect_counts
+    if args.mode == "compare":
+        def counts(ok):
+            return {**detect_counts(ok), "agreement": agreement("detect", ok)}
+    settings = {"mode": args.mode, "stop_at_answer": not args.no_stop_at_answer,
+                "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                 "reasks": args.reasks,
                 "pixel_budget": asdict(budget), **template.provenance()}
     try:
         return run_judge("detect", batches, dataset, args.out, settings=settings,
                          backend_info=lambda: backend.describe(), limit=args.limit,
                          overwrite=args.overwrite, retry_errors=args.retry_errors, progress=lambda n: progress(n, "detect"),
-                         counts=detect_counts)
+                         counts=counts, protocol=protocol,
+                         compared_protocol=task_protocol("detect", "score-only", template.text, SCORE_PREFIX["detect"])
+                         if args.mode == "compare" else None)
     finally:
         if backend is not None:
             backend.close()

@@ -9,10 +9,20 @@ from dataclasses import asdict
 from ..backends import GenerationConfig
 from ..data import load_records
 from ..judge import MODES, PairwiseJudge, PointwiseJudge
-from ..judge.runner import RunResult, run_judge
+from ..judge.compare import agreement, agreement_lines, compare_judges
+from ..judge.protocol import protocol as task_protocol
+from ..judge.runner import RunResult, judge_counts, run_judge
 from ..prompts import resolve_template
 from ..train.record import RUN_FILE, TrainedJudge, find_trained_judge
-from .options import add_model_options, add_run_options, backend_from_args, emit, pixel_budget, progress
+from .options import (
+    TEMPLATE_HELP,
+    add_model_options,
+    add_run_options,
+    backend_from_args,
+    emit,
+    pixel_budget,
+    progress,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,12 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_model_options(k)
         add_run_options(k)
         g = k.add_argument_group("judging")
-        g.add_argument("--mode", choices=MODES, default="generate",
-                       help="generate: greedy output with justification (default, as the released judges were used); "
-                            "score-only: one forward pass reading the answer distribution, no text")
-        g.add_argument("--template", default=None,
-                       help="prompt template file with the released placeholders (default: the project's own)")
-        g.add_argument("--max-new-tokens", type=int, default=512 if kind == "pointwise" else 64,
+        score_only = ("exact for the answer-only pairwise format" if kind == "pairwise" else
+                      "an approximation: the judge answers after an empty reasoning, which it never does in training")
+        g.add_argument("--mode", choices=(*MODES, "compare"), default="generate",
+                       help="generate: reasoning then answer, each output stopped at its answer tag (default; the "
+                            "paper's protocol); score-only: one forward pass reading the answer distribution, no text "
+                            f"({score_only}); compare: both on the same items, with their agreement in the summary")
+        g.add_argument("--no-stop-at-answer", action="store_true",
+                       help="generate mode: write each output to its end instead of stopping at the answer tag "
+                            "(the answer read is then the last tag, not the first)")
+        g.add_argument("--template", default=None, help=TEMPLATE_HELP)
+        g.add_argument("--max-new-tokens", type=int, default=512 if kind == "pointwise" else 128,
                        help="generation length limit in generate mode")
         if kind == "pairwise":
             g.add_argument("--one-order", action="store_true",
@@ -51,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"mean score {s['mean_score']}; histogram {s['score_histogram']}")
     if s["kind"] == "pairwise" and s["prefer_a"] is not None:
         lines.append(f"prefers A in {s['prefer_a']:.0%}; order agreement {s['order_agreement']}")
+    if "agreement" in s:
+        lines.extend(agreement_lines(s["kind"], s["agreement"]))
+    elif s["protocol"] is not None and not s["protocol"]["exact"]:
+        lines.append(f"protocol {s['protocol']['name']}: {s['protocol']['meaning']}")
     emit(s, args.json, lines)
     return 1 if s["errors"] and not args.allow_errors else 0
 
@@ -59,34 +78,46 @@ def judge_command(args: argparse.Namespace) -> RunResult:
     # A trained judge (--adapter DIR, or an exported --model DIR) is used with the template and
     # pixel budget it was trained with, unless --template / --min-pixels / --max-pixels say otherwise.
     trained = trained_judge(args)
-    template = trained.template if trained and args.template is None else resolve_template(args.template, args.kind)
+    # Otherwise: --template, else the authors' prompt for a released DFJ judge, else our own rubric.
+    template = trained.template if trained and args.template is None else resolve_template(
+        args.template, args.kind, model=args.model, adapter=args.adapter)
     # Validate cheap arguments before loading a model.
     budget = pixel_budget(args, trained.budget if trained else None)
     args.min_pixels, args.max_pixels = budget.min_pixels, budget.max_pixels  # what the backend loads with
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    dataset = load_records(args.data, templates=(template,))
+    # verbatim: official ms-swift rows are judged with their own prompt, recognised or not.
+    dataset = load_records(args.data, templates=(template,), image_roots=args.image_root, verbatim=True)
     backend = None
 
     def batches(samples):
         nonlocal backend
         backend = backend_from_args(args)
         generation = GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks)
-        common = dict(template=template, mode=args.mode, generation=generation,
-                      max_image_pixels=args.max_image_pixels)
+        judge = PointwiseJudge if args.kind == "pointwise" else PairwiseJudge
+        common = dict(template=template, generation=generation, max_image_pixels=args.max_image_pixels,
+                      stop_at_answer=not args.no_stop_at_answer)
+        if args.mode == "compare":
+            return compare_judges(judge(backend, mode="generate", **common), judge(backend, mode="score-only", **common),
+                                  samples, args.batch_size, both_orders=not args.one_order if args.kind == "pairwise" else True)
         if args.kind == "pointwise":
-            return PointwiseJudge(backend, **common).iter_batches(samples, args.batch_size)
-        return PairwiseJudge(backend, **common).iter_batches(samples, not args.one_order, args.batch_size)
+            return PointwiseJudge(backend, mode=args.mode, **common).iter_batches(samples, args.batch_size)
+        return PairwiseJudge(backend, mode=args.mode, **common).iter_batches(samples, not args.one_order, args.batch_size)
 
+    protocol = "compare" if args.mode == "compare" else judge_protocol(args.kind, args.mode, template)
     settings = {
         "mode": args.mode,
+        "stop_at_answer": not args.no_stop_at_answer,
         "both_orders": None if args.kind == "pointwise" else not args.one_order,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "reasks": args.reasks,
         "pixel_budget": asdict(budget),
         "trained_judge": None if trained is None else str(trained.path),
+        "decoding": args.decoding,
         **template.provenance(),
+        # ms-swift rows sent with their own prompt rather than the template above.
+        "rows_with_own_prompt": sum(s.prompt is not None for s in dataset.samples),
     }
     try:
         return run_judge(
@@ -99,6 +130,9 @@ def judge_command(args: argparse.Namespace) -> RunResult:
             limit=args.limit,
             overwrite=args.overwrite, retry_errors=args.retry_errors,
             progress=lambda n: progress(n, f"judge {args.kind}"),
+            counts=compare_counts(args.kind) if args.mode == "compare" else None,
+            protocol=protocol,
+            compared_protocol=judge_protocol(args.kind, "score-only", template) if args.mode == "compare" else None,
         )
     finally:
         if backend is not None:
@@ -116,3 +150,15 @@ def trained_judge(args: argparse.Namespace) -> TrainedJudge | None:
         print(f"dfj judge: warning: --template {args.template} is not the template {trained.path} was trained "
               f"with ({trained.template.sha256[:12]}…); scores may suffer", file=sys.stderr)
     return trained
+
+
+def judge_protocol(kind: str, mode: str, template) -> str:
+    """The protocol name of a judge run (judge/protocol.py)."""
+    from ..prompts import SCORE_PREFIX
+
+    return task_protocol(kind, mode, template.text, SCORE_PREFIX[kind])
+
+
+def compare_counts(kind: str):
+    """Summary figures of a compare run: the generate side's usual ones and the agreement block."""
+    return lambda ok: {**judge_counts(kind, ok), "agreement": agreement(kind, ok)}

@@ -5,14 +5,16 @@ parsed from the model's own text (`parse_prediction`, "edited" reads as fake) an
 from the distribution at the generated answer token, over every spelling the parser accepts
 (real/Real/REAL vs fake/Fake/FAKE/edited/…), when the backend gives log-probs and the answer is
 one token. Otherwise `p_fake` is None: never invented.
-mode "score-only": one forward pass with the answer prefilled up to `<answer>`; `p_fake` is the
-next-token probability of "fake" renormalised over "real"/"fake", the prediction its argmax, and
-there is no response text.
+Each output stops at its answer tag (the text after it is never read).
+mode "score-only": one forward pass with the answer prefilled up to `<answer>` after an empty
+reasoning; `p_fake` is the next-token probability of "fake" renormalised over "real"/"fake", the
+prediction its argmax, and there is no response text. A detector reasons before answering, so
+this is an approximation of generate (protocol "score-only-no-reasoning", judge/protocol.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
 from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
@@ -24,7 +26,9 @@ from ..judge.common import (
     judge_batches,
     model_error,
     normalise,
+    prompt_length,
 )
+from ..judge.protocol import protocol
 from ..judge.pointwise import Mode, check_mode
 from ..parsing import find_prediction
 from ..prompts import SCORE_PREFIX, Template, default_template
@@ -74,6 +78,7 @@ class Detector:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     answer_prefix: str = SCORE_PREFIX["detect"]
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    stop_at_answer: bool = True  # generate mode: stop each output at its answer tag
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
@@ -97,7 +102,13 @@ class Detector:
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[DetectVerdict | RowError]]:
-        return judge_batches(samples, batch_size, (), self.max_image_pixels, self._detect)
+        length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.image))
+        return judge_batches(samples, batch_size, (), self.max_image_pixels, self._detect, length)
+
+    @property
+    def protocol(self) -> str:
+        """"score-only-no-reasoning" for score-only with the reasoning format (judge/protocol.py)."""
+        return protocol("detect", self.mode, self.template.text, self.answer_prefix)
 
     def _detect(self, items: Sequence[Prepared]) -> list[DetectVerdict | RowError]:
         requests = [self.request(item.image) for item in items]
@@ -107,7 +118,8 @@ class Detector:
                 for item, p in zip(items, self._choice_probs(requests))
             ]
         out: list[DetectVerdict | RowError] = []
-        for item, gen in zip(items, generate_answers(self.backend, requests, self.generation, find_prediction)):
+        config = replace(self.generation, stop_at_answer="prediction" if self.stop_at_answer else None)
+        for item, gen in zip(items, generate_answers(self.backend, requests, config, find_prediction)):
             if isinstance(gen, BackendError):
                 out.append(model_error(item, gen))
                 continue

@@ -23,14 +23,26 @@ class Prepared:
     image: LoadedImage
 
 
+_NO_SWAP = ("matches no known template, so it is judged as written and the responses cannot be swapped "
+            "for the second order: judge with --one-order (the paper's protocol), or pass the template the "
+            "data was built with (--template PATH, or --template official)")
+
+
 def prepare(
     sample: Sample,
     required: Sequence[str],
     max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Prepared | RowError:
-    """Check the fields a task needs and open the image; any problem becomes a `RowError`."""
+    """Check the fields a task needs and open the image; any problem becomes a `RowError`.
+
+    A row with its own `prompt` (an official ms-swift row) is sent as written: the prompt stands
+    in for the fields it was filled from, and only `prompt*` names in `required` apply to it."""
     for name in required:
+        if name.startswith("prompt") != (sample.prompt is not None):
+            continue
         value = getattr(sample, name)
+        if name == "prompt_swapped" and not value:
+            return RowError(sample.where, "messages[user].content", _NO_SWAP, id=sample.id)
         if value is None or not str(value).strip():
             return RowError(sample.where, name, "is empty: nothing to judge", id=sample.id)
     try:
@@ -52,21 +64,47 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+# Batches taken together and regrouped by prompt length when a task sorts (generate mode).
+SORT_POOL_BATCHES = 4
+
+
 def judge_batches(
     samples: Iterable[Sample],
     batch_size: int,
     required: Sequence[str],
     max_image_pixels: int,
     call: Callable[[Sequence[Prepared]], list[R]],
+    length: Callable[[Prepared], int] | None = None,
 ) -> Iterator[list[R | RowError]]:
     """The loop every task shares: per batch, prepare each sample (a bad one becomes its
     `RowError`), call the model on the rest with failure isolation, and yield one entry per
-    sample, in order."""
-    for batch in batched(samples, batch_size):
-        prepared = [prepare(s, required, max_image_pixels) for s in batch]
-        ready = [p for p in prepared if isinstance(p, Prepared)]
-        judged = iter(call_isolated(ready, call) if ready else [])
-        yield [next(judged) if isinstance(p, Prepared) else p for p in prepared]
+    sample, in order.
+
+    With `length` (a prompt-length estimate), `SORT_POOL_BATCHES` batches are read at once and
+    the model is called on batches of similar length: a left-padded batch costs as much as its
+    longest prompt. Rows still come out in input order, one list per pool.
+    """
+    pool = batch_size * (SORT_POOL_BATCHES if length is not None else 1)
+    for chunk in batched(samples, pool):
+        prepared = [prepare(s, required, max_image_pixels) for s in chunk]
+        ready = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
+        if length is not None:
+            ready.sort(key=lambda i: length(prepared[i]))
+        out: list[Any] = list(prepared)
+        for group in batched(ready, batch_size) if ready else ():
+            for i, result in zip(group, call_isolated([prepared[i] for i in group], call)):
+                out[i] = result
+        yield out
+
+
+def prompt_length(request: ChatRequest, max_pixels: int = 1280 * 28 * 28) -> int:
+    """A prompt's size in rough tokens for sorting: characters / 4 plus visual tokens (one per
+    28x28 pixels within the default budget)."""
+    visual = 0
+    if request.image is not None:
+        w, h = request.image.size
+        visual = min(w * h, max_pixels) // (28 * 28)
+    return len(request.text) // 4 + visual
 
 
 def call_isolated(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
 from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
@@ -17,7 +17,9 @@ from .common import (
     judge_batches,
     model_error,
     normalise,
+    prompt_length,
 )
+from .protocol import protocol
 from .pointwise import Mode, check_mode
 
 _SWAP = {"A": "B", "B": "A"}
@@ -53,18 +55,27 @@ class PairwiseJudge:
     backend: Backend
     template: Template = field(default_factory=lambda: default_template("pairwise"))
     mode: Mode = "generate"
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64))
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
     answer_prefix: str = SCORE_PREFIX["pairwise"]
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    stop_at_answer: bool = True
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.template.kind != "pairwise":
             raise ValueError(f"PairwiseJudge needs a pairwise template, got a {self.template.kind} one")
 
+    @property
+    def protocol(self) -> str:
+        """"score-only-exact" for score-only with an answer-only format (see judge/protocol.py)."""
+        return protocol("pairwise", self.mode, self.template.text, self.answer_prefix)
+
     def request(self, sample: Sample, image: LoadedImage, swapped: bool) -> ChatRequest:
-        a, b = (sample.response_b, sample.response_a) if swapped else (sample.response_a, sample.response_b)
-        text = self.template.fill(ground_truth_label=sample.label, response_a=a or "", response_b=b or "")
+        if sample.prompt is not None:  # an official ms-swift row: its own text, as written
+            text = sample.prompt_swapped if swapped else sample.prompt
+        else:
+            a, b = (sample.response_b, sample.response_a) if swapped else (sample.response_a, sample.response_b)
+            text = self.template.fill(ground_truth_label=sample.label, response_a=a or "", response_b=b or "")
         prefix = self.answer_prefix if self.mode == "score-only" else ""
         return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
                            image_bytes=image.data or None)
@@ -81,7 +92,9 @@ class PairwiseJudge:
         def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict | RowError]:
             return self._judge(items, both_orders)
 
-        return judge_batches(samples, batch_size, ("response_a", "response_b"), self.max_image_pixels, judge)
+        length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.sample, p.image, False))
+        required = ("response_a", "response_b", "prompt") + (("prompt_swapped",) if both_orders else ())
+        return judge_batches(samples, batch_size, required, self.max_image_pixels, judge, length)
 
     def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict | RowError]:
         passes = (False, True) if both_orders else (False,)
@@ -115,7 +128,8 @@ class PairwiseJudge:
                 out.append((choice, dist[0] if dist else None, None))
             return out
         out = []
-        for gen in generate_answers(self.backend, requests, self.generation, find_choice):
+        config = replace(self.generation, stop_at_answer="choice" if self.stop_at_answer else None)
+        for gen in generate_answers(self.backend, requests, config, find_choice):
             if isinstance(gen, BackendError):
                 out.append(gen)
                 continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Literal, Sequence
 
 from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
@@ -17,7 +17,9 @@ from .common import (
     judge_batches,
     model_error,
     normalise,
+    prompt_length,
 )
+from .protocol import protocol
 
 Mode = Literal["generate", "score-only"]
 MODES: tuple[str, ...] = ("generate", "score-only")
@@ -38,8 +40,13 @@ class PointwiseJudge:
 
     mode "generate": greedy generation of `<reasoning>…</reasoning><score>N</score>`; the score
     distribution is read at the generated score token when the backend gives log-probs.
-    mode "score-only": one forward pass with the answer prefilled up to the score tag; the score
-    is the most likely digit and there is no justification.
+    mode "score-only": one forward pass with the answer prefilled up to the score tag, after an
+    empty reasoning; the score is the most likely digit and there is no justification. The judge
+    reasons before scoring in training, so this is an approximation (protocol
+    "score-only-no-reasoning"; see judge/protocol.py).
+
+    In generate mode each output stops at its score tag (`stop_at_answer`; the text after it is
+    never read) and batches are regrouped by prompt length.
     """
 
     backend: Backend
@@ -48,14 +55,20 @@ class PointwiseJudge:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     score_prefix: str = SCORE_PREFIX["pointwise"]
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    stop_at_answer: bool = True
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.template.kind != "pointwise":
             raise ValueError(f"PointwiseJudge needs a pointwise template, got a {self.template.kind} one")
 
+    @property
+    def protocol(self) -> str:
+        return protocol("pointwise", self.mode, self.template.text, self.score_prefix)
+
     def request(self, sample: Sample, image: LoadedImage) -> ChatRequest:
-        text = self.template.fill(ground_truth_label=sample.label, candidate_response=sample.response or "")
+        text = sample.prompt if sample.prompt is not None else self.template.fill(
+            ground_truth_label=sample.label, candidate_response=sample.response or "")
         prefix = self.score_prefix if self.mode == "score-only" else ""
         return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
                            image_bytes=image.data or None)
@@ -67,7 +80,8 @@ class PointwiseJudge:
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[PointwiseVerdict | RowError]]:
-        return judge_batches(samples, batch_size, ("response",), self.max_image_pixels, self._judge)
+        length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.sample, p.image))
+        return judge_batches(samples, batch_size, ("response",), self.max_image_pixels, self._judge, length)
 
     def _judge(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
         requests = [self.request(item.sample, item.image) for item in items]
@@ -77,7 +91,8 @@ class PointwiseJudge:
                 model_error(item, d) if isinstance(d, BackendError) else self._from_probs(item.sample.id, d)
                 for item, d in zip(items, dists)
             ]
-        generations = generate_answers(self.backend, requests, self.generation, find_score)
+        config = replace(self.generation, stop_at_answer="score" if self.stop_at_answer else None)
+        generations = generate_answers(self.backend, requests, config, find_score)
         out: list[PointwiseVerdict | RowError] = []
         for item, gen in zip(items, generations):
             if isinstance(gen, BackendError):

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..data import Dataset
 from ..records import Sample
 from ..results import ResultsWriter, error_row, provenance, read_rows, verdict_row, write_summary
+from .protocol import describe as describe_protocol
 
 
 class _NoProgress:
@@ -48,6 +49,8 @@ def run_judge(
     retry_errors: bool = False,
     progress: Callable[[int], Any] | None = None,
     counts: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    protocol: str | None = None,
+    compared_protocol: str | None = None,
 ) -> RunResult:
     """Judge every not-yet-done sample of `dataset` with `batches` and write rows as they come.
 
@@ -55,6 +58,8 @@ def run_judge(
     (a judge's `iter_batches`, or any task's with the same shape, e.g. `Detector`). Load errors
     of the dataset are written as error rows first. `counts(ok_rows)` adds task-specific figures
     to the summary; without it the pointwise or pairwise figures are used, by `kind`.
+    `protocol` (judge/protocol.py) is written in every row and in the summary; a `--mode
+    compare` run passes "compare" and the score-only protocol it compares as `compared_protocol`.
     """
     out = Path(out)
     started = time.perf_counter()
@@ -66,7 +71,7 @@ def run_judge(
         todo = [s for s in selected if not writer.is_done(f"id:{s.id}")]
         with progress(len(todo)) if progress and todo else _NoProgress() as bar:
             for rows in batches(todo) if todo else ():
-                writer.write(verdict_row(r) for r in rows)
+                writer.write(verdict_row(r, protocol) for r in rows)
                 bar.update(len(rows))
     elapsed = time.perf_counter() - started
     rows = read_rows(out)
@@ -81,12 +86,23 @@ def run_judge(
             "seconds": round(elapsed, 3),
             "items_per_second": round(len(todo) / elapsed, 4) if todo and elapsed > 0 else None,
         },
+        "protocol": None if protocol is None else summary_protocol(protocol, compared_protocol),
         "settings": settings,
         "backend": backend_info() if todo else None,
         "provenance": provenance(),
     }
     path = write_summary(out, summary)
     return RunResult(out=out, summary_path=path, summary=summary)
+
+
+def summary_protocol(name: str, compared: str | None = None) -> dict[str, Any]:
+    """The summary's `protocol` entry: the name, whether it is exact, what it means; for a
+    compare run, both protocols it compared."""
+    if name != "compare":
+        return describe_protocol(name)
+    if compared is None:
+        raise ValueError("a compare run needs the score-only protocol it compares (compared_protocol)")
+    return {"name": "compare", "generate": describe_protocol("generate"), "score_only": describe_protocol(compared)}
 
 
 def _counts(
@@ -105,7 +121,15 @@ def _counts(
     }
     if extra is not None:
         counts.update(extra(ok))
-    elif kind == "pointwise":
+    else:
+        counts.update(judge_counts(kind, ok))
+    return counts
+
+
+def judge_counts(kind: str, ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pointwise or pairwise summary figures of the rows without an error."""
+    counts: dict[str, Any] = {}
+    if kind == "pointwise":
         scores = [r["score"] for r in ok if r.get("score") is not None]
         expected = [r["expected_score"] for r in ok if r.get("expected_score") is not None]
         counts.update(
