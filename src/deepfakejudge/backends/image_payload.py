@@ -192,14 +192,20 @@ class _Pools:
                 del self._pools[workers]
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)
 
 
 _POOLS = _Pools()
+
+
+def shutdown_pools(wait: bool = True) -> None:
+    """Stop the worker processes (the next preparation starts fresh ones). Pools otherwise live
+    as long as the process: several backends share them, so none of them may stop them."""
+    _POOLS.shutdown(wait)
 
 
 class ImagePreparer:
