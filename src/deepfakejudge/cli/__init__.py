@@ -10,10 +10,12 @@ from typing import Sequence
 
 from .. import __version__
 from ..backends.base import BackendUnavailable
-from . import annotate, bootstrap, data, demo, detect, export, judge, meta_eval, reason, serve, train
+from . import annotate, bootstrap, data, demo, detect, export, judge, meta_eval, reason, reproduce, serve, train
+from .options import expand_split_names
 
-# In the order of the workflow: try it, judge, benchmark detectors, make data, train, evaluate, serve.
-COMMANDS = (demo, judge, detect, reason, bootstrap, train, export, meta_eval, serve, annotate, data)
+# In the order of the workflow: try it, judge, benchmark detectors, make data, train, evaluate,
+# reproduce the paper, serve.
+COMMANDS = (demo, judge, detect, reason, bootstrap, train, export, meta_eval, reproduce, serve, annotate, data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        expand_split_names(args)
         return int(args.run(args))
     except (ValueError, ImportError) as exc:
         # User errors (bad paths, bad options, a missing extra): one clear line, no traceback

@@ -1,5 +1,5 @@
-"""`dfj data validate|stats|convert`: check a dataset row by row, describe it, or write it for
-another trainer (ms-swift, LLaMA-Factory)."""
+"""`dfj data validate|stats|convert|fetch`: check a dataset row by row, describe it, write it for
+another trainer (ms-swift, LLaMA-Factory), or download the released DeepfakeJudge data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 from ..data import InputError, load_records, open_image
 from ..data.images import MAX_IMAGE_PIXELS
 from ..prompts import load_template
-from .options import emit, progress
+from .options import add_data_root_option, add_image_root_option, emit, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = verbs.add_parser("validate", help="check every row and image; list each problem with file, line and field")
     s = verbs.add_parser("stats", help="counts per label, source, score, preference and artifact category")
     for q in (v, s):
-        q.add_argument("data", help="canonical or ms-swift JSONL, or a split folder with data.jsonl")
+        q.add_argument("data", help="canonical or ms-swift JSONL, a split folder with data.jsonl, or a split name")
+        add_data_root_option(q)
+        add_image_root_option(q)
         q.add_argument("--template", action="append", default=[], metavar="PATH",
                        help="template the ms-swift rows were built with (repeatable)")
         q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(run=validate)
     s.set_defaults(run=stats)
     add_convert(verbs)
+    add_fetch(verbs)
 
 
 def _templates(paths: list[str]):
@@ -45,7 +48,7 @@ def _templates(paths: list[str]):
 
 
 def validate(args: argparse.Namespace) -> int:
-    dataset = load_records(args.data, templates=_templates(args.template))
+    dataset = load_records(args.data, templates=_templates(args.template), image_roots=args.image_root)
     problems = [str(e) for e in dataset.errors]
     if not args.no_images:
         with progress(len(dataset.samples), "validate images") as bar:
@@ -65,7 +68,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def stats(args: argparse.Namespace) -> int:
-    dataset = load_records(args.data, templates=_templates(args.template))
+    dataset = load_records(args.data, templates=_templates(args.template), image_roots=args.image_root)
     samples = dataset.samples
     summary = {
         "data": str(dataset.path),
@@ -90,13 +93,17 @@ def stats(args: argparse.Namespace) -> int:
 
 def add_convert(verbs: argparse._SubParsersAction) -> None:
     c = verbs.add_parser("convert", help="write judge training rows for ms-swift or LLaMA-Factory")
-    c.add_argument("data", help="canonical or ms-swift JSONL, or a split folder with data.jsonl")
+    c.add_argument("data", help="canonical or ms-swift JSONL, a split folder with data.jsonl, or a split name")
+    add_data_root_option(c)
     c.add_argument("--to", required=True, choices=("msswift", "llamafactory"), help="target trainer's format")
     c.add_argument("--out", required=True, help="output JSONL (LLaMA-Factory: dataset_info.json is written beside it)")
     c.add_argument("--kind", choices=("pointwise", "pairwise"), default=None,
                    help="judge kind (default: pairwise if the first row has response_a, else pointwise)")
     c.add_argument("--template", default=None, help="prompt template (default: the project's own); also reads ms-swift rows")
     c.add_argument("--name", default=None, help="LLaMA-Factory dataset name (default: the output file's stem)")
+    c.add_argument("--relative-to", default=None, metavar="DIR",
+                   help="ms-swift: write image paths relative to DIR, then train with ROOT_IMAGE_DIR=DIR or from DIR "
+                        "(default: absolute paths, which ms-swift opens from any working directory)")
     c.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows could not be converted")
     c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     c.set_defaults(run=convert)
@@ -113,13 +120,57 @@ def convert(args: argparse.Namespace) -> int:
     dataset = load_records(args.data, templates=readers)
     kind = args.kind or ("pairwise" if dataset.samples and dataset.samples[0].response_a is not None else "pointwise")
     template = resolve_template(args.template, kind)
-    written, errors, info = convert_rows(dataset.samples, template, args.out, args.to, args.name)
+    written, errors, info = convert_rows(dataset.samples, template, args.out, args.to, args.name, args.relative_to)
     problems = [str(e) for e in (*dataset.errors, *errors)]
     for line in problems:
         print(line, file=sys.stderr)
     summary = {"data": str(dataset.path), "out": args.out, "to": args.to, "kind": kind, "rows": written,
                "problems": len(problems), "dataset_info": None if info is None else str(info),
-               "template_sha256": template.sha256}
+               "template_sha256": template.sha256, "image_paths": _image_paths(args)}
     emit(summary, args.json, [f"{dataset.path} -> {args.out} ({args.to}, {kind}): {written} rows, "
-                              f"{len(problems)} problem(s)" + (f"; registered in {info}" if info else "")])
+                              f"{len(problems)} problem(s)" + (f"; registered in {info}" if info else "")
+                              + f"; image paths {summary['image_paths']}"])
     return 1 if problems and not args.allow_errors else 0
+
+
+def _image_paths(args: argparse.Namespace) -> str:
+    """How the written rows name their images, and what the trainer needs to find them."""
+    from pathlib import Path
+
+    if args.to == "llamafactory":
+        return f"relative to {Path(args.out).resolve().parent} (LLaMA-Factory's dataset folder)"
+    if args.relative_to is None:
+        return "absolute"
+    root = Path(args.relative_to).resolve()
+    return f"relative to {root}: train with ROOT_IMAGE_DIR={root} (or from that folder)"
+
+
+def add_fetch(verbs: argparse._SubParsersAction) -> None:
+    from ..data.splits import DATASET_ID, GROUPS, SPLITS
+
+    f = verbs.add_parser("fetch", help=f"download the released data ({DATASET_ID}, gated) so splits work by name",
+                         description=f"Download {DATASET_ID} with huggingface_hub (token: $HF_TOKEN or your "
+                                     "`hf auth login`). Afterwards every --data accepts a split name: "
+                                     + ", ".join(SPLITS) + ".")
+    f.add_argument("--out", default=None, metavar="DIR",
+                   help="folder to download into (default: $DFJ_DATA, else ~/.cache/deepfakejudge/DeepfakeJudge-Dataset)")
+    f.add_argument("--split", action="append", default=[], metavar="NAME", choices=[*SPLITS, *GROUPS],
+                   help="only this split (repeatable; default: everything)")
+    f.add_argument("--revision", default=None, help="dataset revision (branch, tag or commit; default: main)")
+    f.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    f.set_defaults(run=fetch)
+
+
+def fetch(args: argparse.Namespace) -> int:
+    from ..data.fetch import fetch_dataset
+
+    result = fetch_dataset(args.out, args.split, args.revision)
+    present = {name: str(path) for name, path in result.splits.items() if path is not None}
+    summary = {"root": str(result.root), "revision": result.revision, "splits": present,
+               "absent": [name for name, path in result.splits.items() if path is None]}
+    lines = [f"{result.root}: {len(present)} of {len(result.splits)} splits present"]
+    lines += [f"  {name}: {path}" for name, path in present.items()]
+    if summary["absent"]:
+        lines.append("  absent: " + ", ".join(summary["absent"]))
+    emit(summary, args.json, lines)
+    return 0

@@ -7,6 +7,8 @@ field, and every valid row is still returned.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from ..records import RowError, Sample
 from .canonical import InputError, parse_id, sample_from_dict
 from .jsonl import read_jsonl
 from .msswift import sample_from_msswift
+from .splits import SPLITS, is_split_name, resolve_split, split_file
 
 
 @dataclass(frozen=True)
@@ -27,24 +30,39 @@ class Dataset:
         return len(self.samples)
 
 
-def resolve_data_path(path: str | Path) -> Path:
-    """A JSONL file, or a split folder holding `data.jsonl` (the official layout)."""
+def resolve_data_path(path: str | Path, root: str | Path | None = None) -> Path:
+    """A JSONL file, a split folder holding `data.jsonl` (the official layout), or a split name of
+    the released data (`dfj-meta/pointwise/test`, see `splits`) under `root` / $DFJ_DATA / the
+    default fetch folder. An existing path always wins over a name."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "data.jsonl"
-        if not candidate.is_file():
+        found = split_file(path)
+        if found is None:
             raise ValueError(f"--data {path}: a folder must contain data.jsonl (official split layout)")
-        return candidate
-    if not path.is_file():
-        raise ValueError(f"--data {path}: no such file")
-    return path
+        return found
+    if path.is_file():
+        return path
+    if is_split_name(path.as_posix()):
+        return resolve_split(path.as_posix(), root)
+    raise ValueError(f"--data {path}: no such file (nor a split name of the released data: "
+                     f"{', '.join(SPLITS)})")
 
 
-def load_records(path: str | Path, templates: tuple[Template, ...] = ()) -> Dataset:
+def load_records(
+    path: str | Path, templates: tuple[Template, ...] = (), image_roots: Sequence[str | Path] = (),
+    verbatim: bool = False,
+) -> Dataset:
     """Load every row of `path`. `templates` are tried, in order, to recover the label and the
-    responses from ms-swift rows whose prompt was filled from a template (see `msswift`)."""
+    responses from ms-swift rows whose prompt was filled from a template (see `msswift`); with
+    `verbatim`, an ms-swift row whose prompt matches none is loaded too, to be sent as written.
+
+    Images must resolve (symlinks followed) inside the data file's folder or one of
+    `image_roots` (`--image-root`); a row whose image lies elsewhere (`../x.png`, an absolute
+    path, a symlink out) is an error row, so a data file cannot make a run read arbitrary files.
+    """
     path = resolve_data_path(path)
     base_dir = path.parent
+    roots = allowed_roots(base_dir, image_roots)
     samples: list[Sample] = []
     errors: list[RowError] = []
     first_line: dict[str, int] = {}
@@ -57,9 +75,10 @@ def load_records(path: str | Path, templates: tuple[Template, ...] = ()) -> Data
         try:
             row_id = parse_id(obj) if "id" in obj else None
             if "messages" in obj:
-                sample = sample_from_msswift(obj, base_dir, where, line.lineno, templates)
+                sample = sample_from_msswift(obj, base_dir, where, line.lineno, templates, verbatim)
             else:
                 sample = sample_from_dict(obj, base_dir, where)
+            sample = confine(sample, roots, "images[0]" if "messages" in obj else "image")
         except InputError as exc:
             errors.append(RowError(where, exc.field, exc.message, id=row_id))
             continue
@@ -84,3 +103,28 @@ def load_records(path: str | Path, templates: tuple[Template, ...] = ()) -> Data
         kept.append(e)
     errors = kept
     return Dataset(path=path, samples=tuple(samples), errors=tuple(errors))
+
+
+def allowed_roots(base_dir: Path, image_roots: Sequence[str | Path] = ()) -> tuple[Path, ...]:
+    """The data file's folder and every `--image-root`, symlinks resolved."""
+    roots = [Path(os.path.realpath(base_dir))]
+    for root in image_roots:
+        real = Path(os.path.realpath(Path(root).expanduser()))
+        if not real.is_dir():
+            raise ValueError(f"--image-root {root}: not a directory")
+        roots.append(real)
+    return tuple(dict.fromkeys(roots))
+
+
+def confine(sample: Sample, roots: Sequence[Path], field: str = "image") -> Sample:
+    """`sample`, or `InputError` when its image path, symlinks resolved, lies outside every root."""
+    real = Path(os.path.realpath(sample.image))
+    for root in roots:
+        if root in real.parents:
+            return sample
+    raise InputError(
+        field,
+        f"{sample.image} resolves outside the data folder {roots[0]}"
+        f"{' and every --image-root' if len(roots) > 1 else ''}; images are read only from there: "
+        "move the image under it or allow its folder with --image-root DIR",
+    )
