@@ -17,6 +17,13 @@ from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..data.images import MAX_IMAGE_PIXELS
 
 
+TEMPLATE_HELP = ("judge prompt: a template FILE with the released placeholders (read in text mode: CRLF -> LF), "
+                 "'official' (the authors' prompt of the released judges, fetched and checked; see "
+                 "docs/paper-protocol.md) or 'default' (the project's own rubric). Default: 'official' when the "
+                 "model is a released DFJ judge (MBZUAI/Qwen-2.5-VL-Instruct-*-DFJ, or an adapter or export of "
+                 "one), else 'default'")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="local checkpoint folder or Hugging Face model id")

@@ -49,20 +49,21 @@ def resolve_data_path(path: str | Path, root: str | Path | None = None) -> Path:
 
 
 def load_records(
-    path: str | Path, templates: tuple[Template, ...] = (), image_roots: Sequence[str | Path] = (),
+    path: str | Path, templates: tuple[Template, ...] = (), image_roots: Sequence[str | Path] | None = None,
     verbatim: bool = False,
 ) -> Dataset:
     """Load every row of `path`. `templates` are tried, in order, to recover the label and the
     responses from ms-swift rows whose prompt was filled from a template (see `msswift`); with
     `verbatim`, an ms-swift row whose prompt matches none is loaded too, to be sent as written.
 
-    Images must resolve (symlinks followed) inside the data file's folder or one of
-    `image_roots` (`--image-root`); a row whose image lies elsewhere (`../x.png`, an absolute
-    path, a symlink out) is an error row, so a data file cannot make a run read arbitrary files.
+    With `image_roots` (the batch commands pass their `--image-root` list, possibly empty),
+    images must resolve (symlinks followed) inside the data file's folder or one of those
+    folders; a row whose image lies elsewhere (`../x.png`, an absolute path, a symlink out) is
+    an error row, so a data file cannot make a run read arbitrary files. None: not confined.
     """
     path = resolve_data_path(path)
     base_dir = path.parent
-    roots = allowed_roots(base_dir, image_roots)
+    roots = None if image_roots is None else allowed_roots(base_dir, image_roots)
     samples: list[Sample] = []
     errors: list[RowError] = []
     first_line: dict[str, int] = {}
@@ -78,7 +79,8 @@ def load_records(
                 sample = sample_from_msswift(obj, base_dir, where, line.lineno, templates, verbatim)
             else:
                 sample = sample_from_dict(obj, base_dir, where)
-            sample = confine(sample, roots, "images[0]" if "messages" in obj else "image")
+            if roots is not None:
+                sample = confine(sample, roots, "images[0]" if "messages" in obj else "image")
         except InputError as exc:
             errors.append(RowError(where, exc.field, exc.message, id=row_id))
             continue

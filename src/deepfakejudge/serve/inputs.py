@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from ..backends.base import ChatRequest, GenerationConfig
+from ..data.images import ImageTooLarge, ImageUnreadable, decode_bytes
 from .settings import ApiError, ServeSettings
 
 DEFAULT_MAX_TOKENS = 512
@@ -62,24 +61,12 @@ class DecodedImage:
 
 def decode_image(data: bytes, settings: ServeSettings, param: str) -> DecodedImage:
     """Decode image bytes, refusing (413) images over --max-image-pixels before decoding them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > settings.max_image_pixels:
-                raise ApiError(
-                    413,
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                    f"{settings.max_image_pixels} (--max-image-pixels)",
-                    param,
-                )
-            img.load()
-            rgb = img.convert("RGB")
-        except ApiError:
-            raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ApiError(400, f"cannot decode the image ({type(exc).__name__})", param) from None
+    try:
+        rgb = decode_bytes(data, settings.max_image_pixels)
+    except ImageTooLarge as exc:
+        raise ApiError(413, f"image: {exc} (--max-image-pixels)", param) from None
+    except ImageUnreadable as exc:
+        raise ApiError(400, f"image: {exc}", param) from None
     return DecodedImage(rgb, hashlib.sha256(data).hexdigest(), data)
 
 

@@ -1,0 +1,144 @@
+"""Hardening (what an attacker or a careless user can do): image paths confined to the data
+folder, our pixel limit over PIL's, clean image errors, the request cache written per answer and
+never holding an empty reply, the prompt-length budget."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+
+import pytest
+from PIL import Image
+
+from deepfakejudge.cli import main
+from deepfakejudge.data import load_records, open_image
+from deepfakejudge.data.canonical import InputError
+from deepfakejudge.data.images import ImageTooLarge, decode_bytes, pil_pixel_limit
+
+
+def _png(path, size=(32, 32), color=(200, 30, 30)):
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# -- 5: image paths stay inside the data folder or an --image-root ------------------------------
+
+
+@pytest.fixture()
+def confined(tmp_path):
+    """A data folder with one good image, plus images outside it reached four ways."""
+    data_dir = tmp_path / "data"
+    (data_dir / "images").mkdir(parents=True)
+    _png(data_dir / "images" / "ok.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _png(outside / "secret.png")
+    (data_dir / "images" / "link.png").symlink_to(outside / "secret.png")
+    (data_dir / "images" / "inner-link.png").symlink_to(data_dir / "images" / "ok.png")
+    rows = [
+        {"id": "ok", "image": "images/ok.png", "label": "real"},
+        {"id": "dotdot", "image": "../outside/secret.png", "label": "real"},
+        {"id": "absolute", "image": str(outside / "secret.png"), "label": "real"},
+        {"id": "symlink", "image": "images/link.png", "label": "real"},
+        {"id": "etc", "image": "/etc/passwd", "label": "real"},
+        {"id": "inner-link", "image": "images/inner-link.png", "label": "real"},
+        {"id": "absolute-inside", "image": str(data_dir / "images" / "ok.png"), "label": "real"},
+    ]
+    return _write_rows(data_dir / "data.jsonl", rows), outside
+
+
+def test_images_outside_the_data_folder_are_error_rows_naming_the_option(confined):
+    data, outside = confined
+    dataset = load_records(data, image_roots=())
+    assert sorted(s.id for s in dataset.samples) == ["absolute-inside", "inner-link", "ok"]
+    refused = {e.id: e for e in dataset.errors}
+    assert set(refused) == {"dotdot", "absolute", "symlink", "etc"}
+    for error in refused.values():
+        assert error.field == "image" and "--image-root" in error.message
+
+
+def test_image_root_allows_a_folder_and_absolute_paths_under_it(confined):
+    data, outside = confined
+    dataset = load_records(data, image_roots=[outside])
+    assert sorted(s.id for s in dataset.samples) == ["absolute", "absolute-inside", "dotdot", "inner-link", "ok", "symlink"]
+    assert [e.id for e in dataset.errors] == ["etc"]
+    with pytest.raises(ValueError, match="--image-root"):
+        load_records(data, image_roots=[outside / "missing"])
+
+
+def test_data_validate_reports_confinement_and_image_root_lifts_it(confined, capsys):
+    data, outside = confined
+    assert main(["data", "validate", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("--image-root") == 4 and "/etc/passwd" in err
+    assert main(["data", "validate", str(data), "--image-root", str(outside), "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["problems"] == 1  # /etc/passwd only
+
+
+# -- 6: --max-image-pixels governs, not PIL's global limit ---------------------------------------
+
+
+def _big_png(width, height) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")  # compresses to a few hundred KB
+    return buffer.getvalue()
+
+
+def test_our_pixel_limit_governs_above_pils_own(tmp_path):
+    data = _big_png(20_000, 10_000)  # 200 MP: PIL alone refuses anything over ~179 MP
+    before = Image.MAX_IMAGE_PIXELS
+    image = decode_bytes(data, 250_000_000)
+    assert image.size == (20_000, 10_000) and image.mode == "RGB"
+    del image
+    assert Image.MAX_IMAGE_PIXELS == before  # restored after the call
+    with pytest.raises(ImageTooLarge, match="exceeds the limit of 100000000"):
+        decode_bytes(data, 100_000_000)
+    path = tmp_path / "big.png"
+    path.write_bytes(data)
+    from deepfakejudge.records import Sample
+
+    sample = Sample(id="x", image=path, label="real", where="t")
+    with pytest.raises(InputError, match="--max-image-pixels"):
+        open_image(sample, 100_000_000)
+
+
+def test_pil_limit_is_restored_when_calls_overlap():
+    before = Image.MAX_IMAGE_PIXELS
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with pil_pixel_limit(300_000_000):
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    assert inside.wait(10)
+    with pil_pixel_limit(1000):  # a smaller limit never lowers another call's
+        assert Image.MAX_IMAGE_PIXELS == 300_000_000
+    assert Image.MAX_IMAGE_PIXELS == 300_000_000
+    release.set()
+    worker.join(10)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_empty_and_unknown_images_are_named_without_object_addresses(tmp_path):
+    from deepfakejudge.records import Sample
+
+    for name, content, needle in (("empty.png", b"", "empty (0 bytes)"), ("junk.png", b"not an image", "cannot decode")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(InputError) as caught:
+            open_image(Sample(id=name, image=path, label="real", where="t"))
+        assert needle in caught.value.message and "object at 0x" not in caught.value.message
+        assert str(path) in caught.value.message
+    assert os.path.exists(tmp_path / "empty.png")
