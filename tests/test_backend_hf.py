@@ -7,6 +7,8 @@ checked against an independent computation.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -36,6 +38,32 @@ def full_logprobs(backend, request, tail_ids):
     with torch.inference_mode():
         logits = backend.model(**inputs).logits[0].float()
     return torch.log_softmax(logits, dim=-1), inputs["input_ids"].shape[1]
+
+
+def with_decoding(backend, decoding):
+    """The same loaded model under another --decoding (read at call time)."""
+    view = copy.copy(backend)
+    view.options = dataclasses.replace(backend.options, decoding=decoding)
+    return view
+
+
+def penalise(logits_row, seen_ids, penalty):
+    """Hand-written repetition penalty (as in the CTRL paper, which transformers implements): the
+    logit of every token already in the sequence is divided by `penalty` when positive and
+    multiplied by it when negative."""
+    out = logits_row.clone()
+    idx = torch.tensor(sorted(set(seen_ids)))
+    seen = out[idx]
+    out[idx] = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return out
+
+
+def full_logits(backend, request, tail_ids):
+    """Raw logits at every position of prompt + tail_ids and the input ids: ([T, V], [T])."""
+    inputs = backend.processor([request], tails=[tail_ids])
+    with torch.inference_mode():
+        logits = backend.model(**inputs).logits[0].float()
+    return logits, inputs["input_ids"][0].tolist()
 
 
 def manual_greedy(backend, request, n):
@@ -214,6 +242,7 @@ def test_offsets_reconstruct_text(tiny_backend, test_images):
 
 
 def test_step_logprobs_equal_full_forward(tiny_backend, test_images):
+    tiny_backend = with_decoding(tiny_backend, "greedy")  # references are raw forwards
     n = 8
     requests = _requests(test_images)[:2]
     gens = tiny_backend.generate(requests, GenerationConfig(max_new_tokens=n, top_logprobs=4))
@@ -272,6 +301,7 @@ def test_token_pieces_split_utf8_characters(tiny_backend):
 
 
 def test_choice_probs_equal_full_forward(tiny_backend, test_images):
+    tiny_backend = with_decoding(tiny_backend, "greedy")  # references are raw forwards
     requests = [
         ChatRequest("Rate it.", test_images["wide"], prefix="<reasoning>ok</reasoning>\n<score>"),
         ChatRequest("Rate this one, with a longer question.", test_images["square"], prefix="<score>"),
@@ -292,6 +322,7 @@ def test_choice_probs_equal_full_forward(tiny_backend, test_images):
 
 
 def test_choice_probs_heal_merged_tokens(tiny_backend, test_images):
+    tiny_backend = with_decoding(tiny_backend, "greedy")  # references are raw forwards
     proc = tiny_backend.processor
     tok = proc.tokenizer
     prefix = "<reasoning>fine</reasoning>\n<answer>"
@@ -496,3 +527,56 @@ def test_vision_cache_evicts_least_recently_used():
     assert cache.get("huge") is None and cache.stats()["entries"] == 3
     with pytest.raises(ValueError, match="max_bytes"):
         VisionCache(-1)
+
+
+# -- decoding as the checkpoint says (the default) -------------------------------------------------
+
+
+def test_checkpoint_decoding_generates_as_model_generate_does(tiny_backend, test_images):
+    """The default follows generation_config.json (top_k=1, repetition_penalty=1.05 in the tiny
+    checkpoint, as in Qwen's), like `model.generate(**inputs, max_new_tokens=N)`; step log-probs
+    are the penalised distribution the token was picked from."""
+    assert tiny_backend.options.decoding == "checkpoint"
+    assert tiny_backend.checkpoint_generation.repetition_penalty == 1.05
+    n = 10
+    request = ChatRequest("Rate it 1 2 3 4 5, then say 3 3 3.", test_images["wide"])
+    gen = tiny_backend.generate([request], GenerationConfig(max_new_tokens=n, top_logprobs=3))[0]
+    # Reference 1: transformers' own generate with the checkpoint's config.
+    inputs = tiny_backend.processor([request])
+    reference = copy.deepcopy(tiny_backend.checkpoint_generation)
+    with torch.inference_mode():
+        out = tiny_backend.model.generate(**inputs, generation_config=reference, max_new_tokens=n)
+    ref_ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    # Reference 2: full forwards with a hand-written penalty, argmax of the penalised logits.
+    ids, rows = [], []
+    for _ in range(n):
+        logits, seen = full_logits(tiny_backend, request, ids)
+        row = torch.log_softmax(penalise(logits[-1], seen, 1.05), dim=-1)
+        rows.append(row)
+        ids.append(int(row.argmax()))
+        if ids[-1] in tiny_backend.stop_ids:
+            break
+    assert ids == ref_ids[: len(ids)]
+    greedy = with_decoding(tiny_backend, "greedy").generate([request], GenerationConfig(max_new_tokens=n))[0]
+    assert greedy.text != gen.text  # the penalty matters for this prompt: the test can fail
+    kept = [(t, row) for t, row in zip(ids, rows) if t not in tiny_backend.special_ids]
+    assert gen.text == tiny_backend.processor.tokenizer.decode([t for t, _ in kept], skip_special_tokens=True)
+    for step, (token_id, row) in zip(gen.steps, kept):
+        assert step.logprob == pytest.approx(float(row[token_id]), abs=1e-4)
+    assert tiny_backend.describe()["generation"] == {
+        "decoding": "checkpoint", "do_sample": True, "temperature": 0.1, "top_k": 1, "top_p": 0.001,
+        "repetition_penalty": 1.05}
+
+
+def test_checkpoint_decoding_score_only_reads_the_penalised_distribution(tiny_backend, test_images):
+    request = ChatRequest("Score 1 2 3 4 or 5: 4 4 4.", test_images["square"], prefix="<reasoning></reasoning>\n<score>")
+    got = tiny_backend.choice_probs([request], SCORES)[0]
+    plain = with_decoding(tiny_backend, "greedy").choice_probs([request], SCORES)[0]
+    tok = tiny_backend.processor.tokenizer
+    logits, seen = full_logits(tiny_backend, request, tiny_backend.processor.text_ids(request.prefix))
+    probs = torch.softmax(penalise(logits[-1], seen, 1.05), dim=-1)
+    for choice in SCORES:
+        assert got[choice] == pytest.approx(float(probs[tok.convert_tokens_to_ids(choice)]), abs=1e-6, rel=1e-4)
+    assert got["4"] != pytest.approx(plain["4"], rel=1e-4)
+    assert with_decoding(tiny_backend, "greedy").describe()["generation"] == {
+        "decoding": "greedy", "do_sample": False, "repetition_penalty": 1.0}

@@ -127,8 +127,10 @@ def test_template_file_is_used_and_hashed(tiny_model_dir, dataset, tmp_path, cap
                  "--template", str(template), "--mode", "score-only", "--limit", "2", "--allow-errors", *SMALL]) == 0
     side = json.loads((tmp_path / "t.summary.json").read_text())
     import hashlib
-    assert side["settings"]["template_sha256"] == hashlib.sha256(template.read_bytes()).hexdigest()
-    assert side["settings"]["template"] == str(template)
+    # The text as Python's text mode reads the file (CRLF -> LF), as the official scripts read theirs.
+    assert side["settings"]["template_sha256"] == hashlib.sha256(template.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+    assert side["settings"]["template"] == str(template) and side["settings"]["template_official"] is False
+    assert side["settings"]["decoding"] == "checkpoint"
     assert side["judged"] == 2  # --limit
 
 

@@ -46,6 +46,10 @@ class Sample:
     `image` is resolved against the data file's folder. Fields a task does not need are None;
     `extra` keeps unknown fields so that they pass through untouched. `where` is "file:line"
     for error messages.
+
+    `prompt` is the user text of an official ms-swift row, sent to a judge as written (see
+    data/msswift.py); `prompt_swapped` is that text with response A and B exchanged. `label` is
+    None only for an ms-swift row whose prompt matched no template, loaded `verbatim`.
     """
 
     id: str
@@ -61,6 +65,8 @@ class Sample:
     preferred: Choice | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     where: str = ""
+    prompt: str | None = None
+    prompt_swapped: str | None = None
 
 
 @dataclass(frozen=True)

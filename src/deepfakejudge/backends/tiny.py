@@ -267,7 +267,8 @@ def build_tiny_qwen25vl(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     # The real generation_config.json, token ids remapped. Its sampling settings (top_k 1,
-    # repetition_penalty 1.05) are kept on purpose: backends must not silently inherit them.
+    # repetition_penalty 1.05) are kept on purpose: --decoding checkpoint (the default) applies
+    # them, as model.generate does, and --decoding greedy must not.
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         pad_token_id=ids["<|endoftext|>"],

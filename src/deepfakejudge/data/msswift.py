@@ -1,9 +1,14 @@
 """Official ms-swift rows (`messages` + `images`) -> `Sample`.
 
-The released DFJ-Meta rows hold the judge prompt already filled in. The label and the
-response(s) are recovered by matching the user turn against a template turned into a pattern
-(literal text kept, named placeholders captured); line endings are normalised on both sides
-because the official template files are CRLF while JSON rows usually are not.
+The released DFJ-Meta rows hold the judge prompt already filled in: that user text, minus the
+`<image>` marker and otherwise exactly as written (line endings included), is what the model saw
+in training, so it is kept as `Sample.prompt` and judges send it as it is. The label and the
+response(s) are recovered for metadata by matching the user turn against a template turned into
+a pattern (literal text kept, named placeholders captured, any line ending accepted where the
+template has one). For a pairwise row the match also gives `Sample.prompt_swapped`: the same
+text with the two responses exchanged, for the judge's second order.
+A row whose prompt matches no template is an error unless the caller loads rows `verbatim`
+(judging and training, which need only the prompt and the target).
 The assistant turn is the training target: its score or choice becomes the gold `score` /
 `preferred`, and the full text is kept in `extra["target"]`.
 """
@@ -27,28 +32,41 @@ def _normalise(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
+def _literal(text: str) -> str:
+    # Any line ending where the template has one: rows and template files often differ in that.
+    return r"\r?\n".join(re.escape(line) for line in text.split("\n"))
+
+
 @lru_cache(maxsize=32)
 def _pattern(text: str, kind: str) -> re.Pattern[str]:
     names = PLACEHOLDERS[kind]
     splitter = re.compile(r"\{(" + "|".join(names) + r")\}")
-    parts, pos, seen = [], 0, set()
+    parts, pos, seen = [r"\s*"], 0, set()
     for m in splitter.finditer(text):
-        parts.append(re.escape(text[pos : m.start()]))
+        parts.append(_literal(text[pos : m.start()]))
         name = m.group(1)
         # A placeholder used twice must match the same text twice.
         parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
         seen.add(name)
         pos = m.end()
-    parts.append(re.escape(text[pos:]))
+    parts.append(_literal(text[pos:]) + r"\s*")
     return re.compile("".join(parts), re.DOTALL)
 
 
-def _match(user: str, templates: tuple[Template, ...]) -> tuple[Template, dict[str, str]] | None:
+def _match(user: str, templates: tuple[Template, ...]) -> tuple[Template, re.Match[str]] | None:
     for template in templates:
         m = _pattern(_normalise(template.text), template.kind).fullmatch(user)
         if m:
-            return template, {k: v.strip() for k, v in m.groupdict().items()}
+            return template, m
     return None
+
+
+def _swapped(user: str, m: re.Match[str]) -> str | None:
+    """`user` with the texts of response_a and response_b exchanged, everything else as written."""
+    if "response_a" not in m.groupdict():
+        return None
+    (a0, a1), (b0, b1) = sorted((m.span("response_a"), m.span("response_b")))
+    return user[:a0] + user[b0:b1] + user[a1:b0] + user[a0:a1] + user[b1:]
 
 
 def _turn(messages: list[Any], role: str) -> str | None:
@@ -78,6 +96,7 @@ def sample_from_msswift(
     where: str,
     lineno: int,
     templates: tuple[Template, ...] = (),
+    verbatim: bool = False,
 ) -> Sample:
     messages = obj.get("messages")
     if not isinstance(messages, list):
@@ -85,37 +104,44 @@ def sample_from_msswift(
     user = _turn(messages, "user")
     if user is None:
         raise InputError("messages", "has no user turn")
-    user = _normalise(user.replace(_IMAGE_TAG, "", 1))
+    prompt = user.replace(_IMAGE_TAG, "", 1)  # what the model saw, as written
     candidates = templates + (default_template("pointwise"), default_template("pairwise"))
-    found = _match(user, candidates)
-    if found is None:
+    found = _match(prompt, candidates)
+    if found is None and not verbatim:
         raise InputError(
             "messages[user].content",
-            "does not match any known judge template; pass the template the data was built "
-            "with (--template PATH)",
+            "does not match any known judge template: dfj judge and dfj train use such a row as "
+            "written, other commands need the template the data was built with (--template PATH, "
+            "or --template official for the released DFJ-Meta)",
         )
-    template, values = found
-    label = values["ground_truth_label"].lower()
-    if label not in LABELS:
-        raise InputError("label", f"{values['ground_truth_label']!r} is not one of {', '.join(LABELS)}")
     target = _turn(messages, "assistant")
     image = _image_path(obj)
     extra = {k: v for k, v in obj.items() if k not in ("id", "messages", "images")}
-    extra["template_sha256"] = template.sha256
     if target is not None:
         extra["target"] = target
     common = dict(
         id=parse_id(obj) if "id" in obj else f"{Path(where.rsplit(':', 1)[0]).stem}-{lineno}",
         image=(base_dir / image).resolve(),
-        label=label,
         extra=extra,
         where=where,
+        prompt=prompt,
     )
+    if found is None:
+        # Label and responses unknown: the row is judged (or trained on) as written only.
+        return Sample(label=None, score=parse_score(target), preferred=parse_choice(target), **common)  # type: ignore[arg-type]
+    template, m = found
+    values = {k: v.strip() for k, v in m.groupdict().items()}
+    label = values["ground_truth_label"].lower()
+    if label not in LABELS:
+        raise InputError("label", f"{values['ground_truth_label']!r} is not one of {', '.join(LABELS)}")
+    extra["template_sha256"] = template.sha256
+    common["label"] = label
     if template.kind == "pointwise":
         return Sample(response=values["candidate_response"], score=parse_score(target), **common)
     return Sample(
         response_a=values["response_a"],
         response_b=values["response_b"],
         preferred=parse_choice(target),
+        prompt_swapped=_swapped(prompt, m),
         **common,
     )

@@ -64,7 +64,10 @@ def _required(sample: Sample, name: str, why: str) -> str:
 
 
 def prompt_text(sample: Sample, template: Template) -> str:
-    """The user text, filled as the judge fills it at inference (A/B in the row's order)."""
+    """The user text, filled as the judge fills it at inference (A/B in the row's order); an
+    official ms-swift row's own prompt as written, as the judge sends it."""
+    if sample.prompt is not None:
+        return sample.prompt
     if template.kind == "pointwise":
         response = _required(sample, "response", "a pointwise example needs the candidate explanation")
         return template.fill(ground_truth_label=sample.label, candidate_response=response)

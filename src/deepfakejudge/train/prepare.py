@@ -43,7 +43,8 @@ def _image_size(sample: Sample) -> tuple[int, int] | InputError:
 def prepare_examples(
     data: str | Path, template: Template, processor: ImageTextProcessor, max_length: int
 ) -> PreparedData:
-    dataset = load_records(data, templates=(template,))
+    # verbatim: an official ms-swift row is trained on with its own prompt, recognised or not.
+    dataset = load_records(data, templates=(template,), verbatim=True)
     errors: list[RowError] = list(dataset.errors)
     examples: list[TrainExample] = []
     sizes: dict[Path, tuple[int, int] | InputError] = {}
