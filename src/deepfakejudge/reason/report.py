@@ -5,6 +5,11 @@ installed) is reported as missing with the reason; the others are still computed
 a prediction row whose id is in the gold set and whose explanation is non-empty; other rows are
 problems (file:line, field, message), counted and left out. BLEU-3 and BERTScore need the gold
 rationale; items without one are left out of those two and counted.
+
+BERTScore is reported rescaled with bert-score's baseline when one exists for the model and layer
+(the figure published BERTScores are), the raw F1 beside it, and the model, layer and rescaling in
+the table's footnote; without a baseline the headline is the raw F1 and the footnote says why.
+BLEU-3 carries sacrebleu's signature.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from ..detect.predictions import Gold, PredictionFile
 from ..judge import PointwiseJudge
 from ..records import RowError, Sample
 from .judge_score import judge_scores
-from .models import Unavailable, bert_scorer, sentence_encoder
-from .overlap import bertscore_f1, bleu3
+from .models import BertScoreSetting, Unavailable, bert_scorer, sentence_encoder
+from .overlap import bertscore, bleu3
 from .reference import ReferenceCheck, check_many
 from .text import explanation
 
@@ -51,6 +56,7 @@ class ReasonConfig:
 
     bertscore_model: str | None = None
     bertscore_layers: int | None = None
+    bertscore_baseline: str | None = None  # a LAYER,P,R,F file or a hub name bert-score ships one for
     similarity_model: str | None = None
     device: str = "cpu"
     judge: PointwiseJudge | None = None
@@ -76,12 +82,19 @@ class ReasonReport:
     problems: tuple[RowError, ...]
     judge_unparsable: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    bertscore_raw: Metric = Metric(None, 0, "not computed")
+    bertscore_setting: BertScoreSetting | None = None
+    bleu3_signature: str | None = None
+    bleu3_sentence_signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "pred": self.pred, "gold": self.gold, "n": self.n,
             "bleu3": self.bleu3.to_dict(), "bleu3_sentence": self.bleu3_sentence.to_dict(),
-            "bertscore_f1": self.bertscore.to_dict(), "dfj_score": self.judge.to_dict(),
+            "bleu3_signature": self.bleu3_signature, "bleu3_sentence_signature": self.bleu3_sentence_signature,
+            "bertscore_f1": self.bertscore.to_dict(), "bertscore_f1_raw": self.bertscore_raw.to_dict(),
+            "bertscore": None if self.bertscore_setting is None else self.bertscore_setting.to_dict(),
+            "dfj_score": self.judge.to_dict(),
             "judge_unparsable": self.judge_unparsable,
             "reference_score": self.reference.to_dict(), "reference_components": self.reference_components,
             "problems": {"count": len(self.problems), "rows": [
@@ -127,24 +140,31 @@ def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name
     refs = [items[k].gold.rationale or "" for k in with_ref]
 
     bleu = bleu_s = Metric(None, 0, "no item has a gold rationale")
+    bleu_sig = bleu_s_sig = None
     if with_ref:
         try:
             b = bleu3(cands, refs)
             bleu, bleu_s = Metric(b.corpus, len(cands)), Metric(b.sentence_mean, len(cands))
+            bleu_sig, bleu_s_sig = b.signature, b.sentence_signature
             for k, v in zip(with_ref, b.sentences):
                 per[k]["bleu3"] = v
         except Unavailable as exc:
             bleu = bleu_s = Metric(None, 0, str(exc))
 
-    bert = Metric(None, 0, "no item has a gold rationale")
+    bert = bert_raw = Metric(None, 0, "no item has a gold rationale")
+    bert_setting = None
     if with_ref:
         try:
-            f1 = bertscore_f1(bert_scorer(config.bertscore_model, config.bertscore_layers, config.device), cands, refs)
-            bert = Metric(_mean(list(f1)), len(f1))
-            for k, v in zip(with_ref, f1):
-                per[k]["bertscore_f1"] = v
+            scorer = bert_scorer(config.bertscore_model, config.bertscore_layers, config.device, config.bertscore_baseline)
+            scores = bertscore(scorer, cands, refs)
+            bert_setting = scores.setting
+            bert = Metric(_mean(list(scores.headline)), len(cands))
+            bert_raw = Metric(_mean(list(scores.raw)), len(cands))
+            for k, head, raw in zip(with_ref, scores.headline, scores.raw):
+                per[k]["bertscore_f1"] = head
+                per[k]["bertscore_f1_raw"] = raw
         except Unavailable as exc:
-            bert = Metric(None, 0, str(exc))
+            bert = bert_raw = Metric(None, 0, str(exc))
 
     judge, judge_unparsable = Metric(None, 0, config.judge_missing), 0
     if config.judge is not None:
@@ -173,7 +193,8 @@ def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name
         name=name or pred.path.stem, pred=str(pred.path), gold=gold.name, n=len(items), bleu3=bleu,
         bleu3_sentence=bleu_s, bertscore=bert, judge=judge, reference=reference,
         reference_components=components, checks=checks, items=tuple(per), problems=tuple(problems),
-        judge_unparsable=judge_unparsable, notes=tuple(notes),
+        judge_unparsable=judge_unparsable, notes=tuple(notes), bertscore_raw=bert_raw,
+        bertscore_setting=bert_setting, bleu3_signature=bleu_sig, bleu3_sentence_signature=bleu_s_sig,
     )
 
 
@@ -195,8 +216,9 @@ def _component_means(checks: tuple[ReferenceCheck, ...]) -> dict[str, float | No
 
 # -- tables ---------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("detector", "n", "bleu3", "bleu3_sentence", "bertscore_f1", "dfj_score", "reference_score",
-                 "label_agreement", "evidence_recall", "unsupported_share", "spatial_consistency")
+TABLE_COLUMNS = ("detector", "n", "bleu3", "bleu3_sentence", "bertscore_f1", "bertscore_f1_raw", "dfj_score",
+                 "reference_score", "label_agreement", "evidence_recall", "unsupported_share",
+                 "spatial_consistency", "bertscore_rescaled")
 
 
 def table_rows(reports: list[ReasonReport]) -> list[dict[str, Any]]:
@@ -205,7 +227,9 @@ def table_rows(reports: list[ReasonReport]) -> list[dict[str, Any]]:
         c = r.reference_components
         out.append({
             "detector": r.name, "n": r.n, "bleu3": r.bleu3.value, "bleu3_sentence": r.bleu3_sentence.value,
-            "bertscore_f1": r.bertscore.value, "dfj_score": r.judge.value, "reference_score": r.reference.value,
+            "bertscore_f1": r.bertscore.value, "bertscore_f1_raw": r.bertscore_raw.value,
+            "bertscore_rescaled": None if r.bertscore_setting is None else r.bertscore_setting.rescaled,
+            "dfj_score": r.judge.value, "reference_score": r.reference.value,
             "label_agreement": c.get("label_agreement"), "evidence_recall": c.get("evidence_recall"),
             "unsupported_share": c.get("unsupported_share"), "spatial_consistency": c.get("spatial_consistency"),
         })
@@ -217,7 +241,7 @@ def markdown(reports: list[ReasonReport]) -> str:
     check and its components; a missing metric shows "n/a" and a footnote says why."""
     from ..tables import markdown_table, num, pct
 
-    head = ["Model", "n", "BLEU-3", "BLEU-3 (sent.)", "BERTScore", "DFJ Score", "Ref. score",
+    head = ["Model", "n", "BLEU-3", "BLEU-3 (sent.)", "BERTScore", "BERTScore (raw)", "DFJ Score", "Ref. score",
             "Label agr.", "Evidence recall", "Unsupported", "Spatial"]
 
     def cell(metric: Metric, digits: int = 2) -> str:
@@ -225,14 +249,17 @@ def markdown(reports: list[ReasonReport]) -> str:
 
     rows = []
     for r, t in zip(reports, table_rows(reports)):
-        rows.append([r.name, r.n, cell(r.bleu3, 3), cell(r.bleu3_sentence, 3), cell(r.bertscore), cell(r.judge),
+        rows.append([r.name, r.n, cell(r.bleu3, 3), cell(r.bleu3_sentence, 3), cell(r.bertscore),
+                     cell(r.bertscore_raw), cell(r.judge),
                      cell(r.reference), pct(t["label_agreement"]), num(t["evidence_recall"], 2),
                      pct(t["unsupported_share"]), pct(t["spatial_consistency"])])
     lines = [markdown_table(head, rows), ""]
-    lines.append("BLEU-3 on a 0–1 scale (sacrebleu / 100); BERTScore F1; DFJ Score = mean judge score 1–5; "
-                 "Ref. score = reference-guided check 1–5; label agreement, unsupported-claim share and "
-                 "spatial consistency in %.")
+    lines.append("BLEU-3 on a 0–1 scale (sacrebleu / 100); BERTScore F1 (rescaled where a baseline exists, "
+                 "raw beside it); DFJ Score = mean judge score 1–5; Ref. score = reference-guided check 1–5; "
+                 "label agreement, unsupported-claim share and spatial consistency in %.")
     seen = set()
+    for line in _provenance(reports):
+        lines.append(f"- {line}")
     for r in reports:
         for label, metric in (("BLEU-3", r.bleu3), ("BERTScore", r.bertscore), ("DFJ Score", r.judge),
                               ("Ref. score", r.reference)):
@@ -244,6 +271,18 @@ def markdown(reports: list[ReasonReport]) -> str:
         if r.judge_unparsable:
             lines.append(f"- {r.name}: the judge gave no parsable score for {r.judge_unparsable} items (left out of the mean)")
     return "\n".join(lines)
+
+
+def _provenance(reports: list[ReasonReport]) -> list[str]:
+    """How each figure was computed, once per distinct setting: sacrebleu's signatures and the
+    BERTScore model, layer and rescaling."""
+    out: list[str] = []
+    for r in reports:
+        if r.bleu3_signature:
+            out.append(f"BLEU-3: sacrebleu {r.bleu3_signature} (sentence level: {r.bleu3_sentence_signature})")
+        if r.bertscore_setting is not None:
+            out.append(r.bertscore_setting.describe())
+    return list(dict.fromkeys(out))
 
 
 def csv_text(reports: list[ReasonReport]) -> str:
