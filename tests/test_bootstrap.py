@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -186,7 +187,8 @@ def make_data(folder: Path, n: int = 3, bad: bool = False) -> Path:
         label = ("fake", "real", "edited")[i % 3]
         artifacts = [] if label == "real" else [{"category": "texture", "bbox": [4, 5, 30, 40], "expression": "the smear"}]
         rows.append({"id": f"im{i}", "image": f"im{i}.png", "label": label, "source": "test",
-                     "artifacts": artifacts, "rationale": f"IMG[im{i}] gold reasoning about the smear."})
+                     # The gold rationale reads as the scripted generator's level-5 text: level 5 is the gold.
+                     "artifacts": artifacts, "rationale": f"IMG[im{i}] lvl 5 round 0 gold reasoning about the smear."})
     lines = [json.dumps(r) for r in rows]
     if bad:
         lines += [
@@ -202,8 +204,11 @@ def make_data(folder: Path, n: int = 3, bad: bool = False) -> Path:
 def config(tmp_path, data, **over) -> BootstrapConfig:
     settings = over.pop("settings", Settings(rounds=3, tolerance=0, paraphrases=2, recheck=True, paraphrase_retries=1))
     calls = over.pop("calls", CallSettings(batch_size=over.pop("batch_size", 64)))
+    # The loop's tests count every record: the test split is built like train unless a test asks
+    # for the released layout.
     return BootstrapConfig(data=data, out=tmp_path / over.pop("out", "run"), settings=settings, calls=calls,
-                           test_fraction=over.pop("test_fraction", 0.34), **over)
+                           test_fraction=over.pop("test_fraction", 0.34),
+                           test_layout=over.pop("test_layout", "like-train"), **over)
 
 
 def run(cfg, backend, prompts=None):
@@ -241,9 +246,10 @@ def test_parse_explanation(text, label, level, response, malformed):
 
 
 def test_verdict_is_fixed_by_the_level():
-    assert [verdict("fake", k) for k in (1, 2, 3, 4, 5)] == ["real", "fake", "fake", "fake", "fake"]
-    assert [verdict("edited", k) for k in (1, 5)] == ["real", "fake"]
-    assert [verdict("real", k) for k in (1, 2, 5)] == ["fake", "real", "real"]
+    # The rubric: 3..5 argue for the true class, 2 (unsure) and 1 (confident) for the wrong one.
+    assert [verdict("fake", k) for k in (1, 2, 3, 4, 5)] == ["real", "real", "fake", "fake", "fake"]
+    assert [verdict("edited", k) for k in (1, 2, 3, 5)] == ["real", "real", "fake", "fake"]
+    assert [verdict("real", k) for k in (1, 2, 3, 5)] == ["fake", "fake", "real", "real"]
 
 
 def test_role_templates_are_hashed_and_overridable(tmp_path):
@@ -272,11 +278,11 @@ def test_all_aligned_first_time(tmp_path):
     data = make_data(tmp_path)
     backend = Scripted()
     result = run(config(tmp_path, data), backend)
-    # 3 images x 5 levels: generate + evaluate, then 2 paraphrases + 2 rechecks each.
-    assert backend.calls == {"generate": 15, "evaluate": 15 + 30, "paraphrase": 30}
+    # 3 images x 5 levels: generate (not the gold level 5) + evaluate, then 2 paraphrases + 2 rechecks each.
+    assert backend.calls == {"generate": 12, "evaluate": 15 + 30, "paraphrase": 30}
     assert result.stats["acceptance_rate"] == 1.0 and result.stats["mean_rounds"] == 0
-    assert result.summary["usage"]["calls_total"] == 90 and result.errors == 0
-    assert call_bounds(15, config(tmp_path, data).settings)[0] == 90
+    assert result.summary["usage"]["calls_total"] == 87 and result.errors == 0
+    assert call_bounds(3, config(tmp_path, data).settings)[0] == 87
     out = result.out
     point = rows(out / "pointwise-train.jsonl") + rows(out / "pointwise-test.jsonl")
     assert len(point) == 15 * 3  # the explanation and two paraphrases per unit
@@ -325,39 +331,39 @@ def test_tolerance_accepts_neighbours(tmp_path):
 
 def test_malformed_generator_output_is_asked_again_with_another_seed(tmp_path):
     data = make_data(tmp_path, n=1)
-    # level 5: malformed at seed 0, fine once reseeded; level 2: malformed whatever the seed.
-    backend = Scripted(malformed=lambda image, level, rnd, seed: level == 2 or (level == 5 and seed == 0))
+    # level 4: malformed at seed 0, fine once reseeded; level 2: malformed whatever the seed.
+    backend = Scripted(malformed=lambda image, level, rnd, seed: level == 2 or (level == 4 and seed == 0))
     cfg = config(tmp_path, data, settings=Settings(rounds=2, paraphrases=0),
                  calls=CallSettings(generator=GenerationConfig(temperature=0.0, seed=0, max_new_tokens=64)))
     result = run(cfg, backend)
-    gens = [(t, c) for role, t, c in backend.log if role == "generate" and "quality level 5" in t]
+    gens = [(t, c) for role, t, c in backend.log if role == "generate" and "quality level 4" in t]
     assert [(c.seed, c.temperature) for _, c in gens] == [(0, 0.0), (1, 0.7)]  # greedy would repeat itself
     st = result.stats
-    assert st["per_level"]["5"]["accepted"] == 1
+    assert st["per_level"]["4"]["accepted"] == 1
     assert st["per_level"]["2"]["rejected"] == 1 and st["rejection_reasons"] == {"malformed generator output": 1}
     assert st["malformed_generations"] == 1 + 3
     rejected = rows(result.out / "rejected.jsonl")
     assert rejected[0]["malformed"] == ["no closed <reasoning>…</reasoning> block"] * 3
-    assert backend.calls["generate"] == 2 + 3 + 3  # level 5: 2; level 2: 1 + 2 rounds; others: 1 each
+    assert backend.calls["generate"] == 2 + 3 + 2  # level 4: 2; level 2: 1 + 2 rounds; 3 and 1: 1 each; 5: gold
 
 
 def test_truncated_generator_output_is_malformed_unless_kept(tmp_path):
     data = make_data(tmp_path, n=1)
-    # Untagged prose that parses as an explanation, but stopped at the token limit. Level 5: cut off at
+    # Untagged prose that parses as an explanation, but stopped at the token limit. Level 4: cut off at
     # seed 0 only (fine once reseeded); level 2: always cut off.
-    cut = lambda image, level, rnd, seed: level == 2 or (level == 5 and seed == 0)
+    cut = lambda image, level, rnd, seed: level == 2 or (level == 4 and seed == 0)
     cfg = config(tmp_path, data, settings=Settings(rounds=2, paraphrases=0),
                  calls=CallSettings(generator=GenerationConfig(temperature=0.0, seed=0, max_new_tokens=64)))
     backend = Scripted(truncated=cut)
     result = run(cfg, backend)
     st = result.stats
-    assert st["per_level"]["5"]["accepted"] == 1 and st["per_level"]["2"]["rejected"] == 1
+    assert st["per_level"]["4"]["accepted"] == 1 and st["per_level"]["2"]["rejected"] == 1
     assert st["rejection_reasons"] == {"generator output cut off at the token limit": 1}
     assert st["truncated_outputs"] == st["malformed_generations"] == 1 + 3
     # Asked again, sampled with another seed, as for any malformed output; never rated.
-    gens = [c for role, t, c in backend.log if role == "generate" and "quality level 5" in t]
+    gens = [c for role, t, c in backend.log if role == "generate" and "quality level 4" in t]
     assert [(c.seed, c.temperature) for c in gens] == [(0, 0.0), (1, 0.7)]
-    assert backend.calls == {"generate": 2 + 3 + 3, "evaluate": 4}
+    assert backend.calls == {"generate": 2 + 3 + 2, "evaluate": 4}
     reason = ("cut off at the token limit (64 tokens): raise --generator-max-new-tokens, or pass --keep-truncated "
               "to keep such outputs")
     (rejected,) = rows(result.out / "rejected.jsonl")
@@ -369,9 +375,10 @@ def test_truncated_generator_output_is_malformed_unless_kept(tmp_path):
     cfg = dataclasses.replace(cfg, out=tmp_path / "kept", settings=Settings(rounds=2, paraphrases=0, keep_truncated=True))
     result = run(cfg, kept)
     assert result.stats["acceptance_rate"] == 1.0 and result.stats["malformed_generations"] == 0
-    assert result.stats["truncated_outputs"] == 2 and kept.calls == {"generate": 5, "evaluate": 5}
+    assert result.stats["truncated_outputs"] == 2 and kept.calls == {"generate": 4, "evaluate": 5}
     point = {r["score"]: r for r in rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")}
-    assert point[2]["response"] == "<reasoning>IMG[im0] lvl 2 round 0 s=0: the smear on the</reasoning> <answer>fake</answer>"
+    # Level 2 argues for the wrong class (im0 is fake).
+    assert point[2]["response"] == "<reasoning>IMG[im0] lvl 2 round 0 s=0: the smear on the</reasoning> <answer>real</answer>"
 
 
 def test_cli_keep_truncated_flag(tmp_path):
@@ -393,19 +400,19 @@ def test_token_counts_from_usage_and_calls_without_them(tmp_path, capsys, monkey
                  Scripted(counts=True, unparsable=unparsable))
     u = result.stats["usage"]
     roles = ("generate", "refine", "paraphrase", "evaluate", "recheck")
-    assert u["calls"] == dict(zip(roles, (5, 0, 5, 6, 6)))
-    assert u["prompt_tokens"] == dict(zip(roles, (500, 0, 500, 1200, 1200))) and u["prompt_tokens_total"] == 3400
-    assert u["generated_tokens"] == dict(zip(roles, (50, 0, 50, 120, 120))) and u["generated_tokens_total"] == 340
+    assert u["calls"] == dict(zip(roles, (4, 0, 5, 6, 6)))  # level 5 is the gold: not generated
+    assert u["prompt_tokens"] == dict(zip(roles, (400, 0, 500, 1200, 1200))) and u["prompt_tokens_total"] == 3300
+    assert u["generated_tokens"] == dict(zip(roles, (40, 0, 50, 120, 120))) and u["generated_tokens_total"] == 330
     assert u["calls_without_prompt_tokens"] == u["calls_without_generated_tokens"] == dict.fromkeys(roles, 0)
     (reasked,) = [e for e in journal(result.out) if e["e"] == "eval" and e["calls"] == 2]
     assert reasked["u"] == "im0#4" and (reasked["prompt_tokens"], reasked["tokens"]) == (400, 40)
-    assert result.summary["this_run"]["prompt_tokens"] == 3400 and result.summary["this_run"]["generated_tokens"] == 340
+    assert result.summary["this_run"]["prompt_tokens"] == 3300 and result.summary["this_run"]["generated_tokens"] == 330
     # A score-only evaluator reports no counts (no text is generated; choice probabilities carry no
     # usage): its calls are listed as uncounted, the generator's still counted.
     result = run(config(tmp_path, data, out="score-only", calls=CallSettings(evaluator_mode="score-only"),
                         settings=Settings(paraphrases=1)), Scripted(counts=True))
     u = result.stats["usage"]
-    assert u["prompt_tokens"] == dict(zip(roles, (500, 0, 500, 0, 0)))
+    assert u["prompt_tokens"] == dict(zip(roles, (400, 0, 500, 0, 0)))
     assert u["calls_without_prompt_tokens"] == u["calls_without_generated_tokens"] == dict(zip(roles, (0, 0, 0, 5, 5)))
     # An engine without counts or log-probs: nothing is counted, and the CLI says so.
     from deepfakejudge.backends import BACKENDS
@@ -415,10 +422,10 @@ def test_token_counts_from_usage_and_calls_without_them(tmp_path, capsys, monkey
             "--evaluator-backend", "scripted", "--data", str(data), "--out", str(tmp_path / "cli"),
             "--paraphrases", "0", "--no-cache"]
     assert main(argv) == 0
-    assert ("prompt tokens 0, generated tokens 0 (not counted: prompt tokens of 10 calls, generated tokens of 10; "
+    assert ("prompt tokens 0, generated tokens 0 (not counted: prompt tokens of 9 calls, generated tokens of 9; "
             "see stats.json)") in capsys.readouterr().out
     u = json.loads((tmp_path / "cli" / "stats.json").read_text())["usage"]
-    assert u["calls_without_prompt_tokens"] == dict(zip(roles, (5, 0, 0, 5, 0)))
+    assert u["calls_without_prompt_tokens"] == dict(zip(roles, (4, 0, 0, 5, 0)))
 
 
 def test_evaluator_without_a_score_is_reasked_then_rejected(tmp_path):
@@ -483,7 +490,7 @@ def test_paraphrases_rechecked_retried_and_dropped(tmp_path):
     plain = Scripted()
     cfg = config(tmp_path, data, out="plain", settings=Settings(paraphrases=3, recheck=False))
     result = run(cfg, plain)
-    assert plain.calls == {"generate": 5, "evaluate": 5, "paraphrase": 15}
+    assert plain.calls == {"generate": 4, "evaluate": 5, "paraphrase": 15}
     assert result.summary["outputs"]["rows"]["pointwise-train"] + result.summary["outputs"]["rows"]["pointwise-test"] == 20
 
 
@@ -497,13 +504,15 @@ def test_score_only_evaluator_and_dfj_judge_template(tmp_path):
     assert "(no justification given)" in refine
     point = {r["score"]: r for r in rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")}
     # No justification to learn from: the target's reasoning is the level's description.
-    assert point[3]["target"].startswith("<reasoning>Partial and generic.") and point[3]["target"].endswith("<score>3</score>")
+    assert point[3]["target"].startswith("<reasoning>Partly right, with the right verdict.")
+    assert point[3]["target"].endswith("<score>3</score>")
     # A DFJ judge as the evaluator sees only the label and the explanation, through its template.
     judge = Scripted()
     cfg = config(tmp_path, data, out="judge", settings=Settings(paraphrases=0))
     run(cfg, judge, RolePrompts.load(evaluator_template="default"))
     texts = [t for role, t, _ in judge.log if role == "evaluate"]
-    assert texts and all("Explanation to rate:" in t and "gold reasoning" not in t for t in texts)
+    assert texts and all("Explanation to rate:" in t and "Reference explanation" not in t
+                         and "Annotated evidence" not in t for t in texts)
 
 
 # -- outputs ---------------------------------------------------------------------------------------
@@ -516,7 +525,8 @@ def test_outputs_validate_split_by_image_and_balanced_pairs(tmp_path, capsys):
     for split in ("train", "test"):
         for kind, store in (("pointwise", point), ("pairwise", pairs)):
             path = out / f"{kind}-{split}.jsonl"
-            assert main(["data", "validate", str(path)]) == 0
+            # The records name the input's images, outside the run folder: allowed with --image-root.
+            assert main(["data", "validate", str(path), "--image-root", str(tmp_path)]) == 0
             ds = load_records(path)
             assert not ds.errors
             store[split] = ds.samples
@@ -646,11 +656,13 @@ def test_cli_dry_run_prints_prompts_and_calls_nothing(tmp_path, capsys):
                  "--out", str(out), "--dry-run", "--limit", "2"])
     captured = capsys.readouterr()
     assert code == 0 and not out.exists()
-    assert captured.out.count("===== generate · ") == 10
+    assert captured.out.count("===== generate · ") == 8 and captured.out.count("===== gold · ") == 2
     for role in ("evaluate", "refine", "paraphrase"):
         assert f"===== {role} · im0" in captured.out
-    assert "IMG[im1] gold reasoning" in captured.out and "- texture at [4, 5, 30, 40] (middle left): the smear" in captured.out
-    assert "# dry run: 2 images, 10 units; 100 to 240 model calls" in captured.out
+    assert "IMG[im1] lvl 5 round 0 gold reasoning" in captured.out
+    assert "- texture at [4, 5, 30, 40] (middle left): the smear" in captured.out
+    # Per image: 4 generated levels x 2..8 calls, 1 gold evaluation, 5 levels x 4 paraphrases x 2..4 calls.
+    assert "# dry run: 2 images, 10 units; 98 to 226 model calls" in captured.out
     # Bad rows are reported on stderr, exit 1.
     data = make_data(tmp_path, n=2, bad=True)
     code = main(["bootstrap", "--generator", "g", "--evaluator", "e", "--data", str(data), "--out", str(out), "--dry-run"])
@@ -715,3 +727,127 @@ def test_cli_evaluator_reasks_default_to_two_in_bootstrap_only(tmp_path):
     assert build(parser.parse_args([*common, "--reasks", "0"]))[0].calls.evaluator.reasks == 0
     judge = parser.parse_args(["judge", "pointwise", "--model", "m", "--data", "d", "--out", "o"])
     assert judge.reasks == 0
+
+
+# -- the paper's construction: gold level 5, the rubric's verdicts, the released test layout --------
+
+def test_level5_is_the_gold_rationale_rated_and_paraphrased_never_generated(tmp_path):
+    data = make_data(tmp_path, n=3)
+    samples = {s.id: s for s in load_records(data).samples}
+    # The evaluator rates the gold a 3: a reference is accepted whatever the rating, and not refined.
+    backend = Scripted(rate=lambda image, level, rnd, para: 3 if (level, para) == (5, 0) else level)
+    result = run(config(tmp_path, data), backend)
+    assert not [t for role, t, _ in backend.log if role in ("generate", "refine") and "quality level 5" in t]
+    point = rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+    gold = {r["image_id"]: r for r in point if r["score"] == 5 and r["variant"] == 0}
+    assert sorted(gold) == ["im0", "im1", "im2"]
+    for image_id, r in gold.items():
+        s = samples[image_id]
+        true = "real" if s.label == "real" else "fake"
+        assert r["response"] == f"<reasoning>{s.rationale}</reasoning> <answer>{true}</answer>"
+        assert (r["evaluator_score"], r["rounds"]) == (3, 0)
+        # A justification of a 3 would contradict the score 5 learnt: the level's description stands in.
+        assert r["target"] == f"<reasoning>{RolePrompts.load().level_text[5]}</reasoning>\n<score>5</score>"
+    # Paraphrased like the other levels: the paraphraser was given the gold text.
+    paras = [r for r in point if r["score"] == 5 and r["variant"] > 0]
+    assert len(paras) == 3 * 2 and all("gold reasoning" in r["response"] for r in paras)
+    assert result.stats["per_level"]["5"]["accepted"] == 3
+    assert result.stats["confusion"]["first"]["5"]["3"] == 3
+    # --level5 generated: the generator writes level 5 too (the behaviour before gold).
+    old = Scripted()
+    cfg = config(tmp_path, data, out="generated",
+                 settings=Settings(rounds=3, paraphrases=0, level5="generated"))
+    result = run(cfg, old)
+    assert old.calls["generate"] == 15
+    point = rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+    assert all("gold reasoning" not in r["response"] for r in point if r["score"] == 5)
+    # The choice is part of the run's fingerprint: a folder never mixes the two.
+    with pytest.raises(ValueError, match="level5"):
+        run(dataclasses.replace(cfg, settings=Settings(rounds=3, paraphrases=0)), Scripted())
+
+
+def test_levels_follow_the_rubric_wrong_verdict_at_2_and_1(tmp_path):
+    data = make_data(tmp_path, n=3)  # fake, real, edited
+    labels = {s.id: s.label for s in load_records(data).samples}
+    backend = Scripted()
+    result = run(config(tmp_path, data), backend)
+    point = rows(result.out / "pointwise-train.jsonl") + rows(result.out / "pointwise-test.jsonl")
+    pairs = rows(result.out / "pairwise-train.jsonl") + rows(result.out / "pairwise-test.jsonl")
+    assert {r["score"] for r in point} == {1, 2, 3, 4, 5}
+    for r in point:  # every variant, paraphrases included
+        true = "real" if labels[r["image_id"]] == "real" else "fake"
+        wrong = "fake" if true == "real" else "real"
+        said = re.search(r"<answer>(\w+)</answer>$", r["response"]).group(1)
+        assert said == (true if r["score"] >= 3 else wrong), r["id"]
+    # A pair between levels 3 and 2 is a right against a wrong verdict.
+    for p in pairs:
+        if {p["score_a"], p["score_b"]} == {2, 3}:
+            three = p["response_a"] if p["score_a"] == 3 else p["response_b"]
+            two = p["response_b"] if p["score_a"] == 3 else p["response_a"]
+            assert three.split("<answer>")[1] != two.split("<answer>")[1]
+    # The generator is told to argue the wrong verdict at level 2, with the rubric's description.
+    prompts = RolePrompts.load()
+    level2 = next(t for role, t, _ in backend.log if role == "generate" and "quality level 2" in t and "IMG[im1]" in t)
+    assert 'must lead to the verdict "fake"' in level2 and prompts.level_text[2] in level2  # im1 is real
+
+
+def test_rubric_is_one_contract_for_generator_and_evaluator():
+    """The levels file and the evaluator's scale agree with LEVEL_VERDICTS, level by level."""
+    from deepfakejudge.bootstrap.prompts import LEVEL_VERDICTS
+
+    prompts = RolePrompts.load()
+    scale = {int(m.group(1)): m.group(2) for m in re.finditer(r"^([1-5]) - (.+)$", prompts.evaluate.text, re.M)}
+    assert sorted(scale) == [1, 2, 3, 4, 5]
+    for level, right in LEVEL_VERDICTS.items():
+        words = "right verdict" if right else "wrong verdict"
+        assert words in prompts.level_text[level].lower(), level
+        assert words in scale[level].lower(), level
+    assert "unsure" in prompts.level_text[3] and "unsure" in scale[3]
+    assert "hedged" in prompts.level_text[2] and "unsure" in scale[2]
+    assert "confident" in prompts.level_text[1] and "confident" in scale[1]
+
+
+def test_released_test_layout_one_row_per_level_and_all_ten_pairs(tmp_path, capsys, monkeypatch):
+    from deepfakejudge.backends import BACKENDS
+
+    data = make_data(tmp_path, n=10)
+    # Level 1 of im0 never aligns: its image has four levels (six pairs) wherever it lands.
+    rate = lambda image, level, rnd, para: 2 if (image, level) == ("im0", 1) else level
+    result = run(config(tmp_path, data, test_layout="released", test_fraction=0.2, seed=5), Scripted(rate=rate))
+    out = result.out
+    point = {s: rows(out / f"pointwise-{s}.jsonl") for s in ("train", "test")}
+    pairs = {s: rows(out / f"pairwise-{s}.jsonl") for s in ("train", "test")}
+    test_images = sorted({r["image_id"] for r in point["test"]})
+    train_images = sorted({r["image_id"] for r in point["train"]})
+    assert test_images and not set(test_images) & set(train_images) and len(test_images) + len(train_images) == 10
+    for image in test_images:
+        mine = [r for r in point["test"] if r["image_id"] == image]
+        levels = [1, 2, 3, 4, 5] if image != "im0" else [2, 3, 4, 5]
+        assert sorted(r["score"] for r in mine) == levels and {r["variant"] for r in mine} == {0}
+        mine_pairs = [p for p in pairs["test"] if p["image_id"] == image]
+        level_pairs = sorted(tuple(sorted((p["score_a"], p["score_b"]))) for p in mine_pairs)
+        assert level_pairs == sorted(itertools.combinations(levels, 2))  # each level pair once
+        assert abs(2 * sum(p["preferred"] == "A" for p in mine_pairs) - len(mine_pairs)) <= 1
+        assert {p["response_a"] for p in mine_pairs} | {p["response_b"] for p in mine_pairs} <= {r["response"] for r in mine}
+    # Train is built as before: every variant, as many pairs as records.
+    for image in train_images:
+        mine = [r for r in point["train"] if r["image_id"] == image]
+        assert len(mine) == (5 if image != "im0" else 4) * 3
+        assert len([p for p in pairs["train"] if p["image_id"] == image]) == len(mine)
+    outputs = result.summary["outputs"]
+    assert outputs["images"] == {"train": len(train_images), "test": len(test_images)}
+    assert outputs["rows"]["pointwise-test"] == len(point["test"]) and outputs["rows"]["pairwise-test"] == len(pairs["test"])
+    assert outputs["test_layout"] == "released"
+    # The CLI defaults: a fifth of the images, the released layout, the counts printed.
+    monkeypatch.setitem(BACKENDS, "scripted", (__name__, "Scripted", "dev"))
+    argv = ["bootstrap", "--generator", "g", "--generator-backend", "scripted", "--evaluator", "g",
+            "--evaluator-backend", "scripted", "--data", str(data), "--out", str(tmp_path / "cli"),
+            "--paraphrases", "1", "--no-cache"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["settings"]["test_fraction"] == 0.2 and summary["outputs"]["test_layout"] == "released"
+    n_test = summary["outputs"]["images"]["test"]
+    assert summary["outputs"]["rows"]["pointwise-test"] == 5 * n_test
+    assert summary["outputs"]["rows"]["pairwise-test"] == 10 * n_test
+    assert f"images {10 - n_test} train / {n_test} test (test layout released)" in printed

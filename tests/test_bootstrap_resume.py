@@ -33,7 +33,7 @@ def test_sigkill_mid_run_then_rerun_finishes_each_unit_once(tmp_path):
     # The same run uninterrupted, in-process: what the killed one must end up with.
     reference = Scripted(rate=POLICIES["mixed"])
     ref = run(config(tmp_path, data, out="reference", batch_size=4, seed=0, test_fraction=0.1,
-                     settings=Settings(**settings)), reference)
+                     test_layout="released", settings=Settings(**settings)), reference)
     expected_calls = sum(reference.calls.values())
     out = tmp_path / "killed"
     argv = [sys.executable, "-c", RUNNER.format(here=str(HERE)), "bootstrap",

@@ -147,3 +147,34 @@ def test_convert_reports_unusable_rows(tmp_path, capsys):
     assert main(["data", "convert", str(data), "--to", "msswift", "--out", str(tmp_path / "o.jsonl")]) == 1
     assert "d.jsonl:2: field 'score'" in capsys.readouterr().err
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
+
+
+def _swift_open(path: str, cwd: Path, root: Path | None) -> Path:
+    """How ms-swift finds an image named in a row: a relative path against $ROOT_IMAGE_DIR if set,
+    else against the working directory; never against the dataset file."""
+    p = Path(path)
+    return p if p.is_absolute() else (root if root is not None else cwd) / p
+
+
+def test_msswift_image_paths_resolve_from_any_working_directory(tmp_path, capsys, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "swift" / "train.jsonl"
+    assert main(["data", "convert", str(POINTWISE), "--to", "msswift", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_paths"] == "absolute"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    monkeypatch.chdir(elsewhere)  # training from another folder than the file's
+    assert all(Path(r["images"][0]).is_absolute() for r in rows)
+    assert all(_swift_open(r["images"][0], elsewhere, None).is_file() for r in rows)
+    # Relative to a root the user names: the summary says how to train (ROOT_IMAGE_DIR).
+    assert main(["data", "convert", str(POINTWISE), "--to", "msswift", "--out", str(out),
+                 "--relative-to", str(REPO), "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)["image_paths"]
+    assert said == f"relative to {REPO}: train with ROOT_IMAGE_DIR={REPO} (or from that folder)"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["images"][0].startswith("examples/") for r in rows)
+    assert all(_swift_open(r["images"][0], elsewhere, REPO).is_file() for r in rows)
+    # LLaMA-Factory resolves against its dataset folder: the option does not apply there.
+    assert main(["data", "convert", str(POINTWISE), "--to", "llamafactory", "--out", str(tmp_path / "lf.jsonl"),
+                 "--relative-to", str(REPO)]) == 2
+    assert "--relative-to" in capsys.readouterr().err

@@ -23,6 +23,10 @@ pointwise records by default (the paper's 1:1), drawn round-robin over the level
 all of them occur; the better response is A in every other pair of a level pair (and in half of
 an image's pairs, to one), from a seeded start. The split assigns each image wholly to train or
 test by a seeded hash of its id: stable when images are added, no image in both.
+
+The test split is laid out like the released DFJ-Meta test set by default (`TEST_LAYOUTS`,
+"released"): per image one pointwise record per level (the accepted explanation, no paraphrase)
+and all ten level pairs of those; "like-train" builds it as the train split.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from .prompts import RolePrompts, strip_tags
 from .state import Settings, Unit
 
 SPLITS: tuple[str, ...] = ("train", "test")
+TEST_LAYOUTS: tuple[str, ...] = ("released", "like-train")
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,12 @@ def variants(unit: Unit, settings: Settings) -> list[Variant]:
     accepted = unit.accepted_try(settings)
     assert accepted is not None and accepted.response is not None
     rounds = unit.rounds_used(settings)
-    out = [Variant(unit.image_id, unit.level, 0, accepted.response, accepted.score, accepted.feedback, rounds)]
+    feedback = accepted.feedback
+    if unit.gold is not None and not settings.aligned(accepted.score, unit.level):
+        # The gold is kept whatever its rating, but a justification of another score would
+        # contradict the target's score: the level's description stands in for it.
+        feedback = None
+    out = [Variant(unit.image_id, unit.level, 0, accepted.response, accepted.score, feedback, rounds)]
     # A paraphrase keeps its original's claims: without its own rating it borrows the original's.
     seen = {" ".join(accepted.response.split()).lower()}
     for j in range(1, settings.paraphrases + 1):
@@ -76,7 +86,7 @@ def variants(unit: Unit, settings: Settings) -> list[Variant]:
             continue
         seen.add(norm)
         out.append(Variant(unit.image_id, unit.level, j, kept.response, kept.score if kept.rated else None,
-                           kept.feedback or accepted.feedback, rounds))
+                           kept.feedback or feedback, rounds))
     return out
 
 
@@ -124,6 +134,13 @@ def make_pairs(records: list[Variant], n_pairs: int, rng: random.Random) -> list
                 chosen.append((lo, hi, "B"))
         round_ += 1
     return chosen
+
+
+def test_records(records: list[Variant], layout: str) -> list[Variant]:
+    """A test image's records: the accepted explanation of each level ("released"), or all."""
+    if layout not in TEST_LAYOUTS:
+        raise ValueError(f"--test-layout must be one of {', '.join(TEST_LAYOUTS)}, got {layout!r}")
+    return [v for v in records if v.variant == 0] if layout == "released" else records
 
 
 @lru_cache(maxsize=4096)
@@ -208,8 +225,9 @@ def write_outputs(
     seed: int,
     test_fraction: float,
     pairs_per_image: int | None,
+    test_layout: str = "released",
 ) -> dict[str, Any]:
-    """Write every output file; returns {file name: rows} and the split."""
+    """Write every output file; returns {file name: rows}, images per split and the test layout."""
     by_image: dict[str, list[Variant]] = {}
     rejected: list[dict[str, Any]] = []
     for unit in units:
@@ -223,9 +241,15 @@ def write_outputs(
     level_text = prompts.level_text
     for image_id in image_ids:
         sample, records, s = samples[image_id], by_image.get(image_id, []), split[image_id]
+        released = s == "test" and test_layout == "released"
+        if s == "test":
+            records = test_records(records, test_layout)
         rows[f"pointwise-{s}"].extend(pointwise_row(sample, v, out_dir, s, level_text) for v in records)
         rng = random.Random(f"{seed}:pairs:{image_id}")
-        n = len(records) if pairs_per_image is None else pairs_per_image
+        if released:  # every level pair once: ten pairs for five accepted levels
+            n = len(records) * (len(records) - 1) // 2
+        else:
+            n = len(records) if pairs_per_image is None else pairs_per_image
         for a, b, preferred in make_pairs(records, n, rng):
             rows[f"pairwise-{s}"].append(pairwise_row(sample, a, b, preferred, out_dir, s))
     counts: dict[str, Any] = {}
@@ -235,12 +259,14 @@ def write_outputs(
     _write_jsonl(out_dir / "rejected.jsonl", rejected)
     counts["rejected"] = len(rejected)
     write_msswift(out_dir, rows)
-    return {"rows": counts, "images": {s: sum(v == s for v in split.values()) for s in SPLITS}}
+    return {"rows": counts, "images": {s: sum(v == s for v in split.values()) for s in SPLITS},
+            "test_layout": test_layout}
 
 
 def write_msswift(out_dir: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
     """The canonical rows as ms-swift conversations with the project's judge templates, through
-    the same code as `dfj data convert --to msswift` (`train.formats`)."""
+    the same code as `dfj data convert --to msswift` (`train.formats`): absolute image paths, as
+    ms-swift opens a relative one against its working directory, not against the file."""
     from ..train.formats import conversation_rows
 
     folder = out_dir / "msswift"

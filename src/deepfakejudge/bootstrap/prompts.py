@@ -11,10 +11,15 @@ The evaluator is either the generic, reference-guided `evaluate` prompt or a DFJ
 template (`--evaluator-template`): a trained judge sees only the label and the candidate, as at
 inference, and its `<reasoning>` becomes the feedback.
 
-The verdict is fixed by the level, not left to the generator: levels 2..5 lead to the true
-verdict (hedged at 2), level 1 to the wrong one, as the rubric's "confidently wrong" asks. The
-generator writes only the reasoning; `parse_explanation` attaches `<answer>verdict</answer>` so
-every record follows the detector contract `<reasoning>…</reasoning> <answer>real|fake</answer>`.
+The rubric is the contract (`LEVEL_VERDICTS`, the levels file, the evaluator's scale, the docs):
+levels 3..5 argue for the true class (3 may sound unsure), levels 1 and 2 for the wrong one (2
+hedged and unsure, 1 confident). The verdict is fixed by the level, not left to the generator:
+the generator writes only the reasoning and `parse_explanation` attaches `<answer>verdict</answer>`,
+so every record follows the detector contract `<reasoning>…</reasoning> <answer>real|fake</answer>`.
+
+Level 5 is the gold rationale itself by default (`gold_response`): the annotators' text with the
+annotated verdict, rated and paraphrased like the others but never generated; levels 4..1 are
+degradations of it (the generator sees it as the reference).
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Literal
 
 from ..parsing import parse_prediction, parse_reasoning
@@ -35,7 +39,7 @@ from ..prompts import (
 )
 from ..records import Sample
 
-PROMPT_VERSION = "bootstrap/1"
+PROMPT_VERSION = "bootstrap/2"  # 2: wrong verdict at level 2, gold level 5
 ROLES: tuple[str, ...] = ("generate", "refine", "paraphrase", "evaluate", "levels")
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
 EvaluatorKind = Literal["reference", "judge"]
@@ -44,12 +48,26 @@ _TAG = re.compile(r"<\s*/?\s*(reasoning|answer|score)\s*>", re.IGNORECASE)
 _LEVEL_LINE = re.compile(r"^\s*([1-5])\s*:\s*(\S.*)$")
 
 
+# Whether an explanation at each level argues for the true class. The rubric: 5 and 4 right; 3
+# right, sometimes in an unsure tone; 2 wrong, sometimes in an unsure tone; 1 wrong, sometimes in
+# a confident tone.
+LEVEL_VERDICTS: dict[int, bool] = {5: True, 4: True, 3: True, 2: False, 1: False}
+
+
 def verdict(label: str, level: int) -> str:
-    """The verdict an explanation at `level` argues for: the true one except at level 1."""
+    """The verdict an explanation at `level` argues for: the true one at levels 3..5, the wrong
+    one at levels 1 and 2 (`LEVEL_VERDICTS`)."""
     true = "real" if label == "real" else "fake"  # "edited" is a fake verdict
-    if level == 1:
-        return "fake" if true == "real" else "real"
-    return true
+    if LEVEL_VERDICTS[level]:
+        return true
+    return "fake" if true == "real" else "real"
+
+
+def gold_response(sample: Sample) -> str:
+    """The level-5 candidate made from the annotation: the gold rationale as the reasoning and the
+    annotated verdict, in the detector contract (tags in the rationale are neutralised)."""
+    body = strip_tags(sample.rationale or "")
+    return f"<reasoning>{body}</reasoning> <answer>{verdict(sample.label, 5)}</answer>"
 
 
 def parse_levels(template: Template) -> dict[int, str]:
@@ -147,7 +165,8 @@ class RolePrompts:
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None, evaluator_template: str | Template | None = None) -> "RolePrompts":
         """The project's templates, with `overrides` {role: path} and, for a DFJ judge as the
-        evaluator, its pointwise template (a path, "default" for the project's own, or a Template)."""
+        evaluator, its pointwise template (a path, "official" for the authors' prompt of the released
+        judges, "default" for the project's own, or a Template)."""
         overrides = overrides or {}
         found = {}
         for role in ROLES:
@@ -158,7 +177,7 @@ class RolePrompts:
                 raise ValueError("--evaluator-template and --prompt evaluate=PATH: give one evaluator prompt, not both")
             found["evaluate"] = (
                 evaluator_template if isinstance(evaluator_template, Template)
-                else resolve_template(None if evaluator_template == "default" else Path(evaluator_template), "pointwise")
+                else resolve_template(evaluator_template, "pointwise")  # a path, "official" or "default"
             )
         prompts = cls(**found)
         parse_levels(prompts.levels)  # a bad levels file fails before any call

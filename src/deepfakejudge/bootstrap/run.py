@@ -22,8 +22,8 @@ from ..records import RowError, Sample
 from ..results import MODEL_ERROR_FIELD, error_row, provenance
 from .engine import CallSettings, Engine, RunCounters
 from .journal import Journal
-from .outputs import _write_jsonl, write_outputs
-from .prompts import LEVELS, RolePrompts
+from .outputs import TEST_LAYOUTS, _write_jsonl, write_outputs
+from .prompts import LEVELS, RolePrompts, gold_response
 from .state import Settings, Unit
 from .stats import progress_postfix, report
 
@@ -35,7 +35,8 @@ class BootstrapConfig:
     settings: Settings = field(default_factory=Settings)
     calls: CallSettings = field(default_factory=CallSettings)
     seed: int = 0
-    test_fraction: float = 0.1
+    test_fraction: float = 0.2  # about a fifth of the images, as the released DFJ-Meta test set
+    test_layout: str = "released"  # outputs.TEST_LAYOUTS
     pairs_per_image: int | None = None
     limit: int | None = None
     retry_failed: bool = False
@@ -48,6 +49,8 @@ class BootstrapConfig:
             raise ValueError(f"--pairs-per-image must be >= 0, got {self.pairs_per_image}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        if self.test_layout not in TEST_LAYOUTS:
+            raise ValueError(f"--test-layout must be one of {', '.join(TEST_LAYOUTS)}, got {self.test_layout!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the data a run produces; a resumed run must match it."""
@@ -69,6 +72,12 @@ class BootstrapResult:
     summary: dict[str, Any]
     stats: dict[str, Any]
     errors: int
+
+
+def make_units(samples: list[Sample], settings: Settings) -> list[Unit]:
+    """One unit per (image, level); level 5 holds the gold rationale unless `level5` is "generated"."""
+    gold = settings.level5 == "gold"
+    return [Unit(s.id, k, gold=gold_response(s) if gold and k == 5 else None) for s in samples for k in LEVELS]
 
 
 def select_samples(config: BootstrapConfig) -> tuple[list[Sample], list[RowError]]:
@@ -125,7 +134,7 @@ def run_bootstrap(
     """
     samples, errors = select_samples(config)
     by_id = {s.id: s for s in samples}
-    units = [Unit(s.id, k) for s in samples for k in LEVELS]
+    units = make_units(samples, config.settings)
     fingerprint = {**config.fingerprint(), "models": identity or {}, "prompts": prompts.provenance()}
     info = {"provenance": provenance()}
     config.out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +189,8 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
                              "error": f"paraphrase: {slot.failure}"})
     _write_jsonl(config.out / "errors.jsonl", rows)
     outputs = write_outputs(config.out, samples, live, config.settings, prompts, seed=config.seed,
-                            test_fraction=config.test_fraction, pairs_per_image=config.pairs_per_image)
+                            test_fraction=config.test_fraction, pairs_per_image=config.pairs_per_image,
+                            test_layout=config.test_layout)
     stats = report(live, config.settings, journal.events)
     stats["outputs"] = outputs
     stats["errors"] = len(rows)
@@ -206,7 +216,8 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
             "prompt_tokens": sum(counters.prompt_tokens.values()),
         },
         "settings": {**fingerprint, "batch_size": config.calls.batch_size, "limit": config.limit,
-                     "test_fraction": config.test_fraction, "pairs_per_image": config.pairs_per_image,
+                     "test_fraction": config.test_fraction, "test_layout": config.test_layout,
+                     "pairs_per_image": config.pairs_per_image,
                      "retry_failed": config.retry_failed},
         "backends": backends_info,
         "provenance": provenance(),
@@ -228,11 +239,16 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def call_bounds(units: int, settings: Settings) -> tuple[int, int]:
-    """(fewest, most) model calls for `units` (evaluator re-asks not included)."""
+def call_bounds(images: int, settings: Settings) -> tuple[int, int]:
+    """(fewest, most) model calls for `images` (evaluator re-asks not included). A gold level 5
+    costs one evaluation and its paraphrases; a generated level 2 to 2 (1 + rounds) calls more."""
     per_para = 1 + int(settings.recheck)
-    low = units * (2 + settings.paraphrases * per_para)
-    high = units * (2 * (1 + settings.rounds) + settings.paraphrases * (1 + settings.paraphrase_retries) * per_para)
+    generated = len(LEVELS) - int(settings.level5 == "gold")
+    gold = len(LEVELS) - generated
+    paraphrases = len(LEVELS) * settings.paraphrases * per_para
+    low = images * (2 * generated + gold + paraphrases)
+    high = images * (2 * (1 + settings.rounds) * generated + gold
+                     + paraphrases * (1 + settings.paraphrase_retries))
     return low, high
 
 
@@ -252,6 +268,10 @@ def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = 
             continue
         images += 1
         for level in sorted(LEVELS, reverse=True):
+            if level == 5 and config.settings.level5 == "gold":
+                _show(out, f"gold · {sample.id} · level 5 · the annotated rationale, rated, never generated",
+                      gold_response(sample))
+                continue
             _show(out, f"generate · {sample.id} · level {level} · image {sample.image}",
                   prompts.generate_text(sample, level, size))
         if not shown_roles:
@@ -268,7 +288,7 @@ def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = 
     for e in errors:
         print(str(e), file=sys.stderr)
     units = images * len(LEVELS)
-    low, high = call_bounds(units, config.settings)
+    low, high = call_bounds(images, config.settings)
     print(f"# dry run: {images} images, {units} units; {low} to {high} model calls "
           f"({len(errors)} input error(s)); nothing was sent", file=out)
     return len(errors)

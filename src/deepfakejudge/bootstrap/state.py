@@ -10,7 +10,9 @@ A unit is one annotated image at one intended quality level. Its life:
     a model call that failed -> failed (an error entry; `retry_failed` reopens it).
 
 Every generator call is a round: round 0 is the first explanation, rounds 1..R the refinements
-(or re-asks after malformed output). Each accepted unit then has P paraphrase slots; a slot tries
+(or re-asks after malformed output). A gold unit (level 5 by default) has no generator call: its
+round 0 is the annotated rationale, rated once by the evaluator (for the judge's target and the
+report) and accepted whatever the rating, then paraphrased and re-checked like any other. Each accepted unit then has P paraphrase slots; a slot tries
 up to 1 + `paraphrase_retries` times and keeps the first rewording that is well formed, differs
 from the original and (with `recheck`) is rated within tolerance by the evaluator.
 
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["generate", "refine", "paraphrase", "evaluate", "recheck"]
+Level5 = Literal["gold", "generated"]
+LEVEL5: tuple[str, ...] = ("gold", "generated")
 ROLES: tuple[str, ...] = ("generate", "refine", "paraphrase", "evaluate", "recheck")
 GENERATOR_ROLES = frozenset({"generate", "refine", "paraphrase"})
 Status = Literal["open", "accepted", "done", "rejected", "failed"]
@@ -42,8 +46,13 @@ class Settings:
     # A generator output cut off at its token limit is malformed unless kept: a truncated
     # explanation is not a valid training target.
     keep_truncated: bool = False
+    # Level 5: the annotated rationale itself ("gold", the paper's table labels it so) or a
+    # generated explanation ("generated", as this project did before).
+    level5: Level5 = "gold"
 
     def __post_init__(self) -> None:
+        if self.level5 not in LEVEL5:
+            raise ValueError(f"--level5 must be one of {', '.join(LEVEL5)}, got {self.level5!r}")
         for name, low in (("rounds", 0), ("tolerance", 0), ("paraphrases", 0), ("paraphrase_retries", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
@@ -98,6 +107,12 @@ class Unit:
     slots: dict[int, Slot] = field(default_factory=dict)
     failure: str | None = None
     failure_role: str | None = None
+    gold: str | None = None  # the gold candidate: round 0 is this text, never generated
+
+    def __post_init__(self) -> None:
+        if self.gold is not None and not self.rounds:
+            self.rounds.append(Try(self.gold, None, ""))
+            self.kinds.append("gold")
 
     @property
     def key(self) -> str:
@@ -149,6 +164,8 @@ class Unit:
     # -- derived status --------------------------------------------------------------------------
 
     def accepted_try(self, settings: Settings) -> Try | None:
+        if self.gold is not None:  # the annotation is the reference: rated for the record, never refused
+            return self.rounds[0] if self.rounds[0].rated else None
         for t in self.rounds:
             if t.rated and settings.aligned(t.score, self.level):
                 return t

@@ -36,12 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument(f"--{side}-max-new-tokens", type=int, default=384 if side == "generator" else 256,
                        help="generation length limit")
     e = p.add_argument_group("evaluator prompt")
-    e.add_argument("--evaluator-template", default=None, metavar="PATH|default",
+    e.add_argument("--evaluator-template", default=None, metavar="PATH|official|default",
                    help="evaluate with a DFJ pointwise judge template (a file with {ground_truth_label} and "
-                        "{candidate_response}, or 'default' for the project's own): the judge sees only the label and "
-                        "the explanation, and its <reasoning> is the feedback. Default: the reference-guided evaluator "
-                        "prompt (image, label, annotated boxes and the gold rationale). A trained judge given as "
-                        "--evaluator-adapter (or an exported --evaluator folder) uses its training template.")
+                        "{candidate_response}, 'official' for the authors' prompt of the released judges, or 'default' "
+                        "for the project's own): the judge sees only the label and the explanation, and its "
+                        "<reasoning> is the feedback. Default: the reference-guided evaluator prompt (image, label, "
+                        "annotated boxes and the gold rationale). A trained judge given as --evaluator-adapter (or an "
+                        "exported --evaluator folder) uses its training template; a released DFJ judge as --evaluator "
+                        "uses 'official'.")
     e.add_argument("--evaluator-mode", choices=("generate", "score-only"), default="generate",
                    help="generate: score with a justification, the feedback for refinement (default); score-only: one "
                         "forward pass reading the 1..5 distribution, no justification (the refiner gets the score only)")
@@ -56,7 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_remote_options(p, reasks=2)
     loop = p.add_argument_group("the loop")
     loop.add_argument("--tolerance", type=int, default=0,
-                      help="accept when |evaluator score - intended level| <= N (default 0: exact)")
+                      help="accept when |evaluator score - intended level| <= N (default 0: exact; the paper says "
+                           "'within a threshold' without the number, see docs/bootstrap.md)")
+    loop.add_argument("--level5", choices=("gold", "generated"), default="gold",
+                      help="gold: level 5 is the annotated rationale with the annotated verdict, rated and "
+                           "paraphrased but never generated, as in the paper (default); generated: written by the "
+                           "generator like the other levels")
     loop.add_argument("--rounds", type=int, default=3, help="refinement rounds before a unit is rejected (default 3)")
     loop.add_argument("--paraphrases", type=int, default=4, help="paraphrases per accepted explanation (default 4)")
     loop.add_argument("--no-recheck", action="store_true", help="keep paraphrases without asking the evaluator again")
@@ -73,7 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("run and outputs")
     o.add_argument("--data", required=True, help="annotated images: canonical JSONL with label, artifacts and rationale")
     o.add_argument("--out", required=True, help="run folder: journal, outputs, report (resumed if it exists)")
-    o.add_argument("--test-fraction", type=float, default=0.1, help="share of images in the test split (default 0.1)")
+    o.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of images in the test split (default 0.2, about a fifth as in the released data)")
+    o.add_argument("--test-layout", choices=("released", "like-train"), default="released",
+                   help="released: per test image one pointwise row per level (no paraphrases) and all ten level "
+                        "pairs, as the released DFJ-Meta test set (default); like-train: built as the train split")
     o.add_argument("--pairs-per-image", type=int, default=None,
                    help="pairwise records per image (default: as many as its pointwise records, the paper's 1:1)")
     o.add_argument("--batch-size", type=int, default=64,
@@ -111,7 +122,10 @@ def evaluator_template(args: argparse.Namespace) -> str | Template | None:
 
     trained = find_trained_judge(args.evaluator_adapter, args.evaluator)
     if trained is None:
-        return None
+        from ..prompts.official import released_kind
+
+        # A released judge is asked with the prompt it was trained on, never the reference prompt.
+        return "official" if released_kind(args.evaluator_adapter) or released_kind(args.evaluator) else None
     if trained.kind != "pointwise":
         raise ValueError(f"--evaluator: {trained.path} is a {trained.kind} judge; the evaluator must rate 1..5 (pointwise)")
     return trained.template
@@ -142,10 +156,11 @@ def build(args: argparse.Namespace):
     )
     settings = Settings(rounds=args.rounds, tolerance=args.tolerance, paraphrases=args.paraphrases,
                         recheck=not args.no_recheck, paraphrase_retries=args.paraphrase_retries,
-                        keep_truncated=args.keep_truncated)
+                        keep_truncated=args.keep_truncated, level5=args.level5)
     config = BootstrapConfig(
         data=Path(args.data), out=Path(args.out), settings=settings, calls=calls, seed=args.seed,
-        test_fraction=args.test_fraction, pairs_per_image=args.pairs_per_image, limit=args.limit,
+        test_fraction=args.test_fraction, test_layout=args.test_layout, pairs_per_image=args.pairs_per_image,
+        limit=args.limit,
         retry_failed=args.retry_failed, max_image_pixels=args.max_image_pixels,
     )
     return config, prompts
@@ -188,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
         "  per level (accepted/units): " + ", ".join(
             f"L{k} {v['accepted']}/{v['units']}" for k, v in sorted(st["per_level"].items(), reverse=True)),
         f"  pointwise {rows['pointwise-train']} train / {rows['pointwise-test']} test; pairwise "
-        f"{rows['pairwise-train']} train / {rows['pairwise-test']} test; rejected {rows['rejected']}",
+        f"{rows['pairwise-train']} train / {rows['pairwise-test']} test; rejected {rows['rejected']}; images "
+        f"{s['outputs']['images']['train']} train / {s['outputs']['images']['test']} test "
+        f"(test layout {s['outputs']['test_layout']})",
         f"  calls {usage['calls_total']} in all ({s['this_run']['calls_total']} this run, "
         f"{s['this_run']['calls_from_cache']} of them from the request cache, {s['this_run']['seconds']} s); "
         f"prompt tokens {usage['prompt_tokens_total']}, generated tokens {usage['generated_tokens_total']}"

@@ -2,10 +2,15 @@
 
 Both get one JSON object per line with the conversation the judge is trained on: a user turn
 `<image>` + the prompt filled from the template (the image first, as the released judges saw it)
-and an assistant turn with the answer (`examples.target_text`), plus `images` with the path
-relative to the output file. ms-swift reads the file as it is (`--dataset FILE`); LLaMA-Factory
-also needs a `dataset_info.json` entry, written (or updated) beside the file. The ms-swift output
-is read back by `load_records` (with the same `--template`), so a round trip keeps every row.
+and an assistant turn with the answer (`examples.target_text`), plus `images`.
+
+Image paths are written as each trainer resolves them. ms-swift opens a relative path against
+the working directory (or `$ROOT_IMAGE_DIR`), not against the file: its rows get absolute paths,
+or, with `relative_to`, paths relative to that folder (then run ms-swift with
+`ROOT_IMAGE_DIR` set to it, or from it). LLaMA-Factory joins a relative path to its `media_dir`, which
+defaults to the dataset folder: its rows get paths relative to the output file, and a
+`dataset_info.json` entry is written (or updated) beside it. The ms-swift output is read back by
+`load_records` (with the same `--template`), so a round trip keeps every row.
 """
 
 from __future__ import annotations
@@ -28,9 +33,15 @@ def _relative(image: Path, folder: Path) -> str:
     return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
 
 
-def conversation_rows(samples: Iterable[Sample], template: Template, out: Path) -> tuple[list[dict[str, Any]], list[RowError]]:
+def image_path(image: Path, root: Path | None) -> str:
+    """The image as the row names it: absolute, or relative to `root`."""
+    return image.resolve().as_posix() if root is None else _relative(image, root)
+
+
+def conversation_rows(samples: Iterable[Sample], template: Template, out: Path,
+                      relative_to: Path | None = None) -> tuple[list[dict[str, Any]], list[RowError]]:
+    """Conversation rows; `images` relative to `relative_to`, or absolute when it is None."""
     examples, errors = build_examples(samples, template)
-    folder = out.parent
     rows = [
         {
             "id": ex.id,
@@ -38,7 +49,7 @@ def conversation_rows(samples: Iterable[Sample], template: Template, out: Path) 
                 {"role": "user", "content": IMAGE_TAG + ex.prompt},
                 {"role": "assistant", "content": ex.target},
             ],
-            "images": [_relative(ex.image, folder)],
+            "images": [image_path(ex.image, relative_to)],
         }
         for ex in examples
     ]
@@ -78,13 +89,21 @@ def update_dataset_info(out: Path, name: str) -> Path:
 
 
 def convert(samples: Iterable[Sample], template: Template, out: str | Path, to: str,
-            name: str | None = None) -> tuple[int, list[RowError], Path | None]:
+            name: str | None = None, relative_to: str | Path | None = None) -> tuple[int, list[RowError], Path | None]:
     """Write `samples` as `to` format training rows; returns (rows written, unusable rows,
-    dataset_info.json path for LLaMA-Factory)."""
+    dataset_info.json path for LLaMA-Factory). ms-swift rows name images absolutely, or relative
+    to `relative_to`; LLaMA-Factory rows relative to the output file's folder (its `media_dir`)."""
     if to not in FORMATS:
         raise ValueError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     out = Path(out)
-    rows, errors = conversation_rows(samples, template, out)
+    if to == "llamafactory":
+        if relative_to is not None:
+            raise ValueError("--relative-to: LLaMA-Factory resolves images against the dataset folder; "
+                             "the option applies to --to msswift only")
+        root: Path | None = out.parent
+    else:
+        root = None if relative_to is None else Path(relative_to)
+    rows, errors = conversation_rows(samples, template, out, root)
     write_jsonl(rows, out)
     info = update_dataset_info(out, name or out.stem) if to == "llamafactory" else None
     return len(rows), errors, info
