@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -142,3 +145,83 @@ def test_empty_and_unknown_images_are_named_without_object_addresses(tmp_path):
         assert needle in caught.value.message and "object at 0x" not in caught.value.message
         assert str(path) in caught.value.message
     assert os.path.exists(tmp_path / "empty.png")
+
+
+# -- 3 and 4: the request cache writes each answer as it arrives, and never an empty reply -------
+
+
+def _scripted_server(delay: float = 0.0, empty_for: str | None = None):
+    """A loopback OpenAI-compatible server that counts each distinct prompt it is asked."""
+    from test_openai_backend import Scripted, completion
+
+    def respond(body, n):
+        time.sleep(delay)
+        text = _prompt_of(body)
+        if empty_for is not None and empty_for in text:
+            return 200, completion(None), ()
+        return 200, completion("<reasoning>fine</reasoning> <score>3</score>"), ()
+
+    return Scripted(respond)
+
+
+def _prompt_of(body) -> str:
+    content = body["messages"][0]["content"]
+    return "".join(p.get("text", "") for p in content) if isinstance(content, list) else content
+
+
+def test_empty_or_null_reply_is_a_model_error_and_never_cached(tmp_path):
+    from test_openai_backend import backend
+
+    from deepfakejudge.backends import BackendError, ChatRequest, GenerationConfig
+    from deepfakejudge.backends.cache import CachedBackend, RequestCache
+
+    server = _scripted_server(empty_for="EMPTY")
+    try:
+        cached = CachedBackend(backend(server.url), RequestCache(tmp_path / "c.sqlite"))
+        requests = [ChatRequest(text="judge EMPTY"), ChatRequest(text="judge this")]
+        first = cached.generate_each(requests, GenerationConfig(max_new_tokens=8))
+        assert isinstance(first[0], BackendError) and "empty content" in str(first[0])
+        assert first[1].text.endswith("<score>3</score>")
+        assert len(cached.cache) == 1  # only the answer with content
+        again = cached.generate_each(requests, GenerationConfig(max_new_tokens=8))
+        assert isinstance(again[0], BackendError)
+        asked = [_prompt_of(body) for _, body, _ in server.calls]
+        assert asked.count("judge EMPTY") == 2 and asked.count("judge this") == 1  # asked again, not cached
+        cached.close()
+    finally:
+        server.close()
+
+
+def test_kill_9_during_a_cached_remote_run_re_asks_only_requests_in_flight(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    _png(images / "a.png")
+    n, concurrency = 40, 2
+    data = _write_rows(tmp_path / "data.jsonl", [
+        {"id": f"r{i}", "image": "images/a.png", "label": "fake", "response": f"explanation number {i}"}
+        for i in range(n)])
+    server = _scripted_server(delay=0.1)
+    cache, out = tmp_path / "cache.sqlite", tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "deepfakejudge", "judge", "pointwise", "--backend", "openai", "--model", "m",
+           "--base-url", server.url, "--data", str(data), "--out", str(out), "--cache", str(cache),
+           "--batch-size", "16", "--concurrency", str(concurrency), "--max-new-tokens", "16"]
+    env = {**os.environ, "OPENAI_API_KEY": "k"}
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while len(server.calls) < 10 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert len(server.calls) >= 10, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ""
+        proc.kill()  # kill -9, mid-batch: the batch of 16 has not ended
+        proc.wait(30)
+        before = len(server.calls)
+        assert before < 16  # the kill landed inside the first batch
+        done = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        asked = [_prompt_of(body) for _, body, _ in server.calls]
+        re_asked = len(asked) - len(set(asked))
+        assert len(set(asked)) == n
+        assert re_asked <= concurrency, (re_asked, before)  # at most the requests in flight at the kill
+        assert len(out.read_text().splitlines()) == n
+    finally:
+        server.close()

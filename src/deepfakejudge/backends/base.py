@@ -111,6 +111,10 @@ class Backend(abc.ABC):
 
     name: str = "base"
     capabilities: Capabilities = Capabilities(logprobs=False, choice_probs=False)
+    # True where `generate_each` / `choice_probs_each` take `on_result(index, result)`, called
+    # as each request's answer arrives (HTTP engines): the request cache then writes each
+    # answer at once, so a killed run re-asks only the requests that were in flight.
+    streams_results: bool = False
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:

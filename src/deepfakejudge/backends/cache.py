@@ -7,8 +7,10 @@ The key of a request is the SHA-256 of what determines its answer: the backend's
 Values are the results themselves (compressed JSON), so a cached item comes back identical.
 
 One SQLite file in WAL mode: any number of processes and threads may read and write it at
-once (a writer waits up to `busy_timeout` for another). Only successes are stored; failures are
-asked again next time. The API key is never part of a key or a value.
+once (a writer waits up to `busy_timeout` for another). Each answer is written as it arrives
+(one short transaction; engines that report answers one by one, see `Backend.streams_results`),
+so a killed run re-asks only the requests in flight. Only successes with content are stored;
+failures and empty replies are asked again next time. The API key is never part of a key or a value.
 """
 
 from __future__ import annotations
@@ -102,6 +104,16 @@ def decode_generation(d: dict[str, Any]) -> Generation:
                       prompt_tokens=d.get("prompt_tokens"), completion_tokens=d.get("completion_tokens"))
 
 
+def is_answer(result: Any) -> bool:
+    """What may be cached as a success: a generation with non-empty text, or a non-empty
+    distribution. Failures, and empty or null replies, are asked again next time."""
+    if result is None or isinstance(result, BaseException):
+        return False
+    if isinstance(result, Generation):
+        return bool(result.text.strip())
+    return bool(result)
+
+
 class RequestCache:
     """Key -> JSON value in one SQLite file (WAL). Safe across threads and processes."""
 
@@ -185,7 +197,7 @@ class CachedBackend(Backend):
         op: str,
         requests: Sequence[ChatRequest],
         params: dict[str, Any],
-        call: Callable[[Sequence[ChatRequest]], list[Any]],
+        call: Callable[..., list[Any]],
         encode: Callable[[Any], Any],
         decode: Callable[[Any], Any],
     ) -> list[Any]:
@@ -197,25 +209,33 @@ class CachedBackend(Backend):
         self.cache.misses += len(todo)
         if not todo:
             return results
+        stored: set[int] = set()
+
+        def arrived(j: int, result: Any) -> None:
+            # One short transaction per answer (WAL): a kill -9 loses only the requests in flight.
+            self._store(op, [(keys[todo[j]], result)], encode)
+            stored.add(j)
+
+        streaming = {"on_result": arrived} if self.inner.streams_results else {}
         try:
-            fresh = call([requests[i] for i in todo])
+            fresh = call([requests[i] for i in todo], **streaming)
         except BackendUnavailable as exc:
             if exc.partial is not None:  # keep what did arrive before the server went away
-                self._store(op, [(keys[i], r) for i, r in zip(todo, exc.partial)], encode)
+                self._store(op, [(keys[i], r) for j, (i, r) in enumerate(zip(todo, exc.partial)) if j not in stored], encode)
             raise
-        self._store(op, [(keys[i], r) for i, r in zip(todo, fresh)], encode)
+        self._store(op, [(keys[i], r) for j, (i, r) in enumerate(zip(todo, fresh)) if j not in stored], encode)
         for i, r in zip(todo, fresh):
             results[i] = r
         return results
 
     def _store(self, op: str, pairs: list[tuple[str, Any]], encode: Callable[[Any], Any]) -> None:
-        good = [(k, op, encode(r)) for k, r in pairs if r is not None and not isinstance(r, BaseException)]
+        good = [(k, op, encode(r)) for k, r in pairs if is_answer(r)]
         self.cache.put_many(good)
 
     def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation | BackendError]:
         return self._each(
             "generate", requests, sampling_params(config),
-            lambda todo: self.inner.generate_each(todo, config), encode_generation, decode_generation,
+            lambda todo, **kw: self.inner.generate_each(todo, config, **kw), encode_generation, decode_generation,
         )
 
     def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
@@ -224,7 +244,7 @@ class CachedBackend(Backend):
     def choice_probs_each(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float] | BackendError]:
         return self._each(
             "choice_probs", requests, {"choices": list(choices)},
-            lambda todo: self.inner.choice_probs_each(todo, choices), dict, dict,
+            lambda todo, **kw: self.inner.choice_probs_each(todo, choices, **kw), dict, dict,
         )
 
     def choice_probs(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float]]:

@@ -59,10 +59,10 @@ from .base import (
     raise_failures,
 )
 from .image_payload import ImagePreparer, json_body, png_data_url
+from .resize import FACTOR, qwen_resize
 
 log = logging.getLogger("deepfakejudge.backends.openai")
 
-FACTOR = 28  # Qwen2-VL: 14 px patches merged 2x2, so sides are multiples of 28
 # `owned_by` in /v1/models of servers that continue a final assistant message, and the extra
 # body each takes for it (vLLM refuses continue_final_message together with its default
 # add_generation_prompt=true; SGLang has no add_generation_prompt field).
@@ -77,22 +77,8 @@ MAX_RETRY_AFTER = 120.0  # seconds
 
 def smart_resize(height: int, width: int, budget: PixelBudget, factor: int = FACTOR) -> tuple[int, int]:
     """(height, width) rounded to multiples of `factor` with the pixel count inside the budget,
-    aspect ratio kept as closely as possible: Qwen2-VL's rule (transformers' `smart_resize`)."""
-    if min(height, width) < 1:
-        raise ValueError(f"image: empty image ({width}x{height})")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"image: aspect ratio {width}x{height} is over 200; Qwen2-VL cannot take it")
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > budget.max_pixels:
-        beta = math.sqrt((height * width) / budget.max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < budget.min_pixels:
-        beta = math.sqrt(budget.min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    aspect ratio kept as closely as possible: the project's one Qwen rule (`resize.qwen_resize`)."""
+    return qwen_resize(height, width, budget.min_pixels, budget.max_pixels, factor)
 
 
 def encode_image(image: Image.Image, budget: PixelBudget) -> str:
@@ -230,6 +216,7 @@ class OpenAIBackend(Backend):
     """Chat completions on an OpenAI-compatible server (`--backend openai --base-url URL`)."""
 
     name = "openai"
+    streams_results = True  # `*_each` take `on_result`: each answer is reported as it arrives
 
     def __init__(self, options: LoadOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
         remote = options.remote
@@ -456,9 +443,14 @@ class OpenAIBackend(Backend):
                                 config.seed, config.top_logprobs, await self._image_url(request))
         choice, usage = await self._complete(payload)
         message = choice.get("message") or {}
-        text = message.get("content") or ""
-        if not isinstance(text, str):
+        text = message.get("content")
+        if text is not None and not isinstance(text, str):
             raise BackendError(f"response content is not text: {str(text)[:200]}")
+        if not text or not text.strip():
+            # An empty or null reply is a failed call (an error row that --retry-errors asks
+            # again), never an answer: cached as one, it would never be asked again.
+            raise BackendError(f"the server returned empty content (finish_reason "
+                               f"{choice.get('finish_reason')!r}); rerun with --retry-errors to ask again")
         entries = (choice.get("logprobs") or {}).get("content") or []
         steps: tuple[TokenStep, ...] = ()
         if "logprobs" in payload and text:
@@ -489,8 +481,8 @@ class OpenAIBackend(Backend):
             raise BackendError(self._logprobs_refused(payload, "an earlier request was refused them"))
         choice, _ = await self._complete(payload, degrade=False)
         entries = (choice.get("logprobs") or {}).get("content") or []
-        if not entries:
-            return {}
+        if not entries:  # nothing to read a probability from: a failed call, not "no mass"
+            raise BackendError("the server returned no logprobs for the next token; rerun with --retry-errors")
         first = entries[0]
         probs: dict[str, float] = {}
         for token, logprob in [(first.get("token"), first.get("logprob")),
@@ -509,15 +501,19 @@ class OpenAIBackend(Backend):
             probs = {c: top[head] * after.get(c, 0.0) for c in choices}
         return probs
 
-    def _run_each(self, requests: Sequence[ChatRequest], one: Callable[[ChatRequest], Awaitable[Any]]) -> list[Any]:
-        async def guarded(request: ChatRequest) -> Any:
+    def _run_each(self, requests: Sequence[ChatRequest], one: Callable[[ChatRequest], Awaitable[Any]],
+                  on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        async def guarded(i: int, request: ChatRequest) -> Any:
             try:
-                return await one(request)
+                result = await one(request)
             except (BackendError, BackendUnavailable) as exc:
                 return exc
+            if on_result is not None:  # as each answer arrives (the request cache writes it now)
+                on_result(i, result)
+            return result
 
         async def gather() -> list[Any]:
-            return await asyncio.gather(*(guarded(r) for r in requests))
+            return await asyncio.gather(*(guarded(i, r) for i, r in enumerate(requests)))
 
         results = self._runner.run(gather()) if requests else []
         down = [r for r in results if isinstance(r, BackendUnavailable)]
@@ -528,7 +524,8 @@ class OpenAIBackend(Backend):
 
     # -- Backend ---------------------------------------------------------------------------------
 
-    def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation | BackendError]:
+    def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig,
+                      on_result: Callable[[int, Any], None] | None = None) -> list[Generation | BackendError]:
         if config.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
         if config.temperature < 0:
@@ -538,12 +535,13 @@ class OpenAIBackend(Backend):
                 f"request prefix: the server at {self.base_url} ({self.server}) cannot continue a "
                 "prefilled assistant message; use --mode generate, or --prefill on if it can"
             )
-        return self._run_each(requests, lambda r: self._generate_one(r, config))
+        return self._run_each(requests, lambda r: self._generate_one(r, config), on_result)
 
     def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
         return raise_failures(self.generate_each(requests, config))
 
-    def choice_probs_each(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float] | BackendError]:
+    def choice_probs_each(self, requests: Sequence[ChatRequest], choices: Sequence[str],
+                          on_result: Callable[[int, Any], None] | None = None) -> list[dict[str, float] | BackendError]:
         if not choices or any(not c for c in choices) or len(set(choices)) != len(choices):
             raise ValueError(f"choices: need distinct non-empty strings, got {list(choices)}")
         if not self.capabilities.choice_probs:
@@ -552,7 +550,7 @@ class OpenAIBackend(Backend):
                 "prefilled assistant message, which reading choice probabilities needs; use --mode generate "
                 "(scores parsed from text, probabilities from logprobs where returned), or --prefill on"
             )
-        return self._run_each(requests, lambda r: self._choice_one(r, choices))
+        return self._run_each(requests, lambda r: self._choice_one(r, choices), on_result)
 
     def choice_probs(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float]]:
         return raise_failures(self.choice_probs_each(requests, choices))
