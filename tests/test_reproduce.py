@@ -338,6 +338,9 @@ def test_reproduce_locally_end_to_end(local_run, release, predictions):
     bleu = BLEU(max_ngram_order=3).corpus_score([explanation(resp[i]) for i in ids], [[gold[i].rationale for i in ids]])
     assert sida["ours"]["bleu3"] == pytest.approx(bleu.score / 100)
     assert 0 < sida["ours"]["bertscore"] <= 1
+    # The offline MiniLM has no bert-score baseline: raw, and the report says so.
+    assert sida["bertscore_rescaled"] is False and sida["ours"]["bertscore"] == pytest.approx(sida["bertscore_raw"])
+    assert "raw (not rescaled" in sida["bertscore_setting"] and sida["bleu3_signature"].startswith("nrefs:1")
     judged = rows_of(out / "reason" / "SIDA.dfj-3B.jsonl")
     assert len(judged) == LIMIT
     scores = [r["score"] for r in judged if r.get("score") is not None]
@@ -414,3 +417,17 @@ def test_reproduce_through_dfj_serve(server, local_run, release, tmp_path, capsy
         for metric, value in theirs["ours"].items():
             assert ours["ours"][metric] == (None if value is None else pytest.approx(value, abs=1e-6))
     assert len(rows_of(out / "meta" / "3B-pairwise" / "dfj-meta.jsonl")) == LIMIT
+
+
+def test_released_judges_without_the_authors_prompt_stop_before_any_run(release, tmp_path, monkeypatch, capsys):
+    """The default judges are the released ones; offline with no copy of the authors' prompt the
+    run is one clear error (exit 2) before any model or results file."""
+    root, _ = release
+    monkeypatch.delenv("DFJ_OFFICIAL_PROMPTS", raising=False)
+    monkeypatch.setenv("DFJ_OFFICIAL_PROMPTS_URL", "http://127.0.0.1:9")  # refused at once: no network
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--out", str(out), "--data-root", str(root), "--tables", "meta", "--sizes", "7B"]) == 2
+    err = capsys.readouterr().err
+    assert "prompt" in err and "DFJ_OFFICIAL_PROMPTS" in err and err.strip().count("\n") == 0
+    assert not out.exists()

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS
-from ..judge import MODES
 from .options import add_data_root_option, add_remote_options, emit
 
 TABLE_CHOICES = ("meta", "detect", "reason")
+PROTOCOL_MODES = ("generate", "score-only")
 SETS = {  # meta-evaluation set -> split per judge kind
     "dfj-meta": {"pointwise": "dfj-meta/pointwise/test", "pairwise": "dfj-meta/pairwise/test"},
     "dfj-meta-human": {"pointwise": "dfj-meta-human/pointwise", "pairwise": "dfj-meta-human/pairwise"},
@@ -68,9 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--pointwise-template", default=None, metavar="PATH|official",
                    help="pointwise prompt (default: as `dfj judge` resolves it; the authors' for the released judges)")
     j.add_argument("--pairwise-template", default=None, metavar="PATH|official", help="pairwise prompt (likewise)")
-    j.add_argument("--pointwise-mode", choices=MODES, default="generate",
+    j.add_argument("--pointwise-mode", choices=PROTOCOL_MODES, default="generate",
                    help="generate (default, the published protocol) or score-only")
-    j.add_argument("--pairwise-mode", choices=MODES, default="score-only",
+    j.add_argument("--pairwise-mode", choices=PROTOCOL_MODES, default="score-only",
                    help="score-only (default: the answer token read off one forward pass, as greedy generation "
                         "would pick it) or generate")
     j.add_argument("--max-new-tokens", type=int, default=None,
@@ -89,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--bertscore-model", default=None, metavar="PATH",
                    help="local model folder for BERTScore (default: bert-score's roberta-large, needs the hub)")
     d.add_argument("--bertscore-layers", type=int, default=None)
+    d.add_argument("--bertscore-baseline", default=None, metavar="NAME|FILE",
+                   help="rescale BERTScore of --bertscore-model with this baseline (as in dfj reason score)")
     d.add_argument("--text-device", default="cpu", help="device for BERTScore (default cpu)")
 
     m = p.add_argument_group("model")
@@ -272,7 +274,7 @@ def _templates(args: argparse.Namespace, kind: str, model: str) -> tuple:
     from ..prompts import resolve_template
 
     template = args.pointwise_template if kind == "pointwise" else args.pairwise_template
-    return (resolve_template(template, kind),)
+    return (resolve_template(template, kind, model=model),)
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -299,6 +301,12 @@ def run(args: argparse.Namespace) -> int:
         runs[f"{args.reason_judge}-pointwise"] = models[(args.reason_judge, "pointwise")]
     if plan.detector:
         runs[f"detector {plan.detector}"] = args.detector_model
+    # Every judge's prompt resolves before anything runs: the authors' prompt for a released judge
+    # may be missing offline, and that is one clear error, not a half-done run.
+    for size, kind, _ in plan.meta:
+        _templates(args, kind, models[(size, kind)])
+    if plan.reason:
+        _templates(args, "pointwise", models[(args.reason_judge, "pointwise")])
     guard_runs(out, runs, args.overwrite)
 
     errors = 0
@@ -366,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     if "reason" in args.tables:
         rows, notes = [], []
         text_models = {"bertscore_model": args.bertscore_model, "bertscore_layers": args.bertscore_layers,
-                       "device": args.text_device}
+                       "bertscore_baseline": args.bertscore_baseline, "device": args.text_device}
         for name, pred in plan.reason.items():
             if not pred.is_file():
                 notes.append(missing_note.format(pred))
@@ -378,11 +386,16 @@ def run(args: argparse.Namespace) -> int:
             for what in ("bleu3_missing", "bertscore_missing"):
                 if row.extra.get(what):
                     notes.append(f"{name}: {what.split('_')[0]} n/a: {row.extra[what]}")
+            if row.extra.get("bertscore_setting"):
+                notes.append(f"{name}: {row.extra['bertscore_setting']}")
+            if row.extra.get("bleu3_signature"):
+                notes.append(f"{name}: BLEU-3 sacrebleu signature {row.extra['bleu3_signature']}")
         if not plan.reason:
             notes.append("nothing to score: give --reason-pred NAME=FILE or --detector-model M")
         notes.append(f"DFJ score: mean parsed score of the {args.reason_judge} pointwise judge "
                      f"({models[(args.reason_judge, 'pointwise')]})")
-        comparisons.append(Comparison("dfj-reason", tuple(rows), (("judge_unparsable", "judge unparsable"),),
+        comparisons.append(Comparison("dfj-reason", tuple(rows), (("bertscore_raw", "BERTScore raw"),
+                                      ("judge_unparsable", "judge unparsable")),
                                       tuple(notes)))
 
     settings = {"out": str(out), "data_root": str(plan.root), "limit": args.limit, "backend": args.backend,

@@ -11,7 +11,9 @@ Protocols as published, and what we add beside them:
   paper is compared with the "parsed-only" policy, and our headline ("unparsable-as-miss") F1s
   are shown beside it.
 - DFJ-Reason: BLEU-3 and BERTScore of each explanation against the gold rationale, and the DFJ
-  score, the mean 1-5 score the 3B pointwise judge gives the explanations.
+  score, the mean 1-5 score the 3B pointwise judge gives the explanations. The published
+  BERTScores fit bert-score's baseline rescaling, so ours is the rescaled figure where a baseline
+  exists for the model (raw beside it, the setting in a note), raw otherwise (and said so).
 """
 
 from __future__ import annotations
@@ -141,7 +143,12 @@ def reason_row(name: str, pred_path: Path, gold_path: Path, judge_results: Path 
     summary = _summary(judge_results) if judge_results is not None else None
     dfj = None if summary is None else summary.get("mean_score")
     ours = {"bleu3": report.bleu3.value, "bertscore": report.bertscore.value, "dfj_score": dfj}
+    setting = report.bertscore_setting
     extra = {"bleu3_sentence": report.bleu3_sentence.value, "bertscore_missing": report.bertscore.missing,
+             "bertscore_raw": report.bertscore_raw.value,
+             "bertscore_rescaled": None if setting is None else setting.rescaled,
+             "bertscore_setting": None if setting is None else setting.describe(),
+             "bleu3_signature": report.bleu3_signature,
              "bleu3_missing": report.bleu3.missing, "judge_scored": None if summary is None else summary.get("judged"),
              "judge_unparsable": None if summary is None else summary.get("unparsable"),
              "judge_errors": None if summary is None else summary.get("errors"),
