@@ -1,6 +1,6 @@
 """The one place that turns model text into scores, choices and labels.
 
-Rules (DESIGN.md, "Parsing"):
+Rules (docs/design.md, "Parsing"):
 - read only the model's own output (callers never pass the prompt);
 - tags are matched case-insensitively and may carry spaces (`< Score >`);
 - tags inside a closed `<reasoning>…</reasoning>` block are ignored, so a judge that quotes a

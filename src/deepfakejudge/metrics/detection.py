@@ -1,6 +1,6 @@
 """Detection metrics (DFJ-Detect): real/fake verdicts, and optionally p(fake), against gold labels.
 
-Definitions (DESIGN.md, "Metric definitions"):
+Definitions (docs/design.md, "Metric definitions"; docs/detect-and-reason.md):
 - Gold labels are "real", "fake" or "edited"; "edited" counts as fake.
 - Predictions are "real", "fake" or None (unparsable). Accuracy is over all items and counts
   None as wrong, under both policies below.

@@ -171,7 +171,7 @@ def resolve_baseline(model: str | None, baseline: str | None, lang: str = BERTSC
         name = _default_model(lang)
         shipped = shipped_baseline(name, lang)
         return (shipped, None) if shipped else (None, f"bert-score ships no {lang} baseline for {name}")
-    return None, (f"bert-score keys its baselines by hub model name and has none for the local folder {model}; "
+    return None, ("bert-score keys its baselines by hub model name and has none for a local folder; "
                   "--bertscore-baseline NAME|FILE rescales")
 
 
