@@ -1,21 +1,21 @@
 """A loaded model made to write a known reply: for tests and benchmarks that need known outputs
 through the real generation path (batching, padding, vision cache, stopping, log-probs).
 
-`script_model(backend, reply, dists)` wraps the model's forward: the model runs as usual (same
+`script_model(backend, reply, dist)` wraps the model's forward: the model runs as usual (same
 cost, same shapes) and then the last position's logits are replaced, per row, so that greedy
 decoding writes `reply(prompt_text)` token by token and then `filler` for ever (or stops, if the
-reply ends with `<|im_end|>`). Where the assistant text so far ends with a key of `dists`, the
-next token follows that distribution instead (its most likely entry must be what the reply
-writes there, for greedy decoding to stay on the reply). The assistant text of a forward pass
-that continues a prefilled answer (choice probabilities) is matched the same way, so a script can
-answer differently after an empty reasoning than after a written one.
+reply ends with `<|im_end|>`). Where `dist(prompt_text, assistant_text_so_far)` returns a
+distribution ({token text: probability}, single tokens), the next token follows it instead (its
+most likely entry must be what the reply writes there, for greedy decoding to stay on the reply).
+A forward pass that continues a prefilled answer (choice probabilities) is asked the same way, so
+a script can answer differently after an empty reasoning than after a written one.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 _FLOOR = -1e4  # logit of every token a script does not name: probability ~0, still finite
 
@@ -23,7 +23,7 @@ _FLOOR = -1e4  # logit of every token a script does not name: probability ~0, st
 def script_model(
     backend: Any,
     reply: Callable[[str], str],
-    dists: Sequence[tuple[str, dict[str, float]]] = (),
+    dist: Callable[[str, str], dict[str, float] | None] = lambda prompt, said: None,
     filler: str = " more",
 ) -> Callable[[], None]:
     """Make `backend.model` (an `HFBackend`'s) follow the script; returns a function that undoes it."""
@@ -36,17 +36,13 @@ def script_model(
     head = tok.encode("assistant\n", add_special_tokens=False)
     filler_id = tok.encode(filler, add_special_tokens=False)[0]
     vocab = model.config.get_text_config().vocab_size
-    # Each distribution as (key, [(token id, logit)]); choices must be single tokens.
-    table = []
-    for key, probs in dists:
-        entries = []
-        for text, p in probs.items():
-            ids = tok.encode(text, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"dists[{key!r}]: {text!r} is {len(ids)} tokens; script single tokens")
-            entries.append((ids[0], math.log(p) if p > 0 else _FLOOR))
-        table.append((key, entries))
-    state: dict[str, Any] = {"ids": None, "replies": None}
+    state: dict[str, Any] = {"ids": None, "replies": None, "prompts": None}
+
+    def token(text: str) -> int:
+        ids = tok.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"script: {text!r} is {len(ids)} tokens; a distribution names single tokens")
+        return ids[0]
 
     def split(row_ids: list[int]) -> tuple[list[int], list[int]]:
         start = len(row_ids) - 1 - row_ids[::-1].index(im_start)
@@ -55,17 +51,17 @@ def script_model(
 
     def next_logits(row: int, row_ids: list[int]) -> Any:
         prompt, said = split(row_ids)
-        replies = state["replies"]
+        replies, prompts = state["replies"], state["prompts"]
         if replies[row] is None:
-            replies[row] = tok.encode(reply(tok.decode(prompt, skip_special_tokens=True)), add_special_tokens=False)
+            prompts[row] = tok.decode(prompt, skip_special_tokens=True)
+            replies[row] = tok.encode(reply(prompts[row]), add_special_tokens=False)
         target = replies[row]
         logits = torch.full((vocab,), _FLOOR)
-        text = tok.decode(said, skip_special_tokens=True)
-        for key, entries in table:
-            if text.endswith(key):
-                for token, logit in entries:
-                    logits[token] = logit
-                return logits
+        probs = dist(prompts[row], tok.decode(said, skip_special_tokens=True))
+        if probs is not None:
+            for text, p in probs.items():
+                logits[token(text)] = math.log(p) if p > 0 else _FLOOR
+            return logits
         on_script = len(said) < len(target) and said == target[: len(said)]
         logits[target[len(said)] if on_script else filler_id] = 0.0
         return logits
@@ -78,7 +74,7 @@ def script_model(
         fresh = state["ids"] is None or past is None or past.get_seq_length() == 0
         out = original(*args, **kwargs)
         if fresh:
-            state["ids"], state["replies"] = ids.tolist(), [None] * ids.shape[0]
+            state["ids"], state["replies"], state["prompts"] = ids.tolist(), [None] * len(ids), [None] * len(ids)
         else:
             for row, new in enumerate(ids.tolist()):
                 state["ids"][row].extend(new)
