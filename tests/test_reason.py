@@ -276,6 +276,18 @@ def test_bertscore_baseline_without_the_layer_is_refused(tmp_path):
         bert_scorer(str(default_minilm_path()), None, "cpu", str(short))
 
 
+def test_bertscore_without_bert_score_installed_is_unavailable(tmp_path, monkeypatch):
+    import sys
+
+    from deepfakejudge.reason import Unavailable, bert_scorer, resolve_baseline
+
+    monkeypatch.setitem(sys.modules, "bert_score", None)  # import bert_score raises ImportError
+    monkeypatch.setitem(sys.modules, "bert_score.utils", None)
+    for call in (lambda: bert_scorer(str(tmp_path), None, "cpu"), lambda: resolve_baseline(None, None)):
+        with pytest.raises(Unavailable, match=r"bert-score is not installed; pip install 'deepfakejudge\[reason\]'"):
+            call()
+
+
 def test_reason_score_reports_rescaled_and_raw_bertscore(tmp_path, capsys):
     gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
     gold = write_gold(tmp_path, gold_rows)

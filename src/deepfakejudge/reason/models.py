@@ -143,7 +143,10 @@ class BertScorer:
 
 def shipped_baseline(name: str, lang: str = BERTSCORE_LANG) -> Path | None:
     """The rescaling baseline bert-score ships for hub model `name` in `lang`, if any."""
-    import bert_score
+    try:
+        import bert_score
+    except ImportError as exc:
+        raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
 
     path = Path(bert_score.__file__).parent / "rescale_baseline" / lang / f"{name}.tsv"
     return path if path.is_file() else None
@@ -176,7 +179,10 @@ def resolve_baseline(model: str | None, baseline: str | None, lang: str = BERTSC
 
 
 def _default_model(lang: str) -> str:
-    from bert_score.utils import lang2model
+    try:
+        from bert_score.utils import lang2model
+    except ImportError as exc:
+        raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
 
     return lang2model[lang]
 
