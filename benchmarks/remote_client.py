@@ -111,6 +111,7 @@ def serve(port_file: Path) -> None:
 class Server:
     def __init__(self, workdir: Path) -> None:
         port_file = workdir / "port"
+        port_file.unlink(missing_ok=True)  # a file left by an earlier run names a dead port
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file)])
         deadline = time.time() + 30
         while not port_file.exists() or not port_file.read_text():
