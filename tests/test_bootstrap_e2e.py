@@ -57,31 +57,33 @@ def test_bootstrap_over_http_then_validate_and_train_dry_run(server, tiny_model_
     assert summary["complete"] and summary["errors"] == 0
     assert summary["backends"]["generator"]["server"] == "deepfakejudge"
     assert summary["backends"]["generator"]["base_url"] != summary["backends"]["evaluator"]["base_url"]
-    # Every call is counted: 15 units x (generate + evaluate + paraphrase + recheck), plus a second
+    # Every call is counted: 12 generated units x (generate + evaluate + paraphrase + recheck) and 3 gold
+    # level-5 units x (evaluate + paraphrase + recheck), plus a second
     # paraphrase for each one malformed or identical to its original. A call whose request was already
     # answered earlier in the run (two levels of one image can get the same noise text to rate) comes
     # from the request cache; every other one went over HTTP.
     this_run = summary["this_run"]
-    assert usage["calls_total"] == this_run["calls_total"] >= 15 * 4
+    assert usage["calls_total"] == this_run["calls_total"] >= 12 * 4 + 3 * 3
     assert served == this_run["calls_total"] - this_run["calls_from_cache"] > 0
-    assert usage["calls"]["generate"] == 15 and usage["calls"]["evaluate"] == 15
+    assert usage["calls"]["generate"] == 12 and usage["calls"]["evaluate"] == 15
     # dfj serve sends OpenAI's `usage` with generated text: the generator's calls are counted both ways;
     # score-only evaluator calls return probabilities only, so they are the uncounted ones.
     for kind in ("prompt_tokens", "generated_tokens"):
         assert usage[kind]["generate"] > 0 and usage[kind]["paraphrase"] > 0
         scored = {r: (n if r in ("evaluate", "recheck") else 0) for r, n in usage["calls"].items()}
         assert usage[f"calls_without_{kind}"] == scored
-    assert usage["prompt_tokens"]["generate"] > 15 * 100  # each prompt holds an image and the instructions
+    assert usage["prompt_tokens"]["generate"] > 12 * 100  # each prompt holds an image and the instructions
     assert summary["outputs"]["rows"]["pointwise-train"] + summary["outputs"]["rows"]["pointwise-test"] >= 15
     rows = summary["outputs"]["rows"]
     assert rows["pointwise-train"] and rows["pointwise-test"] and rows["pairwise-train"] and rows["pairwise-test"]
     for name in ("pointwise-train", "pointwise-test", "pairwise-train", "pairwise-test"):
-        assert main(["data", "validate", str(out / f"{name}.jsonl"), "--json"]) == 0
+        assert main(["data", "validate", str(out / f"{name}.jsonl"), "--image-root", str(EXAMPLES.parent), "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["problems"] == 0 and report["rows"] == rows[name]
         swift = load_records(out / "msswift" / f"{name}.jsonl")
         assert not swift.errors and len(swift.samples) == rows[name]
-        assert main(["data", "validate", str(out / "msswift" / f"{name}.jsonl"), "--json"]) == 0
+        assert main(["data", "validate", str(out / "msswift" / f"{name}.jsonl"), "--image-root", str(EXAMPLES.parent),
+                     "--json"]) == 0
         capsys.readouterr()
     # Ready for dfj train: every row becomes an example of the tiny model's processor.
     for kind, data in (("pointwise", out / "pointwise-train.jsonl"), ("pairwise", out / "msswift" / "pairwise-train.jsonl")):
@@ -163,7 +165,7 @@ def test_sigkill_mid_run_over_http_then_rerun_repeats_no_finished_call(server, t
     for name in ("pointwise-train", "pointwise-test", "pairwise-train", "pairwise-test"):
         assert rows[name] > 0, rows
         for path in (out / f"{name}.jsonl", out / "msswift" / f"{name}.jsonl"):
-            assert main(["data", "validate", str(path), "--json"]) == 0
+            assert main(["data", "validate", str(path), "--image-root", str(EXAMPLES.parent), "--json"]) == 0
             report = json.loads(capsys.readouterr().out)
             assert report["problems"] == 0 and report["rows"] == rows[name]
     print(f"\nkill/resume over HTTP: killed after {len(before)} journaled calls ({served_before} served); "

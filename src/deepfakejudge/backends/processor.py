@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import ChatRequest
+from .resize import qwen_resize
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
@@ -130,13 +131,27 @@ class ImageTextProcessor:
         """Token ids of plain text, as the model would have generated it (no special tokens)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def resized(self, image: Any) -> Any:
+        """`image` as RGB at the size the project's one Qwen rule gives it (`resize.qwen_resize`)."""
+        from PIL import Image
+
+        ip = self.image_processor
+        rgb = image.convert("RGB")
+        height, width = qwen_resize(rgb.height, rgb.width, ip.size["shortest_edge"], ip.size["longest_edge"],
+                                    ip.patch_size * ip.merge_size)
+        if (width, height) != rgb.size:
+            rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)  # the image processor's own resample
+        return rgb
+
     def image_inputs(self, requests: Sequence[ChatRequest]) -> tuple[dict[str, Any], list[int]]:
         """Pixel values and grids for the requests that have an image, and the number of
         visual tokens of each request (0 without an image)."""
-        images = [r.image.convert("RGB") for r in requests if r.image is not None]
+        images = [self.resized(r.image) for r in requests if r.image is not None]
         if not images:
             return {}, [0] * len(requests)
-        out = self.image_processor(images=images, return_tensors="pt")
+        # Resized above with qwen-vl-utils' rule, not transformers' `smart_resize`, which has no
+        # clamp of small sides (see `resize`); for every other size the pixels are the same.
+        out = self.image_processor(images=images, do_resize=False, return_tensors="pt")
         merge = self.image_processor.merge_size**2
         per_image = iter(int(g.prod()) // merge for g in out["image_grid_thw"])
         counts = [next(per_image) if r.image is not None else 0 for r in requests]

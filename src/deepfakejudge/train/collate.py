@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..backends.base import ChatRequest
 from ..backends.processor import ImageTextProcessor
+from ..backends.resize import qwen_resize
 from .examples import TrainExample
 from .visual import ImageEmbeddings, VisualStore
 
@@ -34,14 +35,10 @@ _IMAGE_SLOT = Image.new("RGB", (1, 1))
 
 def visual_tokens(processor: ImageTextProcessor, size: tuple[int, int]) -> int:
     """Visual tokens of an image of `size` (width, height) under the processor's pixel budget,
-    computed from the size alone with the image processor's own resize rule."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
+    computed from the size alone with the rule the processor resizes by (`resize.qwen_resize`)."""
     ip = processor.image_processor
-    factor = ip.patch_size * ip.merge_size
     width, height = size
-    h, w = smart_resize(height, width, factor=factor, min_pixels=ip.size["shortest_edge"],
-                        max_pixels=ip.size["longest_edge"])
+    h, w = qwen_resize(height, width, ip.size["shortest_edge"], ip.size["longest_edge"], ip.patch_size * ip.merge_size)
     return (h // ip.patch_size) * (w // ip.patch_size) // (ip.merge_size**2)
 
 
