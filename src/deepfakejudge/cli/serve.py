@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--served-model-name", default=None, help="model id clients send (default: --model as given)")
     g.add_argument("--allowed-root", type=Path, default=None,
                    help="local image paths in requests are read only from under this folder (default: refused)")
-    g.add_argument("--template", default=None, help="template file for the judge endpoints (default: the project's own)")
+    g.add_argument("--template", default=None,
+                   help="prompt of the judge endpoints: FILE, 'official' or 'default' (default: the authors' prompt "
+                        "when --model/--adapter is a released DFJ judge, else the project's own; see dfj judge --help)")
     g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     lim = p.add_argument_group("limits and batching")
     lim.add_argument("--max-body-bytes", type=int, default=32 * 2**20, help="largest request body (default 32 MiB)")
@@ -51,10 +53,13 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     from ..serve import ServeSettings
 
-    if args.template is not None:
-        from ..prompts import resolve_template
+    from ..prompts import resolve_template
+    from ..prompts.official import released_kind
 
-        resolve_template(args.template, "pointwise")  # a wrong file fails before the model loads
+    if args.template is None and (released_kind(args.adapter) or released_kind(args.model)):
+        args.template = "official"  # a released judge is served with the prompt it was trained on
+    for kind in ("pointwise", "pairwise"):  # a wrong file or a missing official prompt fails before the model loads
+        resolve_template(args.template, kind)
     settings = ServeSettings(
         model_name=args.served_model_name or args.model,
         api_key=args.api_key or None,

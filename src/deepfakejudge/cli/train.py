@@ -42,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument("--data", help="training data: canonical or ms-swift JSONL, or a split folder with data.jsonl")
         g.add_argument("--out", help="output folder: the adapter, dfj_train.json and checkpoint-N folders")
         g.add_argument("--config", help="YAML file of settings: any field of deepfakejudge.train.config.TrainConfig; unknown keys are errors")
-        g.add_argument("--template", help="prompt template file (default: the project's own); the same template "
-                                          "is recorded and reused by `dfj judge --adapter`")
+        g.add_argument("--template", help="prompt: a template FILE, 'official' or 'default' (default: the authors' "
+                                          "prompt when --base is a released DFJ judge, else the project's own; see "
+                                          "dfj judge --help); the same template is recorded and reused by "
+                                          "`dfj judge --adapter`. Official ms-swift rows are trained on with their own "
+                                          "prompt as written")
         g.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs; overrides epochs)")
         g.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in --out")
         g.add_argument("--allow-errors", action="store_true", default=None,

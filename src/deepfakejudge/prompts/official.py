@@ -55,34 +55,41 @@ class OfficialPromptMissing(ValueError):
 
 
 def released_kind(model_or_path: str | Path | None) -> Kind | None:
-    """The kind of released DFJ judge `model_or_path` is, or None.
+    """The kind of released DFJ judge `model_or_path` is, or None (see `released_judge`)."""
+    name = released_judge(model_or_path)
+    return None if name is None else RELEASED_JUDGES[name]
+
+
+def released_judge(model_or_path: str | Path | None) -> str | None:
+    """The hub id of the released DFJ judge `model_or_path` is or descends from, or None.
 
     Recognised: a released hub id; a local copy of one (a folder named after it, or a Hugging
     Face cache snapshot `models--MBZUAI--<name>/snapshots/<rev>`); a LoRA adapter folder whose
-    base is one; a `dfj train` adapter or `dfj export` folder whose run record names one.
+    base is one; a `dfj train` adapter or `dfj export` folder whose record names one.
     """
     if model_or_path is None:
         return None
     text = str(model_or_path).strip().rstrip("/\\")
-    by_name = {name.lower(): kind for name, kind in RELEASED_JUDGES.items()}
-    if text.lower() in by_name:
-        return by_name[text.lower()]
+    by_id = {name.lower(): name for name in RELEASED_JUDGES}
+    if text.lower() in by_id:
+        return by_id[text.lower()]
     path = Path(text).expanduser()
     if not path.is_dir():
         return None
-    short = {name.split("/", 1)[1].lower(): kind for name, kind in RELEASED_JUDGES.items()}
-    for part in (path.name, *(p.name for p in path.parents)):
-        part = part.lower()
-        if part in short:
-            return short[part]
-        if part.startswith("models--mbzuai--") and part.removeprefix("models--mbzuai--") in short:
-            return short[part.removeprefix("models--mbzuai--")]
-    for file, keys in (("dfj_train.json", ("released_judge", "base")), ("adapter_config.json", ("base_model_name_or_path",))):
+    by_folder = {name.split("/", 1)[1].lower(): name for name in RELEASED_JUDGES}
+    names = [path.name] + ([path.parent.parent.name] if path.parent.name == "snapshots" else [])
+    for part in names:
+        part = part.lower().removeprefix("models--mbzuai--")
+        if part in by_folder:
+            return by_folder[part]
+    records = (("dfj_train.json", ("released_judge", "base")), ("dfj_export.json", ("released_judge", "base")),
+               ("adapter_config.json", ("base_model_name_or_path",)))
+    for file, keys in records:
         record = _json(path / file)
         for key in keys:
             value = record.get(key)
-            if isinstance(value, str) and value.lower() in by_name:
-                return by_name[value.lower()]
+            if isinstance(value, str) and value.lower() in by_id:
+                return by_id[value.lower()]
     return None
 
 

@@ -199,7 +199,7 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
             texts[name] = value
         if sum(len(t) for t in texts.values()) > settings.max_text_chars:
             raise ApiError(413, f"responses exceed the limit of {settings.max_text_chars} characters (--max-text-chars)")
-        default_tokens = 512 if kind == "pointwise" else 64
+        default_tokens = 512 if kind == "pointwise" else 128  # as the official inference scripts
         max_new = data.get("max_new_tokens", default_tokens)
         if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= settings.max_new_tokens:
             raise ApiError(400, f"max_new_tokens must be an integer from 1 to {settings.max_new_tokens} (--max-new-tokens)",

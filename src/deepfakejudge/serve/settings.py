@@ -20,7 +20,7 @@ class ServeSettings:
     max_logprobs: int = 20  # top_logprobs above this is refused (vLLM's --max-logprobs)
     batch_window_ms: float = 10.0  # how long the first request of a batch waits for company
     max_batch: int = 16
-    template: str | None = None  # judge endpoints' template file (default: the project's own)
+    template: str | None = None  # judge endpoints' template: a file, "official" or "default" (None: the project's own)
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_image_pixels", "max_text_chars", "max_new_tokens", "max_logprobs", "max_batch"):

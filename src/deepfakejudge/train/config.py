@@ -42,7 +42,7 @@ class TrainConfig:
     base: str  # base model: local folder or Hugging Face id
     data: str  # canonical or ms-swift JSONL, or a split folder with data.jsonl
     out: str  # adapter folder (checkpoints inside)
-    template: str | None = None  # prompt template file; None: the project's default
+    template: str | None = None  # a file, "official" or "default"; None: official for a released base, else default
     # LoRA
     lora_r: int = 32
     lora_alpha: int = 64

@@ -211,7 +211,12 @@ def export(adapter: str | Path, out: str | Path, base: str | None = None, dtype:
     parity = None
     if check:
         parity = parity_check(base, adapter, out, samples, kind, template, budget, device, tolerance, saved_dtype)
-    report = {"adapter": str(adapter), "base": base, "dtype": saved_dtype, "copied": copied,
+    from ..prompts.official import released_judge
+
+    # The released DFJ judge the export descends from: `dfj judge --model EXPORT` then defaults to
+    # the authors' prompt even without the copied training record.
+    report = {"adapter": str(adapter), "base": base, "released_judge": released_judge(adapter) or released_judge(base),
+              "dtype": saved_dtype, "copied": copied,
               "parity": None if parity is None else asdict(parity)}
     (out / EXPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return ExportOutcome(out, base, saved_dtype, tuple(copied), parity)

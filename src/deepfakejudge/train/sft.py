@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..prompts import resolve_template
+from ..prompts.official import released_judge
 from .config import TrainConfig
 from .prepare import PreparedData, prepare_examples
 from .record import RUN_FILE, read_record, write_record
@@ -235,14 +236,14 @@ def check_data(config: TrainConfig) -> dict[str, Any]:
     """The resolved settings and what the data holds, without loading the model (`--dry-run`)."""
     from ..backends.processor import ImageTextProcessor
 
-    template = resolve_template(config.template, config.kind)
+    template = resolve_template(config.template, config.kind, model=config.base)  # released base: the authors' prompt
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
     data = prepare_examples(config.data, template, processor, config.max_length)
     for line in data.report():
         _log(line)
     return {
         "config": config.to_dict(),
-        "template": {"name": template.name, "sha256": template.sha256},
+        "template": {"name": template.name, "sha256": template.sha256, "official": template.official},
         "data": {"path": str(data.data_path), "rows": data.rows, "examples": len(data.examples),
                  "skipped": len(data.errors), "longest_sequence": data.longest},
     }
@@ -258,7 +259,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     from ..backends.processor import ImageTextProcessor
     from .collate import JudgeCollator
 
-    template = resolve_template(config.template, config.kind)
+    template = resolve_template(config.template, config.kind, model=config.base)  # released base: the authors' prompt
     checkpoint = _check_out(config, resume)
     dtype, bf16, fp16 = _precision(config)
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
@@ -352,7 +353,9 @@ def _record(config: TrainConfig, template: Any, data: PreparedData, n_trainable:
         "status": status,
         "kind": config.kind,
         "base": config.base,
-        "template": {"name": template.name, "sha256": template.sha256},
+        # The released DFJ judge this one descends from (see prompts/official.py), or None.
+        "released_judge": released_judge(config.base),
+        "template": {"name": template.name, "sha256": template.sha256, "official": template.official},
         "pixel_budget": asdict(config.budget),
         "config": config.to_dict(),
         "data": {
