@@ -225,3 +225,82 @@ def test_kill_9_during_a_cached_remote_run_re_asks_only_requests_in_flight(tmp_p
         assert len(out.read_text().splitlines()) == n
     finally:
         server.close()
+
+
+# -- 1: the prompt-length budget ------------------------------------------------------------------
+
+
+def test_a_10_mb_row_is_one_error_row_in_bounded_memory_and_is_not_retried(tiny_model_dir, tmp_path):
+    """20 rows, one with a 10 MB response: 19 verdicts, one error row naming the field, its
+    length and the limit, peak memory of the run far under what tokenizing it would take."""
+    images = tmp_path / "images"
+    images.mkdir()
+    _png(images / "a.png")
+    rows = [{"id": f"r{i}", "image": "images/a.png", "label": "fake", "response": f"<reasoning>ok {i}</reasoning>"}
+            for i in range(20)]
+    rows[7]["response"] = "blurry hands " * (10 * 2**20 // 13)
+    data = _write_rows(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    script = (
+        "import resource, sys\n"
+        "from deepfakejudge.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(code)\n"
+    )
+    cmd = [sys.executable, "-c", script, "judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(data),
+           "--out", str(out), "--device", "cpu", "--max-pixels", str(16 * 28 * 28), "--max-new-tokens", "4",
+           "--mode", "score-only", "--batch-size", "8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]  # error rows without --allow-errors
+    peak_gb = int(done.stdout.split("PEAK_KB")[1].split()[0]) / 2**20
+    assert peak_gb < 3.0, peak_gb
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    errors = [r for r in results if "error" in r]
+    assert len(results) == 20 and len(errors) == 1
+    (error,) = errors
+    assert error["id"] == "r7" and error["field"] == "response"
+    assert str(len(rows[7]["response"])) in error["error"] and "4096 tokens" in error["error"]
+    assert "--max-prompt-tokens" in error["error"]
+    # An input error: --retry-errors does not ask it again.
+    again = subprocess.run([*cmd, "--retry-errors", "--json"], capture_output=True, text=True, timeout=600)
+    summary = json.loads(again.stdout.splitlines()[-2])
+    assert summary["this_run"]["judged"] == 0 and summary["errors"] == 1
+
+
+def test_prompt_budget_counts_tokens_below_the_character_bound(tiny_backend):
+    from deepfakejudge.backends import ChatRequest, GenerationConfig
+    from deepfakejudge.backends.budget import PromptBudget, PromptTooLong, tokenizer_budget
+
+    budget = tokenizer_budget(tiny_backend.processor.tokenizer, 50, 0)
+    short, long = ChatRequest(text="a short prompt"), ChatRequest(text="word " * 60)
+    assert budget.check(short) is None
+    over = budget.check(long)
+    assert isinstance(over, PromptTooLong) and over.tokens is not None and over.tokens > 50
+    assert len(long.text) <= 50 * budget.max_token_chars  # refused by the count, not the bound
+    # Without a tokenizer only the bound applies: never over a remote server's exact count.
+    loose = PromptBudget(50)
+    assert loose.check(long) is None and loose.check(ChatRequest(text="x" * 401)) is not None
+    # The backend refuses it without a model call; the rest of the batch is answered.
+    before = tiny_backend.prompt_budget
+    object.__setattr__(tiny_backend, "prompt_budget", budget)
+    try:
+        results = tiny_backend.generate_each([short, long], GenerationConfig(max_new_tokens=2))
+    finally:
+        tiny_backend.prompt_budget = before
+    assert not isinstance(results[0], PromptTooLong) and isinstance(results[1], PromptTooLong)
+
+
+def test_data_validate_reports_rows_over_the_prompt_budget(tiny_model_dir, tmp_path, capsys):
+    rows = [{"id": "ok", "image": "a.png", "label": "real", "response": "fine"},
+            {"id": "huge", "image": "a.png", "label": "real", "response": "x" * 2_000_000},
+            {"id": "long", "image": "a.png", "label": "real", "response": "many words " * 500}]
+    data = _write_rows(tmp_path / "d.jsonl", rows)
+    assert main(["data", "validate", str(data), "--no-images", "--json"]) == 1  # 2 MB: certainly over 128000
+    err = capsys.readouterr().err
+    assert "d.jsonl:2: field 'response': is 2000000 characters" in err and "d.jsonl:3" not in err
+    # With the model's tokenizer the count is exact: 1000 words are over 1000 tokens.
+    assert main(["data", "validate", str(data), "--no-images", "--tokenizer", str(tiny_model_dir),
+                 "--max-prompt-tokens", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "d.jsonl:3: field 'response'" in err and "tokens, over the limit of 1000" in err and "d.jsonl:1" not in err

@@ -115,6 +115,9 @@ class Backend(abc.ABC):
     # as each request's answer arrives (HTTP engines): the request cache then writes each
     # answer at once, so a killed run re-asks only the requests that were in flight.
     streams_results: bool = False
+    # Requests over this budget are refused before any model call (see backends/budget.py);
+    # None: no budget. Engines set it when they load.
+    prompt_budget: Any = None
 
     @abc.abstractmethod
     def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
@@ -128,12 +131,26 @@ class Backend(abc.ABC):
     def generate_each(
         self, requests: Sequence[ChatRequest], config: GenerationConfig
     ) -> list[Generation | BackendError]:
-        return list(self.generate(requests, config))
+        return self.within_budget(requests, lambda fit: self.generate(fit, config))
 
     def choice_probs_each(
         self, requests: Sequence[ChatRequest], choices: Sequence[str]
     ) -> list[dict[str, float] | BackendError]:
-        return list(self.choice_probs(requests, choices))
+        return self.within_budget(requests, lambda fit: self.choice_probs(fit, choices))
+
+    def over_budget(self, request: ChatRequest) -> BackendError | None:
+        """The request's `PromptTooLong` when it is over `prompt_budget`, else None."""
+        return None if self.prompt_budget is None else self.prompt_budget.check(request)
+
+    def within_budget(self, requests: Sequence[ChatRequest], call: Any) -> list[Any]:
+        """`call` on the requests that fit the prompt budget; the others get their
+        `PromptTooLong` in place of a result, and never reach the model."""
+        over = [self.over_budget(r) for r in requests]
+        if not any(over):
+            return list(call(requests))
+        fit = [r for r, o in zip(requests, over) if o is None]
+        results = iter(call(fit) if fit else [])
+        return [o if o is not None else next(results) for o in over]
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -208,6 +225,9 @@ class LoadOptions:
     # checkpoint's repetition penalty. Local backends only: a server applies its own defaults.
     decoding: str = "checkpoint"
     remote: RemoteOptions = field(default_factory=lambda: RemoteOptions())
+    # Longest prompt, in tokens (text plus the image's tokens); None: the model's context length
+    # (a remote server's: REMOTE_DEFAULT_LIMIT in backends/budget.py).
+    max_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from .base import (
     LoadOptions,
     TokenStep,
 )
+from .budget import REMOTE_DEFAULT_LIMIT, context_length, tokenizer_budget
 from .processor import ImageTextProcessor, is_local_model
 from .stopping import AnswerStop, check_answer_kind, cut_at
 from .vision_attention import set_grouped_vision_attention
@@ -202,6 +203,8 @@ class HFBackend(Backend):
 
         self.model = model
         tok = self.processor.tokenizer
+        limit = self.options.max_prompt_tokens or context_length(model.config) or REMOTE_DEFAULT_LIMIT
+        self.prompt_budget = tokenizer_budget(tok, limit, self.options.budget.max_pixels)
         checkpoint_eos = self.model.generation_config.eos_token_id
         checkpoint_eos = [checkpoint_eos] if isinstance(checkpoint_eos, int) else list(checkpoint_eos or [])
         im_end = tok.convert_tokens_to_ids("<|im_end|>")

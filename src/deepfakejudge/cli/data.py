@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     v.add_argument("--no-images", action="store_true", help="check rows only, do not open images")
     v.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS)
+    v.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="report rows whose texts exceed this many tokens (default: the --tokenizer model's context "
+                        "length, else 128000)")
+    v.add_argument("--tokenizer", default=None, metavar="MODEL_DIR",
+                   help="count tokens with this local model's tokenizer (default: report only rows certainly over, "
+                        "more than 8 characters per token of the limit)")
     v.set_defaults(run=validate)
     s.set_defaults(run=stats)
     add_convert(verbs)
@@ -50,6 +56,7 @@ def _templates(paths: list[str]):
 def validate(args: argparse.Namespace) -> int:
     dataset = load_records(args.data, templates=_templates(args.template), image_roots=args.image_root)
     problems = [str(e) for e in dataset.errors]
+    problems += _over_budget(dataset.samples, args.max_prompt_tokens, args.tokenizer)
     if not args.no_images:
         with progress(len(dataset.samples), "validate images") as bar:
             for sample in dataset.samples:
@@ -65,6 +72,28 @@ def validate(args: argparse.Namespace) -> int:
     verdict = "ok" if not problems else f"{len(problems)} problem(s), listed above"
     emit(summary, args.json, [f"{dataset.path}: {summary['rows']} rows, {verdict}"])
     return 1 if problems else 0
+
+
+def _over_budget(samples, limit: int | None, tokenizer: str | None) -> list[str]:
+    """Rows whose text fields alone are over the prompt budget (judging them would be refused)."""
+    from ..backends.base import ChatRequest
+    from ..backends.budget import REMOTE_DEFAULT_LIMIT, PromptBudget, context_length, longest_field, tokenizer_budget
+
+    if tokenizer is not None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        limit = limit or context_length(AutoConfig.from_pretrained(tokenizer)) or REMOTE_DEFAULT_LIMIT
+        budget = tokenizer_budget(AutoTokenizer.from_pretrained(tokenizer), limit, 0)
+    else:
+        budget = PromptBudget(limit or REMOTE_DEFAULT_LIMIT)
+    out = []
+    for sample in samples:
+        texts = [getattr(sample, name) or "" for name in ("response", "response_a", "response_b")]
+        over = budget.check(ChatRequest(text="\n".join(texts)))
+        if over is not None:
+            name, length = longest_field(sample)
+            out.append(f"{sample.where}: field '{name}': is {length} characters: {over}")
+    return out
 
 
 def stats(args: argparse.Namespace) -> int:

@@ -34,6 +34,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     # Default None: the budget a trained --adapter recorded wins over the built-in one (see pixel_budget).
     g.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default: the adapter's training budget, else {MIN_PIXELS})")
     g.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default: the adapter's training budget, else {MAX_PIXELS})")
+    g.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="refuse prompts longer than this many tokens (text plus image) before any model call, as an "
+                        "error row naming the field (default: the model's context length; remote: 128000)")
     g.add_argument("--vision-cache-mb", type=int, default=1024,
                    help="keep visual embeddings of up to this many MB so each image is encoded once (hf backend; 0: off)")
     g.add_argument("--decoding", default="checkpoint", choices=DECODINGS,
@@ -133,6 +136,7 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
         dtype=args.dtype,
         budget=pixel_budget(args),
         vision_cache_mb=args.vision_cache_mb,
+        max_prompt_tokens=getattr(args, "max_prompt_tokens", None),
         decoding=getattr(args, "decoding", "checkpoint"),
         remote=RemoteOptions(
             base_url=args.base_url,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ..backends.base import Backend, BackendError, ChatRequest, Generation, GenerationConfig
+from ..backends.budget import PromptTooLong, longest_field
 from ..data import InputError, LoadedImage, open_image
 from ..data.images import MAX_IMAGE_PIXELS
 from ..records import RowError, Sample
@@ -125,7 +126,11 @@ def call_isolated(
 
 
 def model_error(item: Prepared, exc: BackendError) -> RowError:
-    """The error row of an item whose model call failed."""
+    """The error row of an item whose model call failed, or, for a prompt over the budget, the
+    input error row naming the field that made it too long (a rerun does not ask it again)."""
+    if isinstance(exc, PromptTooLong):
+        name, length = longest_field(item.sample)
+        return RowError(item.sample.where, name, f"is {length} characters: {exc}", id=item.sample.id)
     return RowError(item.sample.where, MODEL_ERROR_FIELD, f"model call failed: {exc}", id=item.sample.id)
 
 

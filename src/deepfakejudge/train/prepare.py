@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..backends.budget import longest_field, tokenizer_budget
 from ..backends.processor import ImageTextProcessor
 from ..data import InputError, load_records, open_image
 from ..data.images import check_boxes
@@ -50,9 +51,17 @@ def prepare_examples(
     sizes: dict[Path, tuple[int, int] | InputError] = {}
     image_tokens: dict[Path, int] = {}
     longest = 0
+    # Text longer than max_length tokens of the longest token is over without tokenizing it (a
+    # 10 MB field would otherwise be tokenized in full just to be refused): backends/budget.py.
+    chars_bound = max_length * tokenizer_budget(processor.tokenizer, max_length, 0).max_token_chars
     for sample in dataset.samples:
         try:
             example = build_example(sample, template)
+            chars = len(example.prompt) + len(example.target)
+            if chars > chars_bound:
+                name, length = longest_field(sample)
+                raise InputError(name, f"is {length} characters: the sequence is certainly over max_length "
+                                       f"{max_length} tokens (not tokenized); sequences are never cut")
             size = sizes.get(sample.image)
             if size is None:
                 size = sizes[sample.image] = _image_size(sample)
