@@ -279,6 +279,7 @@ def test_reproduce_locally_end_to_end(local_run, release, predictions):
         assert len(t["rows"]) == 1
         row = t["rows"][0]
         assert row["paper"] == paper_row(key, "DeepfakeJudge-3B") and row["n"] == LIMIT
+        assert row["run"]["template"].endswith("pointwise.txt") and row["run"]["mode"] == "score-only"
         name = "dfj-meta" if key == "pointwise-dfj-meta" else "dfj-meta-human"
         results = rows_of(out / "meta" / "3B-pointwise" / f"{name}.jsonl")
         assert len(results) == LIMIT

@@ -348,8 +348,13 @@ def run(args: argparse.Namespace) -> int:
                 model = models[(size, kind)]
                 label = judge_row(size)
                 row_fn = pointwise_row if kind == "pointwise" else pairwise_row
-                rows.append(row_fn(f"{label} ({model})", paper_name(table, label), table, pred,
-                                   plan.splits[SETS[which][kind]], _templates(args, kind, model), boot))
+                row = row_fn(f"{label} ({model})", paper_name(table, label), table, pred,
+                             plan.splits[SETS[which][kind]], _templates(args, kind, model), boot)
+                rows.append(row)
+                if row.extra.get("gold_unreadable"):
+                    notes.append(f"{label}: {row.extra['gold_unreadable']} gold rows of {SETS[which][kind]} could not be "
+                                 f"read with the judge's template and are left out (list them: dfj data validate "
+                                 f"{SETS[which][kind]} --template ...)")
             if rows or notes:
                 extra = ((("unparsable", "unparsable"), ("judge_errors", "errors")) if kind == "pointwise" else
                          (("accuracy_both_orders", "Acc. % both orders"), ("consistency", "order agreement %"),

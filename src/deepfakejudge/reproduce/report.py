@@ -71,7 +71,17 @@ def _value(result: Any, key: str) -> float | None:
 def _counts(result: Any) -> dict[str, Any]:
     c = result.counts
     return {"joined": c["joined"], "unparsable": len(result.unparsable), "judge_errors": c.get("errors", 0),
-            "gold_rows": c.get("gold_rows", 0), "without_prediction": c.get("missing_prediction", 0)}
+            "gold_rows": c.get("gold_rows", 0), "gold_unreadable": c.get("gold_unreadable", 0),
+            "without_prediction": c.get("missing_prediction", 0)}
+
+
+RUN_SETTINGS = ("template", "template_sha256", "template_official", "mode", "protocol", "decoding", "max_new_tokens")
+
+
+def _run_settings(results: Path) -> dict[str, Any]:
+    """How the judge ran (prompt, protocol, decoding), from its run summary: provenance per row."""
+    settings = (_summary(results) or {}).get("settings") or {}
+    return {k: settings[k] for k in RUN_SETTINGS if k in settings}
 
 
 def pointwise_row(model: str, paper_model: str | None, table: str, pred: Path, gold: Path,
@@ -80,7 +90,7 @@ def pointwise_row(model: str, paper_model: str | None, table: str, pred: Path, g
     ours = {"rmse": _value(result, "rmse"), "pearson": _value(result, "pearson")}
     extra = {**_counts(result), "rmse_expected": _value(result, "rmse_expected"),
              "pearson_expected": _value(result, "pearson_expected"),
-             "ci": {k: _ci(result, k) for k in ("rmse", "pearson")}}
+             "ci": {k: _ci(result, k) for k in ("rmse", "pearson")}, "run": _run_settings(pred)}
     return Row(model, paper_model, result.counts["joined"], ours, _paper(table, paper_model), extra)
 
 
@@ -107,7 +117,8 @@ def pairwise_row(model: str, paper_model: str | None, table: str, pred: Path, go
     both = evaluate_pairwise(str(pred), str(gold), templates, boot)
     extra = {**_counts(one), "accuracy_both_orders": _value(both, "accuracy"),
              "consistency": _value(both, "consistency"), "unparsable_both_orders": len(both.unparsable),
-             "ci": {"accuracy": _ci(one, "accuracy"), "accuracy_both_orders": _ci(both, "accuracy")}}
+             "ci": {"accuracy": _ci(one, "accuracy"), "accuracy_both_orders": _ci(both, "accuracy")},
+             "run": _run_settings(pred)}
     return Row(model, paper_model, one.counts["joined"], {"accuracy": _value(one, "accuracy")},
                _paper(table, paper_model), extra)
 
