@@ -358,3 +358,102 @@ def test_a_local_folder_of_a_released_judge_gets_the_official_prompt(prompts, mo
                  "--no-cache", "--data", str(data / "pointwise.jsonl"), "--out", str(tmp_path / "o.jsonl"),
                  "--limit", "1"]) == 0
     assert server.texts()[0].startswith("Stand-in rubric for a test.\nTrue class: fake\n")
+
+
+# -- the other commands go through the same resolution -------------------------------------------
+
+
+def released_copy(tiny_model_dir, tmp_path, name="Qwen-2.5-VL-Instruct-3B-Pointwise-DFJ"):
+    """A tiny checkpoint in a folder named like a released judge (as `hf download --local-dir` makes)."""
+    local = tmp_path / name
+    if not local.exists():
+        shutil.copytree(tiny_model_dir, local)
+    return local
+
+
+def test_training_on_a_released_base_uses_the_authors_prompt_and_rows_as_written(prompts, tiny_model_dir, tmp_path, capsys):
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    template = text_mode(STAND_IN["pointwise"], tmp_path)
+    own = "A wording no template has\r\nscore it\n"
+    rows = [
+        {"id": "canon", "image": "img.png", "label": "fake", "response": "r", "score": 4, "rationale": "why"},
+        {"id": "swift", "messages": [{"role": "user", "content": "<image>" + own},
+                                     {"role": "assistant", "content": "<reasoning>x</reasoning>\n<score>2</score>"}],
+         "images": ["img.png"]},
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from deepfakejudge.data import load_records
+    from deepfakejudge.train.examples import build_examples
+
+    official_t = resolve_template(None, "pointwise", model=str(released_copy(tiny_model_dir, tmp_path)))
+    examples, errors = build_examples(load_records(data, (official_t,), verbatim=True).samples, official_t)
+    assert errors == [] and {e.id: e.prompt for e in examples} == {
+        "canon": template.replace("{ground_truth_label}", "fake").replace("{candidate_response}", "r"),
+        "swift": own,  # the row's own text, line endings included
+    }
+    assert main(["train", "pointwise", "--base", str(released_copy(tiny_model_dir, tmp_path)), "--data", str(data),
+                 "--out", str(tmp_path / "run"), "--dry-run", "--json", "--max-pixels", str(16 * 28 * 28)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["template"]["official"] is True and summary["data"]["examples"] == 2
+
+
+def test_bootstrap_asks_a_released_evaluator_with_the_authors_prompt(prompts):
+    import argparse
+
+    from deepfakejudge.bootstrap import RolePrompts
+    from deepfakejudge.cli.bootstrap import evaluator_template
+
+    args = argparse.Namespace(evaluator_template=None, evaluator=POINTWISE_ID, evaluator_adapter=None)
+    assert evaluator_template(args) == "official"
+    prompts_ = RolePrompts.load(None, evaluator_template(args))
+    assert prompts_.evaluate.official and prompts_.evaluator_kind == "judge"
+    args = argparse.Namespace(evaluator_template=None, evaluator="Qwen/Qwen2.5-VL-7B-Instruct", evaluator_adapter=None)
+    assert evaluator_template(args) is None  # a base model keeps the reference-guided evaluator prompt
+
+
+def test_serve_gives_a_released_judge_the_authors_prompt(prompts, tiny_model_dir, tmp_path, monkeypatch):
+    import base64
+    import io
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from deepfakejudge.backends.base import Backend, Capabilities, Generation
+    from deepfakejudge.cli import serve as serve_cli
+
+    class Spy(Backend):
+        """Records what the model is sent; answers like a pointwise judge."""
+
+        name = "spy"
+        capabilities = Capabilities(logprobs=False, choice_probs=False)
+
+        def __init__(self):
+            self.texts = []
+
+        def generate(self, requests, config):
+            self.texts += [r.text for r in requests]
+            return [Generation(text="<reasoning>ok</reasoning>\n<score>3</score>", finish_reason="stop") for _ in requests]
+
+        def describe(self):
+            return {"backend": "spy", "model": "spy"}
+
+        def close(self):
+            pass
+
+    spy = Spy()
+    answers = []
+
+    def fake_run(app, **kw):
+        buf = io.BytesIO()
+        Image.new("RGB", (30, 30)).save(buf, "PNG")
+        with TestClient(app) as client:
+            answers.append(client.post("/v1/judge/pointwise", json={
+                "image": base64.b64encode(buf.getvalue()).decode(), "label": "fake", "response": "seams"}))
+
+    monkeypatch.setattr(serve_cli, "backend_from_args", lambda args: spy)
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    assert main(["serve", "--model", str(released_copy(tiny_model_dir, tmp_path)), "--device", "cpu"]) == 0
+    assert answers[0].status_code == 200, answers[0].text
+    template = text_mode(STAND_IN["pointwise"], tmp_path)
+    assert spy.texts == [template.replace("{ground_truth_label}", "fake").replace("{candidate_response}", "seams")]

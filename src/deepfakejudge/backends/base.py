@@ -62,7 +62,8 @@ class Generation:
 @dataclass(frozen=True)
 class GenerationConfig:
     """Sampling settings shared by every backend so that "the same judge" scores the same way.
-    Greedy by default, as the released judges were used."""
+    Temperature 0 (the default) is the backend's deterministic decoding: the checkpoint's own
+    generation config or plain greedy, as `LoadOptions.decoding` says."""
 
     max_new_tokens: int = 512
     temperature: float = 0.0

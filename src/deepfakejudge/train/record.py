@@ -70,7 +70,8 @@ def load_trained_judge(folder: str | Path) -> TrainedJudge | None:
         text = template_path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ValueError(f"{template_path}: missing ({exc.strerror}); the training run record is incomplete") from exc
-    template = Template(kind=record["kind"], text=text, name=str(template_path))
+    template = Template(kind=record["kind"], text=text, name=str(template_path),
+                        official=bool(record["template"].get("official", False)))
     if template.sha256 != record["template"]["sha256"]:
         raise ValueError(
             f"{template_path}: its sha256 {template.sha256[:12]}… differs from the recorded "
