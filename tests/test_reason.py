@@ -274,6 +274,9 @@ def test_bertscore_baseline_without_the_layer_is_refused(tmp_path):
     short = write_baseline(tmp_path / "short.tsv", layers=2)
     with pytest.raises(ValueError, match="needs columns LAYER,P,R,F and a row for layer 6"):
         bert_scorer(str(default_minilm_path()), None, "cpu", str(short))
+    # roberta-large's layer 17 does not exist in the 6-layer MiniLM: refused, not truncated
+    with pytest.raises(ValueError, match="layer 17 asked of .*, which has 6 layers"):
+        bert_scorer(str(default_minilm_path()), None, "cpu", "roberta-large")
 
 
 def test_bertscore_without_bert_score_installed_is_unavailable(tmp_path, monkeypatch):

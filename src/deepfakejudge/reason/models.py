@@ -187,12 +187,11 @@ def _default_model(lang: str) -> str:
     return lang2model[lang]
 
 
-def _baseline_f(scorer: Any, path: Path) -> float:
-    """The F1 baseline of the scorer's layer, read by bert-score itself (`baseline_vals`: the row
-    at index = layer of a LAYER,P,R,F file), after a check that gives a clear message."""
+def _check_baseline(path: Path, layer: int) -> None:
+    """A clear message, before any model loads, unless `path` is a LAYER,P,R,F file with a row
+    for `layer` (bert-score reads row index = layer and would fail with a bare IndexError)."""
     import pandas as pd
 
-    layer = scorer.num_layers
     try:
         table = pd.read_csv(path)
     except (OSError, ValueError) as exc:
@@ -202,7 +201,6 @@ def _baseline_f(scorer: Any, path: Path) -> float:
             f"--bertscore-baseline {path}: needs columns LAYER,P,R,F and a row for layer {layer} "
             f"(it has {len(table)} rows, columns {', '.join(map(str, table.columns))})"
         )
-    return float(scorer.baseline_vals[2])
 
 
 @lru_cache(maxsize=4)
@@ -211,7 +209,8 @@ def bert_scorer(model: str | None, num_layers: int | None, device: str, baseline
     with its shipped baseline: the setting the paper's figures fit) when `model` is None, or a
     local model folder (its last layer unless `num_layers`; raw unless `baseline`, see
     `resolve_baseline`). A `baseline` naming a hub model also sets the layer bert-score uses for
-    it when `num_layers` is None."""
+    it when `num_layers` is None. Raises Unavailable when bert-score or the model cannot be had,
+    ValueError for a baseline that cannot serve (checked before the model loads)."""
     try:
         import bert_score
         from bert_score.utils import model2layers
@@ -219,28 +218,36 @@ def bert_scorer(model: str | None, num_layers: int | None, device: str, baseline
         raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
     lang = BERTSCORE_LANG
     path, why_raw = resolve_baseline(model, baseline, lang)
+    if model is not None and not Path(model).is_dir():
+        raise Unavailable(f"--bertscore-model {model}: not a model folder")
+    if num_layers is not None:
+        layers = num_layers
+    elif model is None:
+        layers = model2layers[_default_model(lang)]
+    else:
+        named = baseline if baseline is not None and not Path(baseline).is_file() else None
+        layers = model2layers[named] if named in model2layers else _num_layers(Path(model))
+    if model is not None and layers > (deepest := _num_layers(Path(model))):
+        # bert-score would silently keep all the layers there are: a figure for another layer
+        raise ValueError(f"--bertscore-layers: layer {layers} asked of {model}, which has {deepest} layers")
+    if path is not None:
+        _check_baseline(path, layers)
     where = None if path is None else str(path)
     try:
         if model is None:
-            scorer = bert_score.BERTScorer(lang=lang, num_layers=num_layers, device=device, baseline_path=where)
+            scorer = bert_score.BERTScorer(lang=lang, num_layers=layers, device=device, baseline_path=where)
         else:
-            if not Path(model).is_dir():
-                raise Unavailable(f"--bertscore-model {model}: not a model folder")
-            named = baseline if baseline is not None and not Path(baseline).is_file() else None
-            layers = num_layers or (model2layers.get(named) if named else None) or _num_layers(Path(model))
             scorer = bert_score.BERTScorer(model_type=model, num_layers=layers, device=device, baseline_path=where)
-    except Unavailable:
-        raise
     except Exception as exc:  # noqa: BLE001 - offline hub lookups fail in many ways; report it
         what = "bert-score's default English model (roberta-large)" if model is None else model
         raise Unavailable(
             f"cannot load {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "pass --bertscore-model PATH to a local model folder"
         ) from exc
+    # The F1 baseline of this layer as bert-score itself reads it (`baseline_vals`: P, R, F).
+    baseline_f = None if path is None else float(scorer.baseline_vals[2])
     setting = BertScoreSetting(model=scorer.model_type if model is None else model, layer=scorer.num_layers,
-                               lang=lang, baseline=None if path is None else str(path),
-                               baseline_f=None if path is None else _baseline_f(scorer, path),
-                               why_raw=why_raw)
+                               lang=lang, baseline=where, baseline_f=baseline_f, why_raw=why_raw)
     return BertScorer(scorer, setting)
 
 
