@@ -208,3 +208,30 @@ def test_unreachable_hub_costs_one_connection_and_one_line(tmp_path):
     assert proc.stderr.count("Model hub unreachable") == 1
     assert "HF_HUB_OFFLINE=1 and the model is not in the local cache" in proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("Spearman with the level")
+
+
+def test_level_tables_report_a_missing_metric_and_keep_the_rest(monkeypatch):
+    """sacrebleu missing: BLEU-3 is n/a with the reason, the reference column and a partial judge
+    column (scores for one image only, one of them unparsable) still come out."""
+    from deepfakejudge.data import load_records
+    from deepfakejudge.reason import levels
+    from deepfakejudge.reason.models import Unavailable, sentence_encoder
+
+    def no_bleu(*_):
+        raise Unavailable("sacrebleu is not installed")
+
+    monkeypatch.setattr(levels, "bleu3", no_bleu)
+    samples = load_records(ROOT / "examples" / "pointwise.jsonl").samples
+    judge = {"coffee-l5": 5, "coffee-l4": 4, "coffee-l3": 4, "coffee-l2": None, "coffee-l1": 1}
+    tables = levels.level_tables(samples, sentence_encoder(None, "cpu"), judge)
+    assert tables.missing == {"bleu3": "sacrebleu is not installed"}
+    assert all(r.bleu3 is None for r in tables.rows)
+    assert tables.orderings["judge"].per_image == {
+        "coffee.jpg": pytest.approx(spearmanr([5, 4, 3, 1], [5, 4, 4, 1]).statistic)}
+    line = levels.ordering_line(tables)
+    assert "BLEU-3 n/a" in line and "judge 0.95 (0/1 images in perfect order)" in line
+    text = "\n".join(levels.image_tables(tables))
+    coffee = text[text.index("coffee.jpg (real)"):].split("\n\n")[1].splitlines()
+    assert coffee[0] == "| level | reference | BLEU-3 | verdict | judge |"
+    assert [row.split(" | ")[-1].rstrip(" |") for row in coffee[2:]] == ["5", "4", "4", "–", "1"]
+    assert all(" | – | " in row for row in coffee[2:])  # BLEU-3 cells
