@@ -21,6 +21,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,7 @@ from .options import add_data_root_option, add_remote_options, emit
 
 TABLE_CHOICES = ("meta", "detect", "reason")
 PROTOCOL_MODES = ("generate", "score-only")
-SETS = {  # meta-evaluation set -> split per judge kind
-    "dfj-meta": {"pointwise": "dfj-meta/pointwise/test", "pairwise": "dfj-meta/pairwise/test"},
-    "dfj-meta-human": {"pointwise": "dfj-meta-human/pointwise", "pairwise": "dfj-meta-human/pairwise"},
-}
+SETS = ("dfj-meta", "dfj-meta-human")  # meta-evaluation sets; the split of each is its paper table's dataset
 # Options passed through unchanged to `dfj judge` / `dfj detect run` (dest -> flag).
 FORWARD = ("backend", "device", "dtype", "min_pixels", "max_pixels", "vision_cache_mb", "base_url", "api_key_env",
            "concurrency", "timeout", "max_retries", "top_logprobs", "prefill", "cache", "reasks", "batch_size",
@@ -55,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sizes", nargs="+", choices=("3B", "7B"), default=["3B", "7B"], help="judge sizes (default both)")
     g.add_argument("--kinds", nargs="+", choices=("pointwise", "pairwise"), default=["pointwise", "pairwise"],
                    help="judge kinds for the meta-evaluation (default both)")
-    g.add_argument("--sets", nargs="+", choices=tuple(SETS), default=list(SETS),
+    g.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS),
                    help="meta-evaluation sets (default both)")
     g.add_argument("--limit", type=int, default=None, help="only the first N items of every set (a quick look)")
     g.add_argument("--report-only", action="store_true", help="call no model: report from the results under --out")
@@ -156,6 +154,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     from ..data.splits import data_root, find_split
+    from ..reproduce import TABLES
 
     out = Path(args.out)
     meta = tuple((s, k, t) for t in args.sets for s in args.sizes for k in args.kinds) if "meta" in args.tables else ()
@@ -169,7 +168,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     for name, path in {**detect, **reason}.items():
         if name != detector and not path.is_file():
             raise ValueError(f"--detect-pred/--reason-pred {name}={path}: no such file")
-    needed = {SETS[t][k] for _, k, t in meta}
+    needed = {TABLES[f"{k}-{t}"].dataset for _, k, t in meta}
     if detect:
         needed.add("dfj-bench/dfj-detect")
     if reason:
@@ -282,9 +281,8 @@ def _templates(args: argparse.Namespace, kind: str, model: str) -> tuple:
 
 def run(args: argparse.Namespace) -> int:
     from ..metaeval import Bootstrap
-    from ..reproduce import Comparison, render_markdown, to_json
-    from ..reproduce.paper import judge_row, paper_name
-    from ..reproduce.report import detect_row, pairwise_row, pointwise_row, reason_row
+    from ..reproduce import TABLES, render_markdown, to_json
+    from ..reproduce.compare import MetaRun, detect_comparison, meta_comparisons, reason_comparison
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -315,7 +313,8 @@ def run(args: argparse.Namespace) -> int:
         path = out / "meta" / f"{size}-{kind}" / f"{which}.jsonl"
         meta_files[(size, kind, which)] = path
         if not args.report_only:
-            errors += run_judge(args, kind, models[(size, kind)], plan.splits[SETS[which][kind]], path)["errors"]
+            data = plan.splits[TABLES[f"{kind}-{which}"].dataset]
+            errors += run_judge(args, kind, models[(size, kind)], data, path)["errors"]
     if plan.detector and not args.report_only:
         if plan.detector in plan.detect:
             errors += run_detector(args, plan.splits["dfj-bench/dfj-detect"], plan.detect[plan.detector])["errors"]
@@ -332,79 +331,21 @@ def run(args: argparse.Namespace) -> int:
                             image_root=plan.splits["dfj-bench/dfj-reason"].parent)["errors"]
 
     boot = Bootstrap(resamples=args.n_resamples, seed=args.seed)
-    comparisons: list[Comparison] = []
-    missing_note = "no results yet for {} (run without --report-only)"
-    for kind in ("pointwise", "pairwise"):
-        for which in args.sets:
-            table = f"{kind}-{which}"
-            rows, notes = [], []
-            for size in args.sizes:
-                if (size, kind, which) not in meta_files:
-                    continue
-                pred = meta_files[(size, kind, which)]
-                if not pred.is_file():
-                    notes.append(missing_note.format(pred))
-                    continue
-                model = models[(size, kind)]
-                label = judge_row(size)
-                row_fn = pointwise_row if kind == "pointwise" else pairwise_row
-                row = row_fn(f"{label} ({model})", paper_name(table, label), table, pred,
-                             plan.splits[SETS[which][kind]], _templates(args, kind, model), boot)
-                rows.append(row)
-                if row.extra.get("gold_unreadable"):
-                    notes.append(f"{label}: {row.extra['gold_unreadable']} gold rows of {SETS[which][kind]} could not be "
-                                 f"read with the judge's template and are left out (list them: dfj data validate "
-                                 f"{SETS[which][kind]} --template ...)")
-            if rows or notes:
-                extra = ((("unparsable", "unparsable"), ("judge_errors", "errors")) if kind == "pointwise" else
-                         (("accuracy_both_orders", "Acc. % both orders"), ("consistency", "order agreement %"),
-                          ("unparsable", "unparsable"), ("judge_errors", "errors")))
-                if args.limit is not None:
-                    notes.append(f"--limit {args.limit}: the first {args.limit} items only")
-                comparisons.append(Comparison(table, tuple(rows), extra, tuple(notes)))
+    meta = [MetaRun(size, kind, which, models[(size, kind)], path, plan.splits[TABLES[f"{kind}-{which}"].dataset],
+                    partial(_templates, args, kind, models[(size, kind)]))
+            for (size, kind, which), path in meta_files.items()]
+    comparisons = meta_comparisons(meta, boot, args.limit)
     if "detect" in args.tables:
-        rows, notes = [], []
-        for name, pred in plan.detect.items():
-            if not pred.is_file():
-                notes.append(missing_note.format(pred))
-                continue
-            rows.append(detect_row(name, pred, plan.splits["dfj-bench/dfj-detect"], boot, args.limit))
-        if not plan.detect:
-            notes.append("nothing to score: give --detect-pred NAME=FILE or --detector-model M")
-        notes.append("ours: F1 over parsed answers (policy parsed-only, which the published figures fit), accuracy "
-                     "over all images; our headline F1s (an unparsable answer is a miss) beside them")
-        comparisons.append(Comparison("dfj-detect", tuple(rows), (("headline_real_f1", "Real F1 % headline"),
-                                      ("headline_fake_f1", "Fake F1 % headline"), ("unparsable", "unparsable")),
-                                      tuple(notes)))
+        comparisons.append(detect_comparison(plan.detect, plan.splits.get("dfj-bench/dfj-detect"), boot, args.limit))
     if "reason" in args.tables:
-        rows, notes = [], []
         text_models = {"bertscore_model": args.bertscore_model, "bertscore_layers": args.bertscore_layers,
                        "bertscore_baseline": args.bertscore_baseline, "device": args.text_device}
-        for name, pred in plan.reason.items():
-            if not pred.is_file():
-                notes.append(missing_note.format(pred))
-                continue
-            results = judged.get(name)
-            row = reason_row(name, pred, plan.splits["dfj-bench/dfj-reason"],
-                             results if results is not None and results.is_file() else None, args.limit, text_models)
-            rows.append(row)
-            for what in ("bleu3_missing", "bertscore_missing"):
-                if row.extra.get(what):
-                    notes.append(f"{name}: {what.split('_')[0]} n/a: {row.extra[what]}")
-            if row.extra.get("bertscore_setting"):
-                notes.append(f"{name}: {row.extra['bertscore_setting']}")
-            if row.extra.get("bleu3_signature"):
-                notes.append(f"{name}: BLEU-3 sacrebleu signature {row.extra['bleu3_signature']}")
-        if not plan.reason:
-            notes.append("nothing to score: give --reason-pred NAME=FILE or --detector-model M")
-        notes.append(f"DFJ score: mean parsed score of the {args.reason_judge} pointwise judge "
-                     f"({models[(args.reason_judge, 'pointwise')]})")
-        comparisons.append(Comparison("dfj-reason", tuple(rows), (("bertscore_raw", "BERTScore raw"),
-                                      ("judge_unparsable", "judge unparsable")),
-                                      tuple(notes)))
+        comparisons.append(reason_comparison(plan.reason, plan.splits.get("dfj-bench/dfj-reason"), judged,
+                                             f"{args.reason_judge} ({models[(args.reason_judge, 'pointwise')]})",
+                                             args.limit, text_models))
 
     settings = {"out": str(out), "data_root": str(plan.root), "limit": args.limit, "backend": args.backend,
-                "base_url": args.base_url, "judges": {f"{s}-{k}": m for (s, k), m in models.items()},
+                "base_url": args.base_url, "judges": {k: m for k, m in runs.items() if not k.startswith("detector ")},
                 "pointwise_mode": args.pointwise_mode, "pairwise_mode": args.pairwise_mode,
                 "pointwise_template": args.pointwise_template, "pairwise_template": args.pairwise_template,
                 "detector_model": args.detector_model, "bootstrap": {"resamples": args.n_resamples, "seed": args.seed}}

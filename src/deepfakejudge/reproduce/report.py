@@ -85,12 +85,13 @@ def _run_settings(results: Path) -> dict[str, Any]:
 
 
 def pointwise_row(model: str, paper_model: str | None, table: str, pred: Path, gold: Path,
-                  templates: tuple[Template, ...], boot: Bootstrap) -> Row:
+                  templates: tuple[Template, ...], boot: Bootstrap, checkpoint: str | None = None) -> Row:
     result = evaluate_pointwise(str(pred), str(gold), templates, boot)
     ours = {"rmse": _value(result, "rmse"), "pearson": _value(result, "pearson")}
     extra = {**_counts(result), "rmse_expected": _value(result, "rmse_expected"),
              "pearson_expected": _value(result, "pearson_expected"),
-             "ci": {k: _ci(result, k) for k in ("rmse", "pearson")}, "run": _run_settings(pred)}
+             "ci": {k: _ci(result, k) for k in ("rmse", "pearson")}, "run": _run_settings(pred),
+             "judge_model": checkpoint}
     return Row(model, paper_model, result.counts["joined"], ours, _paper(table, paper_model), extra)
 
 
@@ -111,14 +112,14 @@ def one_order_rows(pred: Path, out: Path) -> Path:
 
 
 def pairwise_row(model: str, paper_model: str | None, table: str, pred: Path, gold: Path,
-                 templates: tuple[Template, ...], boot: Bootstrap) -> Row:
+                 templates: tuple[Template, ...], boot: Bootstrap, checkpoint: str | None = None) -> Row:
     first = one_order_rows(pred, pred.with_name(pred.stem + ".one-order.jsonl"))
     one = evaluate_pairwise(str(first), str(gold), templates, boot)
     both = evaluate_pairwise(str(pred), str(gold), templates, boot)
     extra = {**_counts(one), "accuracy_both_orders": _value(both, "accuracy"),
              "consistency": _value(both, "consistency"), "unparsable_both_orders": len(both.unparsable),
              "ci": {"accuracy": _ci(one, "accuracy"), "accuracy_both_orders": _ci(both, "accuracy")},
-             "run": _run_settings(pred)}
+             "run": _run_settings(pred), "judge_model": checkpoint}
     return Row(model, paper_model, one.counts["joined"], {"accuracy": _value(one, "accuracy")},
                _paper(table, paper_model), extra)
 
@@ -203,8 +204,8 @@ def render_markdown(comparisons: list[Comparison], header: list[str]) -> str:
     lines = ["# DeepfakeJudge: our figures beside the paper's", "", f"Paper: {PAPER}.", "", *header]
     for comp in comparisons:
         t = TABLES[comp.table]
-        lines += ["", f"## {t.title}", "", f"Data: `{t.dataset}`. Paper's figures: {t.source}."
-                  + (f" ({t.note})" if t.note else ""), ""]
+        lines += ["", f"## {t.title}", "", f"Data: `{t.dataset}`. The paper's figures: its table \"{t.title}\""
+                  + (f" ({t.note})" if t.note else "") + ".", ""]
         head = ["Model", "n"]
         for m in t.metrics:
             label = METRICS[m][0]
@@ -222,7 +223,7 @@ def render_markdown(comparisons: list[Comparison], header: list[str]) -> str:
             rows.append(cells)
         if rows:
             lines.append(markdown_table(head, rows, "lr" + "r" * (len(head) - 2)))
-        for note in comp.notes:
+        for note in dict.fromkeys(comp.notes):  # once each, in order
             lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
 
