@@ -10,10 +10,15 @@ heavily (both pairwise orders, 25 DFJ-Meta records per image, several detectors 
   runs. `shared_cache()` is the process's one cache: every backend of a run uses it (both roles
   of `dfj bootstrap` included).
 - Preparation runs in a process pool sized to the machine (`workers`; 0: one thread in this
-  process), so the client's event loop only sends bytes while images are being prepared.
+  process), so the client's event loop only sends bytes while images are being prepared. A
+  worker that dies costs the requests it was preparing (error rows); a pool that breaks twice
+  gives way to the in-process thread, with a warning.
 - Two transports. `png` (the default, safe for any server): the image resized with Qwen's rule
-  to the budget, as lossless PNG at zlib level 1 (`PNG_LEVEL`; level 6, PIL's default, is ~2x
-  slower for ~1% fewer bytes on photos). `original`: the file's own bytes, not decoded at all
+  to the budget, as lossless PNG at zlib level 1 with run-length matching only (`PNG_LEVEL`,
+  `PNG_STRATEGY`). Measured on 980x980 images: PIL's default (level 6) takes ~250-330 ms for
+  at most 2-15% fewer bytes; level 1 ~55-75 ms; level 1 with Z_RLE ~53-64 ms and as small or
+  smaller (PNG's row filters leave little for longer matches); level 0 ~30 ms but 1.6-2.7x
+  the bytes, which the client then base64-encodes and sends. `original`: the file's own bytes, not decoded at all
   (JPEG sources: ~5x fewer bytes); exact only when the server resizes with the same budget
   (vLLM `--mm-processor-kwargs`, `dfj serve --min-pixels/--max-pixels`; docs/remote-and-serve.md).
 - `json_body` builds the request body with the data URL spliced in as bytes: base64 text needs
@@ -26,9 +31,11 @@ import base64
 import concurrent.futures
 import io
 import json
+import logging
 import os
 import secrets
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
 from concurrent.futures.process import BrokenProcessPool
@@ -38,8 +45,11 @@ from PIL import Image
 
 from .base import ChatRequest, PixelBudget
 
+log = logging.getLogger("deepfakejudge.backends.image_payload")
+
 TRANSPORTS = ("png", "original")
 PNG_LEVEL = 1
+PNG_STRATEGY = zlib.Z_RLE
 CACHE_BYTES = 512 * 2**20  # a 1 MP image is ~2.5 MB as a PNG data URL, ~0.5 MB as a JPEG one
 # Stands in for data URLs while the rest of a request body is JSON-encoded; random per process,
 # so no text a request carries can collide with it.
@@ -64,7 +74,7 @@ def png_data_url(image: Image.Image, budget: PixelBudget, level: int = PNG_LEVEL
     if (width, height) != rgb.size:
         rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG", compress_level=level)
+    rgb.save(buffer, format="PNG", compress_level=level, compress_type=PNG_STRATEGY)
     return b"data:image/png;base64," + base64.b64encode(buffer.getvalue())
 
 
@@ -166,12 +176,17 @@ class _Pools:
     spawned, not forked: the client runs threads (its event loop) that a fork would copy
     mid-flight."""
 
+    MAX_BROKEN = 2
+
     def __init__(self) -> None:
         self._pools: dict[int, concurrent.futures.Executor] = {}
         self._lock = threading.Lock()
+        self._broken = 0
 
     def get(self, workers: int) -> concurrent.futures.Executor:
         with self._lock:
+            if self._broken >= self.MAX_BROKEN and workers:
+                workers = 0  # processes cannot be started or keep dying here: prepare in-process
             pool = self._pools.get(workers)
             if pool is None:
                 if workers == 0:
@@ -190,6 +205,10 @@ class _Pools:
         with self._lock:
             if self._pools.get(workers) is pool:
                 del self._pools[workers]
+                self._broken += 1
+                if self._broken == self.MAX_BROKEN:
+                    log.warning("warning: image worker processes keep failing; preparing images in this "
+                                "process from now on (slower; --image-workers 0 does so from the start)")
         pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self, wait: bool = False) -> None:
@@ -239,12 +258,15 @@ class ImagePreparer:
 
     def _submit(self, source: bytes | Image.Image, transport: str) -> concurrent.futures.Future:
         args = (source, self.budget.min_pixels, self.budget.max_pixels, transport, self.level)
-        pool = _POOLS.get(self.workers)
+        # An original payload is one base64 pass (~1 ms for 0.4 MB): shipping the bytes to a
+        # worker and back would cost more than it, so it runs on this process's image thread.
+        workers = 0 if transport == "original" else self.workers
+        pool = _POOLS.get(workers)
         try:
             return pool.submit(prepare, *args)
         except (BrokenProcessPool, RuntimeError):  # a worker died earlier: start a fresh pool
-            _POOLS.discard(self.workers, pool)
-            return _POOLS.get(self.workers).submit(prepare, *args)
+            _POOLS.discard(workers, pool)
+            return _POOLS.get(workers).submit(prepare, *args)
 
 
 def json_body(payload: dict[str, Any]) -> bytes:
