@@ -163,7 +163,12 @@ def test_login_link_sets_a_strict_httponly_cookie(sqlite_project):
     assert page.status_code == 303 and page.headers["location"] == "/login"
     bad = c.get("/login?token=not-a-token", follow_redirects=False)
     assert bad.status_code == 401 and "not valid" in bad.text
-    good = c.get(f"/login?token={sqlite_project.tokens['alice']}", follow_redirects=False)
+    # A login link only fills in a confirm form (a GET never logs in: no login CSRF).
+    link = c.get(f"/login?token={sqlite_project.tokens['alice']}", follow_redirects=False)
+    assert link.status_code == 200 and "set-cookie" not in link.headers
+    assert "Log in as alice" in link.text and 'method="post"' in link.text
+    assert c.get("/api/me").status_code == 401
+    good = c.post("/login", data={"token": sqlite_project.tokens["alice"]}, follow_redirects=False)
     assert good.status_code == 303
     cookie = good.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
@@ -202,6 +207,16 @@ def test_security_headers_and_cross_origin_writes(sqlite_project):
     forged = alice.put(f"/api/items/{item}/annotation", json={"version": 0, "status": "draft"},
                        headers={"Origin": "http://evil.example"})
     assert forged.status_code == 403
+    # The scheme is part of the origin: a page on http://host is not https://host, nor the reverse.
+    other_scheme = alice.put(f"/api/items/{item}/annotation", json={"version": 0, "status": "draft"},
+                             headers={"Origin": "https://testserver"})
+    assert other_scheme.status_code == 403
+    same = alice.put(f"/api/items/{item}/annotation", json={"version": 0, "status": "draft"},
+                     headers={"Origin": "http://testserver"})
+    assert same.status_code == 200, same.text
+    # A login form posted from another site is refused too (login CSRF).
+    assert TestClient(sqlite_project.app).post("/login", data={"token": sqlite_project.tokens["bob"]},
+                                               headers={"Origin": "http://evil.example"}).status_code == 403
 
 
 # ---------------------------------------------------------------- annotate, rate, skip, flag
@@ -441,7 +456,8 @@ def test_export_is_canonical_and_validates(project, data_dir, tmp_path):
     reports = export_all(project.ctx.store, tmp_path / "out")
     assert {r.dataset for r in reports} == {"detect", "pointwise", "pairwise"}
     for name in ("detect", "pointwise", "pairwise"):
-        assert main(["data", "validate", str(tmp_path / "out" / f"{name}.jsonl")]) == 0
+        # the images stay in the loaded data's folder, outside the export's: allowed by name
+        assert main(["data", "validate", str(tmp_path / "out" / f"{name}.jsonl"), "--image-root", str(data_dir)]) == 0
     assert json.loads((tmp_path / "out" / "agreement.json").read_text())["label"]["n"] >= 0
 
 
@@ -619,7 +635,9 @@ def test_cli_export_then_validate(tmp_path, data_dir, capsys):
     assert main(["annotate", "--data", str(data_dir / "pointwise.jsonl"), "--db", db, "--import", str(imp),
                  "--import-as", "alice", "--export", str(tmp_path / "o2")]) == 0
     out = tmp_path / "o2" / "pointwise.jsonl"
-    assert main(["data", "validate", str(out)]) == 0
+    assert main(["data", "validate", str(out)]) == 1  # its images are outside the export's folder...
+    assert "--image-root" in capsys.readouterr().err
+    assert main(["data", "validate", str(out), "--image-root", str(data_dir)]) == 0  # ...allowed by name
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in exported] == [r["id"] for r in rows]
     assert all(r["score"] == 3 for r in exported)

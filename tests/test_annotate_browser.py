@@ -190,6 +190,7 @@ def test_annotate_rate_review_and_export_in_a_real_browser(server, browser, shot
 
     # -- the admin's pages: overview, review with the judge's distribution, live agreement
     d.get(f"{url}/login?token={server['tokens']['admin']}")
+    d.find_element(By.ID, "confirm-login").click()  # a login link asks before logging in
     wait_for(d, lambda d: "Overview" in d.find_element(By.TAG_NAME, "h1").text, "the overview")
     d.save_screenshot(str(shots / "07-overview.png"))
     d.get(f"{url}/review?filter=all")

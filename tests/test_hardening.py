@@ -304,3 +304,17 @@ def test_data_validate_reports_rows_over_the_prompt_budget(tiny_model_dir, tmp_p
                  "--max-prompt-tokens", "1000"]) == 1
     err = capsys.readouterr().err
     assert "d.jsonl:3: field 'response'" in err and "tokens, over the limit of 1000" in err and "d.jsonl:1" not in err
+
+
+# -- 7: dfj serve refuses to bind beyond this machine without a key ------------------------------
+
+
+def test_serve_on_all_interfaces_without_a_key_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DFJ_SERVE_API_KEY", raising=False)
+    missing = tmp_path / "no-model"  # never loaded: the refusal comes first
+    assert main(["serve", "--model", str(missing), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--api-key" in err and "--insecure-no-key" in err
+    # With the explicit opt-out the command goes on (and fails later, on the missing model).
+    assert main(["serve", "--model", str(missing), "--host", "0.0.0.0", "--insecure-no-key"]) == 2
+    assert "no-model" in capsys.readouterr().err

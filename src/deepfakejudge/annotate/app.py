@@ -54,8 +54,10 @@ class LimitsMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = MAX_UPLOAD if scope["path"] == "/api/import" else MAX_BODY
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            # The whole origin must match, scheme included: http://host is another origin than
+            # https://host (a plain-HTTP page on the same name must not write over TLS).
             origin = headers.get("origin")
-            if origin and origin.split("://", 1)[-1] != headers.get("host"):
+            if origin and origin != f"{scope.get('scheme', 'http')}://{headers.get('host')}":
                 await PlainTextResponse("cross-origin request refused", 403)(scope, receive, send)
                 return
         length = headers.get("content-length")

@@ -50,9 +50,16 @@ def render(name: str, request: Request, code: int = 200, **context: Any) -> HTML
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, token: str | None = None) -> Response:
-    if token is not None:
-        return _login(request, token)
-    return render("login.html", request, user=None, error=None)
+    """The login form; a login link (`?token=`) only fills it in and names the account. A GET
+    never logs in: another site could otherwise log a visitor in as the attacker (login CSRF).
+    The form's POST is same-origin only (LimitsMiddleware)."""
+    if token is None:
+        return render("login.html", request, user=None, error=None)
+    with ctx_of(request).store.read() as session:
+        user = user_for_token(session, token.strip())
+    if user is None:
+        return render("login.html", request, 401, user=None, error="That token is not valid.")
+    return render("login.html", request, user=None, error=None, confirm=user.name, token=token.strip())
 
 
 @router.post("/login")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 DEFAULT_PORT = 8765
 
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.export is not None:
         for r in export_all(opened.ctx.store, args.export):
             print(f"{args.export}/{r.dataset}.jsonl: {r.rows} row(s) ({r.not_done} of {r.items} items not done)")
+        folders = sorted({str(Path(d).resolve().parent) for d in args.data})
+        print("images stay in the loaded data's folder; judge the export with "
+              + " ".join(f"--image-root {f}" for f in folders), file=sys.stderr)
         opened.ctx.store.close()
         return 0
     return serve(opened, args.host, args.port)

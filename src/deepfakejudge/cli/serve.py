@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     g.add_argument("--api-key", default=os.environ.get("DFJ_SERVE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $DFJ_SERVE_API_KEY; none: open)")
+    g.add_argument("--insecure-no-key", action="store_true",
+                   help="allow a --host beyond this machine without --api-key (refused by default)")
     g.add_argument("--served-model-name", default=None, help="model id clients send (default: --model as given)")
     g.add_argument("--allowed-root", type=Path, default=None,
                    help="local image paths in requests are read only from under this folder (default: refused)")
@@ -76,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
     if args.host not in LOOPBACK and settings.api_key is None:
-        print(f"dfj serve: warning: binding {args.host} without --api-key: anyone who can reach this port "
-              "can use the model", file=sys.stderr)
+        if not args.insecure_no_key:
+            raise ValueError(f"--host {args.host}: binding beyond this machine needs --api-key (or $DFJ_SERVE_API_KEY), "
+                             "else anyone who can reach the port can use the model; pass --insecure-no-key to "
+                             "serve it open anyway")
+        print(f"dfj serve: warning: binding {args.host} without --api-key (--insecure-no-key): anyone who can reach "
+              "this port can use the model", file=sys.stderr)
     backend = backend_from_args(args)
     try:
         app = create_app(backend, settings)
