@@ -13,10 +13,12 @@ the client's GIL): it reads each body, counts its bytes, and answers a fixed com
 
 Paths, each in a fresh client process (the real CLI, request cache off):
 - `today`: the client before this change, rebuilt here: each image resized and PNG-encoded at
-  PIL's default level on the event loop (once per image: a 64-entry cache by content hash), and
-  every request body JSON-encoded with the data URL in it.
+  PIL's default level on the event loop (once per image: a 64-entry cache by content hash),
+  every request body JSON-encoded with the data URL in it, one HTTP client whose connection pool
+  holds all `--concurrency` connections.
 - `png`: the default now: images prepared once per run in a process pool (one worker per core),
-  PNG at zlib level 1, data URLs spliced into the bodies.
+  PNG at zlib level 1 (Z_RLE), data URLs spliced into the bodies, one single-connection client
+  per request in flight.
 - `original`: `--image-transport original`, the file's bytes (no decode, resize or encode here).
 
 Reported per path: records/s (wall time of the judge run, startup excluded), client CPU seconds
@@ -192,6 +194,21 @@ def today_backend_class():
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
     class TodayBackend(OpenAIBackend):
+        async def _make_client(self, headers, transport):
+            # One client whose pool holds every connection, as before (the lanes all are it).
+            import asyncio
+
+            import httpx
+
+            n = self.remote.concurrency
+            client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.remote.timeout, pool=None),
+                                       limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+            self._all_lanes = [client]
+            self._lanes = asyncio.Queue()
+            for _ in range(n):
+                self._lanes.put_nowait(client)
+            return client
+
         async def _image_url(self, request):  # on the event loop, as before
             if request.image is None:
                 return None

@@ -334,3 +334,27 @@ def test_served_pixels_equal_the_local_backends_for_the_example_images(tiny_serv
         assert (key == file_hash) == (transport == "original"), sample.image.name  # the file itself went
         assert torch.equal(grid, local["image_grid_thw"]), sample.image.name
         assert torch.equal(pixels, local["pixel_values"]), sample.image.name
+
+
+def test_the_benchmark_runs_every_path(tmp_path):
+    """benchmarks/remote_client.py end to end (--quick): every path ran without an error row, and
+    the figures it reports are the ones it measured (timings are not asserted)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "remote_client.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--workdir", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = (tmp_path / "out").glob("remote_client_quick_*.json")
+    result = json.loads(path.read_text())
+    runs = {(r["scenario"], r["path"]): r for r in result["runs"]}
+    assert set(runs) == {(s, p) for s in ("shared", "unique") for p in ("today", "png", "original")}
+    for (scenario, _), r in runs.items():
+        assert r["errors"] == 0 and r["records"] == (24 if scenario == "shared" else 8) == r["requests"]
+        assert r["records_per_s"] > 0 and r["cpu_s_per_record"] > 0
+    jpeg_mb = result["jpeg_mb_mean"]
+    # The original transport sends the JPEG (base64: 4/3 of it); PNG several times more.
+    assert abs(runs["shared", "original"]["mb_sent_per_record"] - jpeg_mb * 4 / 3) < 0.05
+    assert runs["shared", "png"]["mb_sent_per_record"] > 3 * runs["shared", "original"]["mb_sent_per_record"]
+    assert runs["shared", "today"]["speedup_vs_today"] == 1.0
