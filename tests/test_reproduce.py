@@ -400,24 +400,33 @@ def server(tiny_model_dir, tmp_path_factory):
     s.stop()
 
 
-def test_reproduce_through_dfj_serve(server, local_run, release, tmp_path, capsys):
-    """The same protocol against an OpenAI-compatible server (as with vLLM): same figures."""
+def test_reproduce_through_dfj_serve(server, local_run, release, predictions, tmp_path, capsys):
+    """The same protocols against an OpenAI-compatible server (as with vLLM), judges and the VLM
+    detector alike: the same figures as the local run, table by table."""
     _, done = local_run
     root, templates = release
+    detect, reason = predictions
     out = tmp_path / "remote"
-    argv = reproduce_argv(out, root, templates, "--judge-model", NAME, "--tables", "meta", "--backend", "openai",
+    argv = reproduce_argv(out, root, templates, "--judge-model", NAME, "--backend", "openai",
                           "--base-url", server.url + "/v1", "--top-logprobs", "2000",
-                          "--cache", str(tmp_path / "requests.sqlite"), "--json")
+                          "--cache", str(tmp_path / "requests.sqlite"), "--json",
+                          "--detect-pred", f"gpt-4o-mini={detect}", "--reason-pred", f"SIDA={reason}",
+                          "--detector-model", NAME, "--detector-name", "tiny-detector",
+                          "--bertscore-model", str(default_minilm_path()))
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     local = json.loads((done / "report.json").read_text())
     assert report["settings"]["backend"] == "openai" and report["settings"]["judges"]["3B-pointwise"] == NAME
-    for key in ("pointwise-dfj-meta", "pointwise-dfj-meta-human", "pairwise-dfj-meta", "pairwise-dfj-meta-human"):
-        ours, theirs = table(report, key)["rows"][0], table(local, key)["rows"][0]
-        assert ours["n"] == theirs["n"] == LIMIT and ours["paper"] == theirs["paper"]
-        for metric, value in theirs["ours"].items():
-            assert ours["ours"][metric] == (None if value is None else pytest.approx(value, abs=1e-6))
+    assert [t["table"] for t in report["tables"]] == [t["table"] for t in local["tables"]]
+    for remote_table, local_table in zip(report["tables"], local["tables"]):
+        assert len(remote_table["rows"]) == len(local_table["rows"]) > 0
+        for ours, theirs in zip(remote_table["rows"], local_table["rows"]):
+            assert ours["model"] == theirs["model"] and ours["n"] == theirs["n"] and ours["paper"] == theirs["paper"]
+            for metric, value in theirs["ours"].items():
+                assert ours["ours"][metric] == (None if value is None else pytest.approx(value, abs=1e-6)), \
+                    (remote_table["table"], ours["model"], metric)
     assert len(rows_of(out / "meta" / "3B-pairwise" / "dfj-meta.jsonl")) == LIMIT
+    assert len(rows_of(out / "detect" / "tiny-detector.jsonl")) == LIMIT
 
 
 def test_released_judges_without_the_authors_prompt_stop_before_any_run(release, tmp_path, monkeypatch, capsys):
