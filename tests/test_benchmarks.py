@@ -165,3 +165,25 @@ def test_hf_backend_from_loaded_matches_loading_by_path(tiny_backend, tiny_model
 
     with pytest.raises(ValueError, match="pixel budget"):
         HFBackend.from_loaded(model, processor, LoadOptions(model="x", budget=PixelBudget(3136, 2 * budget.max_pixels)))
+
+
+# -- generate-mode throughput (issue 17) -----------------------------------------------------------
+
+
+def test_generate_throughput_runs_every_path_with_equal_scores(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "generate_throughput.py"), "--tiny", "--items", "4", "--batch", "2",
+         "--reasoning", "20", "--max-new-tokens", "40", "--repeats", "1", "--out", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    (path,) = tmp_path.glob("generate_throughput_tiny_CPU*.json")
+    result = json.loads(path.read_text())
+    runs = {(r["ending"], r["path"]): r for r in result["runs"]}
+    assert set(runs) == {(e, p) for e in ("ends-at-tag", "writes-on") for p in ("naive_bs1", "hf_batched", "ours")}
+    assert all(r["scores_match"] for r in runs.values()) and result["parity_all_ok"] is True
+    for (ending, path_name), r in runs.items():
+        assert r["seconds"] > 0 and len(r["runs_s"]) == 1
+        assert r["ours_speedup"] == pytest.approx(r["seconds"] / runs[(ending, "ours")]["seconds"], rel=0.02)
+    assert "ours is x faster" in proc.stdout

@@ -45,7 +45,7 @@ def scripted(scripted_backend):
     undo = []
     options = scripted_backend.options
 
-    def script(reply, dist=lambda prompt, said: None):
+    def script(reply, dist=None):
         undo.append(script_model(scripted_backend, reply, dist))
         return scripted_backend
 
@@ -171,7 +171,7 @@ def score_dist(prompt: str, said: str):
 def test_stop_at_tag_equals_plain_generate_up_to_the_tag(scripted, decoding):
     # Sampled, a spread-out score distribution could leave the script: only the reply is scripted.
     backend = scripted(lambda prompt: REPLIES[item_of(prompt)],
-                       score_dist if decoding != "sampled" else lambda prompt, said: None)
+                       score_dist if decoding != "sampled" else None)
     if decoding != "sampled" and hasattr(backend.options, "decoding"):
         backend.options = replace(backend.options, decoding=decoding)
     img = Image.new("RGB", (56, 56), (9, 9, 9))

@@ -23,7 +23,7 @@ _FLOOR = -1e4  # logit of every token a script does not name: probability ~0, st
 def script_model(
     backend: Any,
     reply: Callable[[str], str],
-    dist: Callable[[str, str], dict[str, float] | None] = lambda prompt, said: None,
+    dist: Callable[[str, str], dict[str, float] | None] | None = None,
     filler: str = " more",
 ) -> Callable[[], None]:
     """Make `backend.model` (an `HFBackend`'s) follow the script; returns a function that undoes it."""
@@ -57,7 +57,7 @@ def script_model(
             replies[row] = tok.encode(reply(prompts[row]), add_special_tokens=False)
         target = replies[row]
         logits = torch.full((vocab,), _FLOOR)
-        probs = dist(prompts[row], tok.decode(said, skip_special_tokens=True))
+        probs = None if dist is None else dist(prompts[row], tok.decode(said, skip_special_tokens=True))
         if probs is not None:
             for text, p in probs.items():
                 logits[token(text)] = math.log(p) if p > 0 else _FLOOR
