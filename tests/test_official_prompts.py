@@ -457,3 +457,17 @@ def test_serve_gives_a_released_judge_the_authors_prompt(prompts, tiny_model_dir
     assert answers[0].status_code == 200, answers[0].text
     template = text_mode(STAND_IN["pointwise"], tmp_path)
     assert spy.texts == [template.replace("{ground_truth_label}", "fake").replace("{candidate_response}", "seams")]
+
+
+def test_data_commands_read_released_rows_with_template_official(prompts, tmp_path, capsys):
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    user = text_mode(STAND_IN["pointwise"], tmp_path).replace("{ground_truth_label}", "edited").replace(
+        "{candidate_response}", "<reasoning>seam</reasoning> <answer>fake</answer>")
+    data = tmp_path / "meta.jsonl"
+    data.write_text(json.dumps({"id": "m1", "messages": [{"role": "user", "content": "<image>" + user},
+                                                         {"role": "assistant", "content": "<score>3</score>"}],
+                                "images": ["img.png"]}) + "\n")
+    assert main(["data", "validate", str(data)]) == 1  # not our template: label unknown outside judging
+    assert main(["data", "stats", str(data), "--template", "official", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["label"] == {"edited": 1} and stats["score"]["3"] == 1

@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("data", help="canonical or ms-swift JSONL, a split folder with data.jsonl, or a split name")
         add_data_root_option(q)
         add_image_root_option(q)
-        q.add_argument("--template", action="append", default=[], metavar="PATH",
-                       help="template the ms-swift rows were built with (repeatable)")
+        q.add_argument("--template", action="append", default=[], metavar="PATH|official",
+                       help="template the ms-swift rows were built with (repeatable; 'official': the authors' "
+                            "prompts, which the released DFJ-Meta rows were built with)")
         q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     v.add_argument("--no-images", action="store_true", help="check rows only, do not open images")
     v.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS)
@@ -42,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _templates(paths: list[str]):
     out = []
     for path in paths:
+        if path == "official":  # the authors' prompts of the released judges (prompts/official.py)
+            from ..prompts.official import official_template
+
+            out += [official_template("pointwise"), official_template("pairwise")]
+            continue
         for kind in ("pointwise", "pairwise"):
             try:
                 out.append(load_template(path, kind))

@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "alpha when gold rows carry human_scores / human_preferences {annotator: rating}.")
         k.add_argument("--pred", required=True, help=f"results JSONL of `dfj judge {kind}`")
         k.add_argument("--gold", required=True, help="the judged dataset with gold score / preferred (canonical or ms-swift)")
-        k.add_argument("--template", default=None, help="template the ms-swift gold rows were built with")
+        k.add_argument("--template", default=None, metavar="PATH|official",
+                       help="template the ms-swift gold rows were built with ('official': the authors' prompt, "
+                            "which the released DFJ-Meta rows were built with)")
         if kind == "pairwise":
             k.add_argument("--pointwise-pred", default=None,
                            help="results of a pointwise judge on the same responses: adds the accuracy of the "
@@ -35,11 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prompts import load_template
+    from ..prompts import resolve_template
 
     if args.n_resamples < 1:
         raise ValueError(f"--n-resamples must be >= 1, got {args.n_resamples}")
-    templates = (load_template(args.template, args.kind),) if args.template else ()
+    templates = (resolve_template(args.template, args.kind),) if args.template else ()  # a file or "official"
     boot = Bootstrap(resamples=args.n_resamples, seed=args.seed)
     if args.kind == "pointwise":
         result = evaluate_pointwise(args.pred, args.gold, templates, boot)
