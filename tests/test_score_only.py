@@ -30,10 +30,11 @@ SMALL = ["--max-pixels", str(TEST_MAX_PIXELS), "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def scripted_backend(tiny_model_dir):
-    """A second tiny backend: the session one stays unscripted."""
+    """A second tiny backend: the session one stays unscripted. Plain greedy decoding, so the
+    probabilities read are the scripted ones (the checkpoint's repetition penalty would shift them)."""
     from deepfakejudge.backends.hf import HFBackend
 
-    backend = HFBackend(LoadOptions(model=str(tiny_model_dir), device="cpu",
+    backend = HFBackend(LoadOptions(model=str(tiny_model_dir), device="cpu", decoding="greedy",
                                     budget=PixelBudget(min_pixels=3136, max_pixels=TEST_MAX_PIXELS)))
     yield backend
     backend.close()
@@ -172,7 +173,7 @@ def test_stop_at_tag_equals_plain_generate_up_to_the_tag(scripted, decoding):
     # Sampled, a spread-out score distribution could leave the script: only the reply is scripted.
     backend = scripted(lambda prompt: REPLIES[item_of(prompt)],
                        score_dist if decoding != "sampled" else None)
-    if decoding != "sampled" and hasattr(backend.options, "decoding"):
+    if decoding != "sampled":
         backend.options = replace(backend.options, decoding=decoding)
     img = Image.new("RGB", (56, 56), (9, 9, 9))
     requests = [ChatRequest(text=f"judge item-{i}", image=img, image_key="k") for i in REPLIES]

@@ -8,7 +8,6 @@ summary's `agreement` block compares the two over the items where both answered.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -81,9 +80,9 @@ def agreement(task: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     def numeric(values: list[tuple[float, float]]) -> dict[str, Any]:
         diffs = [abs(a - b) for a, b in values]
         rho = None
-        if len(values) >= 2:
-            stat = spearmanr([a for a, _ in values], [b for _, b in values]).statistic
-            rho = None if math.isnan(stat) else round(float(stat), 4)
+        xs, ys = [a for a, _ in values], [b for _, b in values]
+        if len(set(xs)) > 1 and len(set(ys)) > 1:  # a constant side has no rank correlation
+            rho = round(float(spearmanr(xs, ys).statistic), 4)
         return {
             "pairs": len(values),
             "mean_abs_diff": round(sum(diffs) / len(diffs), 4) if diffs else None,
