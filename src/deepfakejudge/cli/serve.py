@@ -40,6 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim.add_argument("--batch-window-ms", type=float, default=10.0,
                      help="how long a request waits for others to batch with (default 10 ms)")
     lim.add_argument("--max-batch", type=int, default=16, help="most requests per model call (default 16)")
+    lim.add_argument("--max-pixels-in-flight", type=int, default=160_000_000,
+                     help="decoded image pixels held at once across all requests; beyond it a request waits "
+                          "(default 160M, about 0.5 GB of RGB)")
+    lim.add_argument("--admission-wait", type=float, default=10.0,
+                     help="seconds a request waits for room under --max-pixels-in-flight before a 503 with "
+                          "Retry-After (default 10)")
+    lim.add_argument("--decode-workers", type=int, default=4, help="threads that decode images, off the event loop (default 4)")
+    lim.add_argument("--body-timeout", type=float, default=30.0,
+                     help="seconds a client has to send its whole request body, else 408 (default 30)")
     p.set_defaults(run=run)
 
 
@@ -73,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
         max_logprobs=args.max_logprobs,
         batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch,
+        max_pixels_in_flight=args.max_pixels_in_flight,
+        admission_wait_s=args.admission_wait,
+        decode_workers=args.decode_workers,
+        body_timeout_s=args.body_timeout,
         template=args.template,
     )
     if not 0 <= args.port <= 65535:

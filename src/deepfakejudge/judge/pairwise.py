@@ -12,6 +12,7 @@ from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
 from .common import (
     Prepared,
+    call_isolated,
     distribution_at,
     generate_answers,
     judge_batches,
@@ -95,6 +96,10 @@ class PairwiseJudge:
         length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.sample, p.image, False))
         required = ("response_a", "response_b", "prompt") + (("prompt_swapped",) if both_orders else ())
         return judge_batches(samples, batch_size, required, self.max_image_pixels, judge, length)
+
+    def judge_prepared(self, items: Sequence[Prepared], both_orders: bool = True) -> list[PairwiseVerdict | RowError]:
+        """Judge pairs whose image is already decoded (`dfj serve`): one entry per item."""
+        return call_isolated(items, lambda batch: self._judge(batch, both_orders))
 
     def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict | RowError]:
         passes = (False, True) if both_orders else (False,)

@@ -12,6 +12,7 @@ from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import SCORES, PointwiseVerdict, RowError, Sample
 from .common import (
     Prepared,
+    call_isolated,
     distribution_at,
     generate_answers,
     judge_batches,
@@ -82,6 +83,10 @@ class PointwiseJudge:
     ) -> Iterator[list[PointwiseVerdict | RowError]]:
         length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.sample, p.image))
         return judge_batches(samples, batch_size, ("response",), self.max_image_pixels, self._judge, length)
+
+    def judge_prepared(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
+        """Judge items whose image is already decoded (`dfj serve`): one entry per item."""
+        return call_isolated(items, self._judge)
 
     def _judge(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
         requests = [self.request(item.sample, item.image) for item in items]

@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
-import tempfile
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -22,18 +21,31 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backends.base import Backend, BackendError, Generation, GenerationConfig
+from ..backends.budget import PromptTooLong
+from ..data.images import LoadedImage
 from ..judge import PairwiseJudge, PointwiseJudge
+from ..judge.common import Prepared
 from ..judge.pointwise import MODES
 from ..prompts import resolve_template
 from ..records import LABELS, RowError, Sample
 from ..results import MODEL_ERROR_FIELD, verdict_row
+from .admission import PixelGate, Ticket
 from .batcher import BatchedBackend, Batcher
-from .inputs import ChatCall, DecodedImage, decode_image, image_from_source, parse_chat, parse_json, read_body
+from .inputs import (
+    ChatCall,
+    ClientGone,
+    DecodedImage,
+    decode_image,
+    image_from_source,
+    parse_chat,
+    parse_json,
+    read_body,
+)
 from .settings import ApiError, ServeSettings
 
 log = logging.getLogger("deepfakejudge.serve")
@@ -94,7 +106,10 @@ class _Counters:
 def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
     batcher = Batcher(backend, settings.batch_window_ms / 1000.0, settings.max_batch)
     judge_threads = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="dfj-judge")
-    uploads = tempfile.TemporaryDirectory(prefix="dfj-serve-")
+    # Parsing and image decoding run here, off the event loop (which keeps /health answering),
+    # at most `decode_workers` at once, each image's pixels admitted by the gate first.
+    decoders = concurrent.futures.ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="dfj-decode")
+    gate = PixelGate(settings.max_pixels_in_flight)
     counters = _Counters()
     started = time.time()
     templates = {kind: resolve_template(settings.template, kind) for kind in ("pointwise", "pairwise")}
@@ -107,13 +122,19 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
         finally:
             await batcher.stop()
             judge_threads.shutdown(wait=False, cancel_futures=True)
-            uploads.cleanup()
+            decoders.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="deepfakejudge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        # One line, no traceback: a client that hangs up is not a server error. Its work was cancelled.
+        log.warning("client went away on %s %s; its request was dropped", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -138,6 +159,8 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
             return await coro
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
+        except PromptTooLong as exc:
+            raise ApiError(413, str(exc), "messages") from None
         except BackendError as exc:
             log.warning("model call failed: %s", exc)
             raise ApiError(500, f"model call failed: {str(exc)[:300]}", None, "server_error") from None
@@ -151,7 +174,11 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
             "queued": batcher.queued,
             "requests": dict(counters.requests),
             **batcher.stats.as_dict(),
+            **gate.as_dict(),
         }
+
+    async def in_worker(work: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(decoders, work)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -163,27 +190,26 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict[str, Any]:
         authorize(request)
-        call = parse_chat(parse_json(await read_body(request, settings)), settings)
-        counters.count("chat")
-        generation = await model_call(batcher.generate(call.request, call.config))
-        return completion_body(call, generation, settings.model_name)
-
-    async def judge_fields(request: Request) -> tuple[dict[str, Any], DecodedImage]:
         body = await read_body(request, settings)
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            return await _form_fields(request, body, settings)
-        data = parse_json(body)
-        if (data.get("image") is None) == (data.get("image_path") is None):
-            raise ApiError(400, "give the image as 'image' (base64 or a data URL) or as 'image_path' (under "
-                                "--allowed-root), exactly one", "image")
-        if data.get("image") is not None:
-            return data, image_from_source(data["image"], settings, "image", bare_base64=True)
-        path = data["image_path"]
-        if not isinstance(path, str) or path.startswith(("data:", "http://", "https://")):
-            raise ApiError(400, "image_path must be a local path", "image_path")
-        return data, image_from_source(path, settings, "image_path")
+        ticket = Ticket(gate, settings.admission_wait_s)
 
-    async def run_judge(kind: str, data: dict[str, Any], image: DecodedImage) -> dict[str, Any]:
+        async def work() -> dict[str, Any]:
+            call = await in_worker(lambda: parse_chat(parse_json(body), settings, ticket))
+            counters.count("chat")
+            generation = await model_call(batcher.generate(call.request, call.config))
+            return completion_body(call, generation, settings.model_name)
+
+        try:
+            return await unless_gone(request, work())
+        finally:
+            ticket.close()  # the decoded image's pixels go back to the gate
+
+    async def judge_fields(request: Request, body: bytes, ticket: Ticket) -> tuple[dict[str, Any], DecodedImage]:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return await _form_fields(request, body, settings, ticket, in_worker)
+        return await in_worker(lambda: _json_fields(body, settings, ticket))
+
+    async def run_judge(request: Request, kind: str, data: dict[str, Any], image: DecodedImage) -> dict[str, Any]:
         label = data.get("label")
         if label not in LABELS:
             raise ApiError(400, f"label must be one of {', '.join(LABELS)}", "label")
@@ -207,24 +233,23 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
         both = data.get("both_orders", True)
         if not isinstance(both, bool):
             raise ApiError(400, "both_orders must be true or false", "both_orders")
-        path = Path(uploads.name) / f"{uuid.uuid4().hex}.img"
-        path.write_bytes(image.data)
-        sample = Sample(id=str(data.get("id") or "request"), image=path, label=label, where="request", **texts)
+        # The image is judged as decoded: no temporary file, no second decode.
+        sample = Sample(id=str(data.get("id") or "request"), image=Path("image"), label=label, where="request", **texts)
+        item = Prepared(sample, LoadedImage(image.image, image.sha256))
         proxy = BatchedBackend(batcher)
         common = {"template": templates[kind], "mode": mode, "generation": GenerationConfig(max_new_tokens=max_new),
                   "max_image_pixels": settings.max_image_pixels}
         if kind == "pointwise":
-            work = lambda: PointwiseJudge(proxy, **common).score([sample])
+            work = lambda: PointwiseJudge(proxy, **common).judge_prepared([item])
         else:
-            work = lambda: PairwiseJudge(proxy, **common).compare([sample], both_orders=both)
+            work = lambda: PairwiseJudge(proxy, **common).judge_prepared([item], both_orders=both)
         try:
-            (verdict,) = await asyncio.get_running_loop().run_in_executor(judge_threads, work)
+            (verdict,) = await unless_gone(
+                request, asyncio.get_running_loop().run_in_executor(judge_threads, work), on_gone=proxy.cancel)
         except ValueError as exc:  # a request the model cannot take (the processor said why)
-            raise ApiError(400, str(exc).replace(str(path), "image")) from None
-        finally:
-            path.unlink(missing_ok=True)
+            raise ApiError(400, str(exc)) from None
         if isinstance(verdict, RowError):
-            message = verdict.message.replace(str(path), "image")
+            message = verdict.message
             status = 500 if verdict.field == MODEL_ERROR_FIELD else 400
             raise ApiError(status, message, None if verdict.field == MODEL_ERROR_FIELD else verdict.field,
                            "server_error" if status == 500 else "invalid_request_error")
@@ -234,22 +259,72 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
     @app.post("/v1/judge/pointwise")
     async def judge_pointwise(request: Request) -> dict[str, Any]:
         authorize(request)
-        data, image = await judge_fields(request)
-        counters.count("judge_pointwise")
-        return await run_judge("pointwise", data, image)
+        ticket = Ticket(gate, settings.admission_wait_s)
+        try:
+            body = await read_body(request, settings)  # before watching for a disconnect: both read the connection
+            data, image = await unless_gone(request, judge_fields(request, body, ticket))
+            counters.count("judge_pointwise")
+            return await run_judge(request, "pointwise", data, image)
+        finally:
+            ticket.close()
 
     @app.post("/v1/judge/pairwise")
     async def judge_pairwise(request: Request) -> dict[str, Any]:
         authorize(request)
-        data, image = await judge_fields(request)
-        counters.count("judge_pairwise")
-        return await run_judge("pairwise", data, image)
+        ticket = Ticket(gate, settings.admission_wait_s)
+        try:
+            body = await read_body(request, settings)  # before watching for a disconnect: both read the connection
+            data, image = await unless_gone(request, judge_fields(request, body, ticket))
+            counters.count("judge_pairwise")
+            return await run_judge(request, "pairwise", data, image)
+        finally:
+            ticket.close()
 
     app.state.batcher = batcher
     return app
 
 
-async def _form_fields(request: Request, body: bytes, settings: ServeSettings) -> tuple[dict[str, Any], DecodedImage]:
+async def unless_gone(request: Request, work: Any, on_gone: Any = None) -> Any:
+    """Await `work` unless the client disconnects first: then it is cancelled (with `on_gone`
+    for work running in a thread) and `ClientGone` raised. The request body must have been read
+    (after it, the only message a connection can send is its disconnect)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    if on_gone is not None:
+        on_gone()
+    raise ClientGone()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _json_fields(body: bytes, settings: ServeSettings, ticket: Ticket) -> tuple[dict[str, Any], DecodedImage]:
+    data = parse_json(body)
+    if (data.get("image") is None) == (data.get("image_path") is None):
+        raise ApiError(400, "give the image as 'image' (base64 or a data URL) or as 'image_path' (under "
+                            "--allowed-root), exactly one", "image")
+    if data.get("image") is not None:
+        return data, image_from_source(data["image"], settings, "image", bare_base64=True, ticket=ticket)
+    path = data["image_path"]
+    if not isinstance(path, str) or path.startswith(("data:", "http://", "https://")):
+        raise ApiError(400, "image_path must be a local path", "image_path")
+    return data, image_from_source(path, settings, "image_path", ticket=ticket)
+
+
+async def _form_fields(request: Request, body: bytes, settings: ServeSettings, ticket: Ticket,
+                       in_worker: Any) -> tuple[dict[str, Any], DecodedImage]:
     """Multipart fields from an already bounded body: text fields, and `image` as a file."""
     sent = False
 
@@ -268,7 +343,8 @@ async def _form_fields(request: Request, body: bytes, settings: ServeSettings) -
     image = None
     for key, value in form.multi_items():
         if key == "image" and isinstance(value, UploadFile):
-            image = decode_image(await value.read(), settings, "image")
+            data_bytes = await value.read()
+            image = await in_worker(lambda: decode_image(data_bytes, settings, "image", ticket))
         elif isinstance(value, str):
             data[key] = value
     if "both_orders" in data:
@@ -279,9 +355,10 @@ async def _form_fields(request: Request, body: bytes, settings: ServeSettings) -
         data["max_new_tokens"] = int(data["max_new_tokens"])
     if image is None:
         if "image" in data:
-            image = image_from_source(data.pop("image"), settings, "image", bare_base64=True)
+            source = data.pop("image")
+            image = await in_worker(lambda: image_from_source(source, settings, "image", bare_base64=True, ticket=ticket))
         elif "image_path" in data:
-            image = image_from_source(data["image_path"], settings, "image_path")
+            image = await in_worker(lambda: image_from_source(data["image_path"], settings, "image_path", ticket=ticket))
         else:
             raise ApiError(400, "upload the image as the file field 'image'", "image")
     return data, image

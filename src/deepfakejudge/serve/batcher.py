@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -169,25 +170,45 @@ class BatchedBackend(Backend):
         self.batcher = batcher
         self.name = batcher.backend.name
         self.capabilities = batcher.backend.capabilities
+        self._gone = threading.Event()
+        self._pending: concurrent.futures.Future | None = None
+        self._lock = threading.Lock()
 
-    def _wait(self, coros: list[Any]) -> list[Any]:
+    def cancel(self) -> None:
+        """The client went away: drop the requests waiting in the batcher and refuse new ones."""
+        self._gone.set()
+        with self._lock:
+            if self._pending is not None:
+                self._pending.cancel()
+
+    def _wait(self, submit: Callable[[], list[Any]]) -> list[Any]:
         async def gather() -> list[Any]:
-            return await asyncio.gather(*coros, return_exceptions=True)
+            return await asyncio.gather(*submit(), return_exceptions=True)
 
-        results = asyncio.run_coroutine_threadsafe(gather(), self.batcher.loop).result()
+        if self._gone.is_set():
+            raise BackendError("the client went away")
+        future = asyncio.run_coroutine_threadsafe(gather(), self.batcher.loop)
+        with self._lock:
+            self._pending = future
+        if self._gone.is_set():
+            future.cancel()
+        try:
+            results = future.result()
+        except concurrent.futures.CancelledError:
+            raise BackendError("the client went away") from None
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, BackendError):
                 raise r
         return results
 
     def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation | BackendError]:
-        return self._wait([self.batcher.generate(r, config) for r in requests])
+        return self._wait(lambda: [self.batcher.generate(r, config) for r in requests])
 
     def generate(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation]:
         return raise_failures(self.generate_each(requests, config))
 
     def choice_probs_each(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float] | BackendError]:
-        return self._wait([self.batcher.choice_probs(r, choices) for r in requests])
+        return self._wait(lambda: [self.batcher.choice_probs(r, choices) for r in requests])
 
     def choice_probs(self, requests: Sequence[ChatRequest], choices: Sequence[str]) -> list[dict[str, float]]:
         return raise_failures(self.choice_probs_each(requests, choices))

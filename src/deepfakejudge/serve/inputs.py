@@ -3,19 +3,24 @@ and OpenAI chat completion requests, each problem an `ApiError` naming the field
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from starlette.requests import ClientDisconnect
 
 from ..backends.base import ChatRequest, GenerationConfig
-from ..data.images import ImageTooLarge, ImageUnreadable, decode_bytes
+from ..data.images import ImageTooLarge, ImageUnreadable, decode_bytes, pil_pixel_limit
+from .admission import Ticket
 from .settings import ApiError, ServeSettings
 
 DEFAULT_MAX_TOKENS = 512
@@ -25,19 +30,34 @@ NEUTRAL = {"top_p": (None, 1, 1.0), "frequency_penalty": (None, 0, 0.0), "presen
            "tools": (None, []), "response_format": (None, {"type": "text"})}
 
 
+class ClientGone(Exception):
+    """The client disconnected (mid-body, or while its request waited): nothing to answer."""
+
+
 async def read_body(request: Any, settings: ServeSettings) -> bytes:
-    """The request body, refusing (413) more than --max-body-bytes before reading it all."""
+    """The request body, refusing (413) more than --max-body-bytes before reading it all, and
+    (408) a body that does not arrive within --body-timeout seconds (a slow client would hold
+    a connection and its buffer for as long as it likes)."""
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), settings.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"request body not received within {settings.body_timeout_s:g} s (--body-timeout)") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -54,20 +74,38 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, fully decoded
+    image: Image.Image  # RGB, fully decoded (the encoded bytes are not kept)
     sha256: str  # of the encoded bytes: the image's content key
-    data: bytes
 
 
-def decode_image(data: bytes, settings: ServeSettings, param: str) -> DecodedImage:
-    """Decode image bytes, refusing (413) images over --max-image-pixels before decoding them."""
+def decode_image(data: bytes, settings: ServeSettings, param: str, ticket: Ticket | None = None) -> DecodedImage:
+    """Decode image bytes, refusing (413) images over --max-image-pixels before decoding them.
+    With a `ticket`, the image's pixels are taken from the server's admission gate first (may
+    wait, or refuse with 503)."""
+    if ticket is not None:
+        pixels = header_pixels(data, settings.max_image_pixels)
+        if pixels is not None and pixels <= settings.max_image_pixels:
+            ticket.take(pixels, param)
     try:
         rgb = decode_bytes(data, settings.max_image_pixels)
     except ImageTooLarge as exc:
         raise ApiError(413, f"image: {exc} (--max-image-pixels)", param) from None
     except ImageUnreadable as exc:
         raise ApiError(400, f"image: {exc}", param) from None
-    return DecodedImage(rgb, hashlib.sha256(data).hexdigest(), data)
+    return DecodedImage(rgb, hashlib.sha256(data).hexdigest())
+
+
+def header_pixels(data: bytes, limit: int) -> int | None:
+    """width x height from the image's header, without decoding it; None if unreadable (the
+    decoder then says why)."""
+    try:
+        with warnings.catch_warnings(), pil_pixel_limit(limit):
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # noqa: BLE001 - any failure is reported by the decoder itself
+        return None
+    return width * height
 
 
 def _b64(text: str, param: str) -> bytes:
@@ -96,7 +134,8 @@ def local_image_bytes(path_text: str, settings: ServeSettings, param: str) -> by
         raise ApiError(400, "image file cannot be read", param) from None
 
 
-def image_from_source(source: Any, settings: ServeSettings, param: str, bare_base64: bool = False) -> DecodedImage:
+def image_from_source(source: Any, settings: ServeSettings, param: str, bare_base64: bool = False,
+                      ticket: Ticket | None = None) -> DecodedImage:
     """An image from a data URL, a `file://` URL or path (under --allowed-root), or with
     `bare_base64` plain base64 text."""
     if not isinstance(source, str) or not source:
@@ -105,14 +144,14 @@ def image_from_source(source: Any, settings: ServeSettings, param: str, bare_bas
         head, _, payload = source.partition(",")
         if not head.endswith(";base64"):
             raise ApiError(400, "image data URL must be base64 (data:image/png;base64,...)", param)
-        return decode_image(_b64(payload, param), settings, param)
+        return decode_image(_b64(payload, param), settings, param, ticket)
     if source.startswith(("http://", "https://")):
         raise ApiError(400, "remote image URLs are not fetched by this server; send the image as a base64 data URL", param)
     if source.startswith("file://"):
-        return decode_image(local_image_bytes(source[len("file://"):], settings, param), settings, param)
+        return decode_image(local_image_bytes(source[len("file://"):], settings, param), settings, param, ticket)
     if bare_base64:
-        return decode_image(_b64(source, param), settings, param)
-    return decode_image(local_image_bytes(source, settings, param), settings, param)
+        return decode_image(_b64(source, param), settings, param, ticket)
+    return decode_image(local_image_bytes(source, settings, param), settings, param, ticket)
 
 
 @dataclass(frozen=True)
@@ -137,7 +176,8 @@ def _int(data: dict[str, Any], name: str, default: int, low: int, high: int, fla
     return value
 
 
-def _text_parts(content: Any, param: str, settings: ServeSettings) -> tuple[str, DecodedImage | None]:
+def _text_parts(content: Any, param: str, settings: ServeSettings,
+                ticket: Ticket | None = None) -> tuple[str, DecodedImage | None]:
     if isinstance(content, str):
         return content, None
     if not isinstance(content, list):
@@ -158,13 +198,13 @@ def _text_parts(content: Any, param: str, settings: ServeSettings) -> tuple[str,
                 raise ApiError(400, "the image must come before the text (the judges were trained so)", where)
             url = part.get("image_url")
             url = url.get("url") if isinstance(url, dict) else url
-            image = image_from_source(url, settings, where + ".image_url.url")
+            image = image_from_source(url, settings, where + ".image_url.url", ticket=ticket)
         else:
             raise ApiError(400, f"unsupported content part type {kind!r} (use 'text' or 'image_url')", where)
     return "".join(texts), image
 
 
-def parse_chat(data: dict[str, Any], settings: ServeSettings) -> ChatCall:
+def parse_chat(data: dict[str, Any], settings: ServeSettings, ticket: Ticket | None = None) -> ChatCall:
     model = data.get("model")
     if model != settings.model_name:
         raise ApiError(404, f"model {model!r} is not served here; this server serves {settings.model_name!r}",
@@ -187,7 +227,7 @@ def parse_chat(data: dict[str, Any], settings: ServeSettings) -> ChatCall:
     else:
         raise ApiError(400, "messages must be one user message, optionally followed by an assistant prefix "
                             f"(got roles {roles}); the judge uses the default system prompt", "messages")
-    text, image = _text_parts(messages[0].get("content"), "messages[0].content", settings)
+    text, image = _text_parts(messages[0].get("content"), "messages[0].content", settings, ticket)
     prefix = ""
     if prefix_message is not None:
         prefix, extra = _text_parts(prefix_message.get("content"), "messages[1].content", settings)
