@@ -35,7 +35,8 @@ def adapter(tiny_model_dir, tmp_path_factory):
     template.write_text("Class: {ground_truth_label}\nExplanation: {candidate_response}\nRate it 1-5.", encoding="utf-8")
     out = folder / "adapter"
     rc = main(["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(POINTWISE), "--template",
-               str(template), "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--learning-rate", "5e-2",
+               str(template), "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1",
+               "--learning-rate", "5e-2",
                "--max-pixels", str(SMALL_PIXELS), "--device", "cpu", "--set", "gradient_checkpointing=false"])
     assert rc == 0
     return out

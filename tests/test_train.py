@@ -74,7 +74,8 @@ def trained(tiny_model_dir, tmp_path_factory):
     config = load_config("pointwise", {
         "base": str(tiny_model_dir), "data": str(REPO / "examples" / "pointwise.jsonl"), "out": str(out),
         "template": str(template),
-        "max_steps": 3, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "logging_steps": 1,
+        "max_steps": 3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-3, "logging_steps": 1,
         "max_pixels": SMALL_PIXELS, "device": "cpu", "gradient_checkpointing": False, "save_steps": 100,
     })
     return run_training(config), before
@@ -150,7 +151,8 @@ def test_overfitting_eight_items_drives_the_loss_down(sharp_model_dir, tmp_path)
     data, template = write_short_data(tmp_path)
     config = tmp_path / "overfit.yaml"  # a higher lr than the paper's 1e-6, given through --config
     config.write_text("learning_rate: 5.0e-3\nlr_scheduler_type: constant\nwarmup_ratio: 0.0\nlora_dropout: 0.0\n"
-                      "per_device_train_batch_size: 8\nlogging_steps: 1\ngradient_checkpointing: false\n"
+                      "per_device_train_batch_size: 8\neffective_batch_size: 8\nlogging_steps: 1\n"
+                      "gradient_checkpointing: false\n"
                       "save_steps: 1000\n", encoding="utf-8")
     out = tmp_path / "overfit"
     rc = main(["train", "pointwise", "--base", str(sharp_model_dir), "--data", str(data), "--template", str(template),
@@ -166,7 +168,8 @@ def test_resume_continues_the_step_count(tiny_model_dir, tmp_path, capsys):
     data, template = write_short_data(tmp_path)
     out = tmp_path / "run"
     common = ["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(data), "--template", str(template),
-              "--out", str(out), "--batch-size", "4", "--learning-rate", "1e-3", "--max-pixels", str(SMALL_PIXELS),
+              "--out", str(out), "--batch-size", "4", "--grad-accum", "1", "--learning-rate", "1e-3",
+              "--max-pixels", str(SMALL_PIXELS),
               "--device", "cpu", "--save-steps", "1", "--set", "logging_steps=1", "--set", "gradient_checkpointing=false"]
     assert main([*common, "--max-steps", "2"]) == 0
     assert (out / "checkpoint-2").is_dir()
@@ -336,16 +339,20 @@ def test_two_process_data_parallel_training_on_cpu(tiny_model_dir, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(port), "-m", "deepfakejudge.cli", "train", "pointwise", "--base", str(tiny_model_dir),
          "--data", str(REPO / "examples" / "pointwise.jsonl"), "--out", str(out), "--max-steps", "2",
-         "--batch-size", "2", "--max-pixels", str(SMALL_PIXELS), "--device", "cpu", "--set", "logging_steps=1",
+         # An effective batch of 8 on two processes of 2: the accumulation (2) is derived, as 32 would be.
+         "--batch-size", "2", "--effective-batch", "8", "--max-pixels", str(SMALL_PIXELS), "--device", "cpu",
+         "--set", "logging_steps=1",
          "--json"],
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # rank 0 speaks for both
     assert proc.stderr.count("train pointwise: 70 examples") == proc.stderr.count("visual embeddings: 14 images") == 1
+    assert proc.stderr.count("effective batch 8 = 2 per device x 2 device(s) x 2 gradient accumulation step(s)") == 1
     record = json.loads((out / RUN_FILE).read_text())
     assert record["status"] == "done" and record["train"]["global_step"] == 2
-    assert record["runtime"]["world_size"] == 2 and record["runtime"]["effective_batch"] == 4
+    assert record["runtime"]["world_size"] == 2 and record["runtime"]["effective_batch"] == 8
+    assert record["config"]["gradient_accumulation_steps"] == 2
     assert record["runtime"]["visual_cache"]["used"] and record["runtime"]["visual_cache"]["images"] == 14
     assert [x["step"] for x in record["train"]["losses"]] == [1, 2]
     adapter = load_file(out / "adapter_model.safetensors")

@@ -100,6 +100,10 @@ def test_cli_dry_run_resolves_precedence(tiny_model_dir, tmp_path, capsys):
     assert (c["learning_rate"], c["per_device_train_batch_size"], c["lora_dropout"]) == (3e-4, 2, 0.1)
     assert c["max_length"] == 2048 and c["kind"] == "pairwise"
     assert out["data"]["examples"] == 56 and out["data"]["skipped"] == 0
+    # Batch 2 on this one CPU device: 16 accumulation steps make the default effective batch of 32.
+    assert out["batch"] == {"effective": 32, "per_device": 2, "devices": 1, "gradient_accumulation_steps": 16,
+                            "note": None}
+    assert c["gradient_accumulation_steps"] == 16 and c["end_of_turn"] == "im_end_newline"
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
@@ -109,3 +113,38 @@ def test_cli_unknown_config_key_exits_2(tmp_path, capsys):
     rc = main(["train", "pointwise", "--base", "B", "--data", "D", "--out", "O", "--config", str(cfg)])
     assert rc == 2
     assert "unknown key(s) 'epochs'" in capsys.readouterr().err
+
+
+# -- the effective batch: 16 per device x 2 GPUs = 32 in the released run -----------------------------
+
+@pytest.mark.parametrize("processes, per_device, accumulation, note", [
+    (1, 16, 2, None),  # one GPU reproduces the recipe by accumulating two batches
+    (2, 16, 1, None),  # the released run
+    (4, 8, 1, "per-device batch lowered from 16 to keep the effective batch 32"),
+])
+def test_effective_batch_of_32_on_1_2_and_4_processes(monkeypatch, processes, per_device, accumulation, note):
+    from deepfakejudge.train.sft import plan_batch
+
+    monkeypatch.setenv("WORLD_SIZE", str(processes))  # what torchrun / accelerate launch set
+    config, plan = plan_batch(load_config("pointwise", {**REQUIRED, "device": "cpu"}))
+    assert (plan.per_device, plan.devices, plan.accumulation, plan.note) == (per_device, processes, accumulation, note)
+    assert plan.effective == 32 == per_device * processes * accumulation
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (per_device, accumulation)
+    assert plan.describe().startswith(f"effective batch 32 = {per_device} per device x {processes} device(s) x "
+                                      f"{accumulation} gradient accumulation step(s)")
+
+
+def test_batch_plan_explicit_accumulation_and_impossible_targets(monkeypatch):
+    from deepfakejudge.train.config import batch_plan
+
+    given = load_config("pointwise", {**REQUIRED, "gradient_accumulation_steps": 3})
+    assert batch_plan(given, 2).effective == 16 * 2 * 3  # as given, never second-guessed
+    small = load_config("pointwise", {**REQUIRED, "per_device_train_batch_size": 4, "effective_batch_size": 64})
+    assert (batch_plan(small, 1).accumulation, batch_plan(small, 4).accumulation) == (16, 4)
+    with pytest.raises(ValueError, match=r"effective_batch_size 32 is not a multiple of per_device_train_batch_size "
+                                         r"12 x 1 device\(s\).*--grad-accum"):
+        batch_plan(load_config("pointwise", {**REQUIRED, "per_device_train_batch_size": 12}), 1)
+    with pytest.raises(ValueError, match="effective_batch_size 32 is not a multiple"):
+        batch_plan(load_config("pointwise", REQUIRED), 3)  # 3 devices cannot share 32 evenly
+    with pytest.raises(ValueError, match="'end_of_turn'"):
+        load_config("pointwise", {**REQUIRED, "end_of_turn": "newline"})

@@ -85,11 +85,31 @@ def test_training_prompt_is_the_inference_prompt(tiny_backend, pointwise_samples
         labels = batch["labels"][row].tolist()
         assert all(x == IGNORE_INDEX for x in labels[: len(want)])  # no loss on the prompt
         answer = [x for x in labels[len(want):] if x != IGNORE_INDEX]
-        assert tok.decode(answer) == example.target + "<|im_end|>"
+        # The loss covers the end of the turn as ms-swift >= 3.11 does: <|im_end|> and the newline.
+        assert tok.decode(answer) == example.target + "<|im_end|>\n"
+        # Prompt + answer is the chat template's own rendering of the two-turn conversation.
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example.prompt}]},
+             {"role": "assistant", "content": example.target}],
+            chat_template=tiny_backend.processor.chat_template, tokenize=False)
+        assert tok.decode([x for x in got if x != tiny_backend.processor.pad_token_id]).replace(
+            "<|image_pad|>", "") == rendered.replace("<|image_pad|>", "")
         n = pixels.shape[0]
         assert batch["pixel_values"][offset: offset + n].equal(pixels)  # same pixels as at inference
         offset += n
     assert batch["mm_token_type_ids"].sum() == (batch["input_ids"] == tiny_backend.processor.image_token_id).sum()
+
+
+def test_end_of_turn_option_keeps_the_old_loss(tiny_backend, pointwise_samples):
+    template = default_template("pointwise")
+    example = build_example(pointwise_samples[0], template)
+    tok = tiny_backend.processor.tokenizer
+    answers = {}
+    for end in ("im_end_newline", "im_end"):
+        labels = JudgeCollator(tiny_backend.processor, end_of_turn=end)([example.to_row()])["labels"][0].tolist()
+        answers[end] = [x for x in labels if x != IGNORE_INDEX]
+    assert tok.decode(answers["im_end"]) == example.target + "<|im_end|>"
+    assert answers["im_end_newline"] == answers["im_end"] + tok("\n", add_special_tokens=False)["input_ids"]
 
 
 def test_visual_token_count_from_size_matches_the_processor(tiny_backend, test_images):
@@ -111,16 +131,26 @@ def test_overlong_rows_are_refused_never_cut(tiny_backend, tiny_model_dir, tmp_p
     limit = lengths[len(lengths) // 2]
     cut = prepare_examples(POINTWISE, template, tiny_backend.processor, max_length=limit)
     assert len(cut.examples) == sum(n <= limit for n in lengths)
-    assert {e.field for e in cut.errors} == {"<sequence>"}
+    assert {e.field for e in cut.errors} == {"<sequence>"} and cut.too_long == len(cut.errors)
     assert "never cut" in cut.errors[0].message
+    # The newline after <|im_end|> is one more token per row in the length check too.
+    old = prepare_examples(POINTWISE, template, tiny_backend.processor, max_length=100_000, end_of_turn="im_end")
+    assert old.longest == full.longest - 1
 
     # The command refuses before loading the model, and says how to go on.
     args = ["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(POINTWISE), "--out",
             str(tmp_path / "run"), "--max-length", str(limit), "--max-pixels", str(64 * 28 * 28)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "cannot be trained on" in err and "--allow-errors" in err and "pointwise.jsonl:" in err
+    dropped = len(cut.errors)
+    assert f"{dropped} of 70 rows cannot be trained on" in err and "pointwise.jsonl:" in err
+    assert f"{dropped} of them longer than max_length {limit}" in err
+    assert f"pass --allow-errors to train on the {70 - dropped} usable rows" in err
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+    # --dry-run reports the count (and the batch plan) without training.
+    assert main([*args, "--dry-run", "--allow-errors", "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["data"]["too_long"] == dropped and checked["data"]["examples"] == 70 - dropped
 
 
 def test_unreadable_image_is_reported_with_its_line(tmp_path, tiny_backend):

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bf16_training_and_export_on_gpu(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "adapter"
     rc = main(["train", "pairwise", "--base", str(tiny_model_dir), "--data", str(REPO / "examples" / "pairwise.jsonl"),
-               "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--learning-rate", "1e-3",
+               "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--grad-accum", "1", "--learning-rate", "1e-3",
                "--max-pixels", str(64 * 28 * 28), "--json"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["global_step"] == 2

@@ -22,7 +22,8 @@ from .options import emit
 FLAGS: dict[str, str] = {
     "base": "base", "data": "data", "out": "out", "template": "template", "max_steps": "max_steps",
     "learning_rate": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-    "grad_accum": "gradient_accumulation_steps", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
+    "grad_accum": "gradient_accumulation_steps", "effective_batch": "effective_batch_size",
+    "end_of_turn": "end_of_turn", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
     "max_length": "max_length", "min_pixels": "min_pixels", "max_pixels": "max_pixels", "device": "device",
     "dtype": "dtype", "save_steps": "save_steps", "seed": "seed", "visual_cache_gb": "visual_cache_gb",
 }
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs; overrides epochs)")
         g.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in --out")
         g.add_argument("--allow-errors", action="store_true", default=None,
-                       help="train on the usable rows when some cannot be used (they are listed and recorded)")
+                       help="train on the usable rows when some cannot be used, rows over --max-length included "
+                            "(ms-swift drops those silently; here they are counted, listed and recorded)")
         g.add_argument("--dry-run", action="store_true",
                        help="resolve the settings and check the data, print them, do not train")
         g.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
@@ -60,7 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "low for LoRA (1e-4..2e-4 is common)")
         h.add_argument("--epochs", type=float, help="default 2")
         h.add_argument("--batch-size", type=int, help="per-device batch, default 16 (the paper: 16 on each of 2 GPUs)")
-        h.add_argument("--grad-accum", type=int, help="gradient accumulation steps, default 1")
+        h.add_argument("--effective-batch", type=int,
+                       help="examples per optimizer step, default 32 (the paper's 16 x 2 GPUs): the gradient "
+                            "accumulation is derived from the device count (2 on one GPU, 1 on two; on four the "
+                            "per-device batch drops to 8) and printed")
+        h.add_argument("--grad-accum", type=int,
+                       help="gradient accumulation steps as given (overrides --effective-batch)")
+        h.add_argument("--end-of-turn", choices=("im_end_newline", "im_end"),
+                       help="what the loss covers after the answer: im_end_newline, '<|im_end|>' and the newline after "
+                            "it as ms-swift >= 3.11 trains (default); im_end, '<|im_end|>' only (ms-swift < 3.11)")
         h.add_argument("--lora-r", type=int, help="default 32")
         h.add_argument("--lora-alpha", type=int, help="default 64")
         h.add_argument("--max-length", type=int,
@@ -97,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
         summary = check_data(config)
         emit(summary, args.json, [f"{k}: {v}" for k, v in summary["config"].items()]
-             + [f"data: {summary['data']['examples']} usable of {summary['data']['rows']} rows, "
+             + [f"batch: {summary['batch']['effective']} per optimizer step = {summary['batch']['per_device']} per "
+                f"device x {summary['batch']['devices']} device(s) x {summary['batch']['gradient_accumulation_steps']} "
+                "accumulation step(s)",
+                f"data: {summary['data']['examples']} usable of {summary['data']['rows']} rows "
+                f"({summary['data']['too_long']} over max_length), "
                 f"longest sequence {summary['data']['longest_sequence']} tokens"])
         return 0
     from ..train.sft import run_training

@@ -3,8 +3,11 @@ sequence is ever cut.
 
 A training sequence is the rendered prompt (system turn, user turn with the image expanded to its
 visual tokens, assistant header) exactly as `ImageTextProcessor` builds it for the judges,
-followed by the answer tokens and `<|im_end|>`. Labels are -100 on the prompt: the loss is on the
-assistant answer (and its end-of-turn token) only, as in ms-swift. Batches are right padded.
+followed by the answer tokens, `<|im_end|>` and, by default, the newline the chat template puts
+after it. Labels are -100 on the prompt: the loss is on the answer and the end of the turn. What
+"the end of the turn" covers is `end_of_turn` (`config.END_OF_TURN`): "im_end_newline", as
+ms-swift >= 3.11 trains (checked against ms-swift 4.6: the labels of a Qwen2.5-VL row end with
+`<|im_end|>` and `\n`), or "im_end", as ms-swift did before 3.11. Batches are right padded.
 
 Nothing is truncated here: rows whose full sequence exceeds `max_length` are found before
 training (`sequence_lengths`) and refused or dropped with a report, because cutting a sequence
@@ -42,13 +45,17 @@ def visual_tokens(processor: ImageTextProcessor, size: tuple[int, int]) -> int:
     return (h // ip.patch_size) * (w // ip.patch_size) // (ip.merge_size**2)
 
 
-def answer_ids(processor: ImageTextProcessor, target: str) -> list[int]:
-    return processor.text_ids(target) + [processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+def answer_ids(processor: ImageTextProcessor, target: str, end_of_turn: str = "im_end_newline") -> list[int]:
+    """The tokens the loss is on: the answer, `<|im_end|>`, and the newline after it unless
+    `end_of_turn` is "im_end"."""
+    ids = processor.text_ids(target) + [processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    return ids + processor.text_ids("\n") if end_of_turn == "im_end_newline" else ids
 
 
-def sequence_length(processor: ImageTextProcessor, example: TrainExample, n_visual: int) -> int:
+def sequence_length(processor: ImageTextProcessor, example: TrainExample, n_visual: int,
+                    end_of_turn: str = "im_end_newline") -> int:
     prompt = processor.prompt_ids(ChatRequest(text=example.prompt, image=_IMAGE_SLOT), n_visual)
-    return len(prompt) + len(answer_ids(processor, example.target))
+    return len(prompt) + len(answer_ids(processor, example.target, end_of_turn))
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class JudgeCollator:
 
     processor: ImageTextProcessor
     visual: VisualStore | None = None
+    end_of_turn: str = "im_end_newline"
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -84,7 +92,7 @@ class JudgeCollator:
         ids, labels = [], []
         for request, n, ex in zip(requests, counts, examples):
             prompt = self.processor.prompt_ids(request, n)
-            answer = answer_ids(self.processor, ex.target)
+            answer = answer_ids(self.processor, ex.target, self.end_of_turn)
             ids.append(prompt + answer)
             labels.append([IGNORE_INDEX] * len(prompt) + answer)
         width = max(len(s) for s in ids)

@@ -1,10 +1,12 @@
 """Training settings: one frozen dataclass, one loader, one precedence (CLI > YAML > defaults).
 
-The defaults are the released DeepfakeJudge recipe (ms-swift, see DESIGN.md): LoRA r 32, alpha 64
-on every linear layer of the language model (vision tower and merger frozen), lr 1e-6, 2 epochs,
-per-device batch 16, warmup ratio 0.05, bf16 on GPU, max_length 4096 (pointwise) / 2048
-(pairwise), pixel budget 3136..1003520. Settings the recipe leaves to ms-swift take ms-swift's
-defaults (cosine schedule, weight decay 0.1, LoRA dropout 0.05, seed 42).
+The defaults are the released DeepfakeJudge recipe (ms-swift): LoRA r 32, alpha 64 on every
+linear layer of the language model (vision tower and merger frozen), lr 1e-6, 2 epochs, per-device
+batch 16 on 2 GPUs, i.e. an effective batch of 32 per optimizer step (kept on any device count by
+deriving the gradient accumulation: `batch_plan`), warmup ratio 0.05, bf16 on GPU, max_length 4096
+(pointwise) / 2048 (pairwise), pixel budget 3136..1003520. Settings the recipe leaves to ms-swift
+take ms-swift's defaults (cosine schedule, weight decay 0.1, LoRA dropout 0.05, seed 42, and the
+loss on the answer, `<|im_end|>` and the newline after it, as ms-swift >= 3.11 trains).
 
 A YAML file holds any subset of the field names below; a key that is not a field is an error
 naming the key, never silently ignored.
@@ -25,6 +27,10 @@ Kind = Literal["pointwise", "pairwise"]
 KINDS: tuple[str, ...] = ("pointwise", "pairwise")
 DEFAULT_MAX_LENGTH: dict[str, int] = {"pointwise": 4096, "pairwise": 2048}
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+# What of the end of the assistant turn the loss covers: `<|im_end|>` and the newline the chat
+# template puts after it (ms-swift >= 3.11), or `<|im_end|>` alone (ms-swift before 3.11, and this
+# project before it matched current ms-swift).
+END_OF_TURN: tuple[str, ...] = ("im_end_newline", "im_end")
 SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant", "constant_with_warmup")
 _DEVICE = re.compile(r"auto|cpu|cuda")
 
@@ -52,7 +58,10 @@ class TrainConfig:
     num_train_epochs: float = 2.0
     max_steps: int = -1  # > 0 overrides the epochs (smoke runs)
     per_device_train_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
+    # The released run: 16 per device x 2 GPUs. With gradient_accumulation_steps None it is derived
+    # from the device count so that every optimizer step sees effective_batch_size examples.
+    effective_batch_size: int = 32
+    gradient_accumulation_steps: int | None = None
     warmup_ratio: float = 0.05
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.1
@@ -60,6 +69,7 @@ class TrainConfig:
     seed: int = 42
     # sequence and image
     max_length: int | None = None
+    end_of_turn: str = "im_end_newline"  # END_OF_TURN
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
     # runtime
@@ -88,13 +98,14 @@ CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.na
 REQUIRED: tuple[str, ...] = ("base", "data", "out")
 
 _INT = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+        "effective_batch_size",
         "seed", "max_length", "min_pixels", "max_pixels", "logging_steps", "save_steps", "save_total_limit",
         "dataloader_num_workers"}
 _FLOAT = {"lora_dropout", "learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "max_grad_norm",
           "visual_cache_gb"}
 _BOOL = {"gradient_checkpointing", "allow_errors"}
-_STR = {"base", "data", "out", "template", "lr_scheduler_type", "device", "dtype"}
-_NULLABLE = {"template", "max_length", "save_total_limit"}
+_STR = {"base", "data", "out", "template", "lr_scheduler_type", "device", "dtype", "end_of_turn"}
+_NULLABLE = {"template", "max_length", "save_total_limit", "gradient_accumulation_steps"}
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
@@ -194,7 +205,10 @@ def validate(c: TrainConfig) -> None:
     need(c.num_train_epochs > 0, "num_train_epochs", "must be > 0")
     need(c.max_steps == -1 or c.max_steps >= 1, "max_steps", "must be >= 1 (or -1: train for num_train_epochs)")
     need(c.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
-    need(c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+    need(c.gradient_accumulation_steps is None or c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
+         "must be >= 1, or null (derived from effective_batch_size and the device count)")
+    need(c.effective_batch_size >= 1, "effective_batch_size", "must be >= 1")
+    need(c.end_of_turn in END_OF_TURN, "end_of_turn", f"must be one of {', '.join(END_OF_TURN)}")
     need(0.0 <= c.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
     need(c.lr_scheduler_type in SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(SCHEDULERS)}")
     need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -208,6 +222,53 @@ def validate(c: TrainConfig) -> None:
     need(c.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
     need(c.visual_cache_gb >= 0, "visual_cache_gb", "must be >= 0 (0: encode the images in every step)")
     c.budget  # noqa: B018 - PixelBudget validates min_pixels <= max_pixels
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the effective batch is made: per-device batch x devices x accumulation steps."""
+
+    per_device: int
+    devices: int
+    accumulation: int
+    note: str | None = None  # why the plan departs from the settings as given
+
+    @property
+    def effective(self) -> int:
+        return self.per_device * self.devices * self.accumulation
+
+    def describe(self) -> str:
+        return (f"effective batch {self.effective} = {self.per_device} per device x {self.devices} device(s) x "
+                f"{self.accumulation} gradient accumulation step(s)" + (f" ({self.note})" if self.note else ""))
+
+
+def batch_plan(c: TrainConfig, devices: int) -> BatchPlan:
+    """Per-device batch and accumulation for `devices` data-parallel devices (processes, or GPUs
+    of one process). An explicit `gradient_accumulation_steps` is used as given; otherwise the
+    accumulation is derived so that the effective batch is `effective_batch_size` (the released
+    32: 2 steps on one GPU, 1 on two). When the per-device batch alone overshoots it (four GPUs
+    at 16), the per-device batch is lowered to keep it. A target no split can meet is an error
+    naming the settings to change."""
+    if devices < 1:
+        raise ValueError(f"devices must be >= 1, got {devices}")
+    per_device = c.per_device_train_batch_size
+    if c.gradient_accumulation_steps is not None:
+        return BatchPlan(per_device, devices, c.gradient_accumulation_steps)
+    target = c.effective_batch_size
+    if per_device * devices > target and target % devices == 0:
+        return BatchPlan(target // devices, devices, 1,
+                         f"per-device batch lowered from {per_device} to keep the effective batch {target}")
+    if target % (per_device * devices) == 0:
+        return BatchPlan(per_device, devices, target // (per_device * devices))
+    raise ValueError(
+        f"effective_batch_size {target} is not a multiple of per_device_train_batch_size {per_device} x {devices} "
+        "device(s): change one of them (--batch-size, --set effective_batch_size=N), or give --grad-accum N"
+    )
+
+
+def with_batch_plan(c: TrainConfig, plan: BatchPlan) -> TrainConfig:
+    """`c` with the plan's per-device batch and accumulation, as recorded and resumed."""
+    return replace(c, per_device_train_batch_size=plan.per_device, gradient_accumulation_steps=plan.accumulation)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

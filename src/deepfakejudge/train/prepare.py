@@ -15,6 +15,8 @@ from ..records import RowError, Sample
 from .collate import sequence_length, visual_tokens
 from .examples import TrainExample, build_example
 
+TOO_LONG = "<sequence>"  # the error field of a row over max_length
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -24,6 +26,11 @@ class PreparedData:
     longest: int  # tokens of the longest kept sequence
     data_path: Path
     image_tokens: dict[Path, int] = field(default_factory=dict)  # visual tokens of each image of `examples`
+
+    @property
+    def too_long(self) -> int:
+        """Rows refused because their full sequence exceeds max_length (ms-swift drops these)."""
+        return sum(e.field == TOO_LONG for e in self.errors)
 
     def report(self, limit: int = 20) -> list[str]:
         lines = [str(e) for e in self.errors[:limit]]
@@ -42,7 +49,8 @@ def _image_size(sample: Sample) -> tuple[int, int] | InputError:
 
 
 def prepare_examples(
-    data: str | Path, template: Template, processor: ImageTextProcessor, max_length: int
+    data: str | Path, template: Template, processor: ImageTextProcessor, max_length: int,
+    end_of_turn: str = "im_end_newline",
 ) -> PreparedData:
     # verbatim: an official ms-swift row is trained on with its own prompt, recognised or not.
     dataset = load_records(data, templates=(template,), verbatim=True)
@@ -69,10 +77,10 @@ def prepare_examples(
                 raise size
             check_boxes(sample, size)
             n_visual = visual_tokens(processor, size)
-            n = sequence_length(processor, example, n_visual)
+            n = sequence_length(processor, example, n_visual, end_of_turn)
             if n > max_length:
                 raise InputError(
-                    "<sequence>",
+                    TOO_LONG,
                     f"{n} tokens ({n_visual} visual) exceed max_length {max_length}; sequences are never cut "
                     "(that would drop visual tokens or the answer): raise max_length or lower max_pixels",
                 )

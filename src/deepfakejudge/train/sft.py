@@ -16,7 +16,7 @@ from typing import Any
 
 from ..prompts import resolve_template
 from ..prompts.official import released_judge
-from .config import TrainConfig
+from .config import TrainConfig, batch_plan, with_batch_plan
 from .prepare import PreparedData, prepare_examples
 from .record import RUN_FILE, read_record, write_record
 from .visual import VisualStore, encode_images
@@ -224,6 +224,26 @@ def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
     )
 
 
+def data_parallel_devices(config: TrainConfig) -> int:
+    """Devices that each take a per-device batch: the launcher's processes (torchrun and accelerate
+    set WORLD_SIZE), or, in one process on several GPUs, the GPUs (the Trainer then runs
+    DataParallel); 1 on CPU."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world > 1:
+        return world
+    if config.device != "cpu" and torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
+def plan_batch(config: TrainConfig) -> tuple[TrainConfig, Any]:
+    """`config` with the per-device batch and accumulation that give its effective batch here."""
+    plan = batch_plan(config, data_parallel_devices(config))
+    return with_batch_plan(config, plan), plan
+
+
 def _check_trainable(model: Any) -> int:
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     stray = [n for n in trainable if "lora_" not in n or ".language_model." not in n]
@@ -237,15 +257,19 @@ def check_data(config: TrainConfig) -> dict[str, Any]:
     from ..backends.processor import ImageTextProcessor
 
     template = resolve_template(config.template, config.kind, model=config.base)  # released base: the authors' prompt
+    config, plan = plan_batch(config)
+    _log(plan.describe())
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
-    data = prepare_examples(config.data, template, processor, config.max_length)
+    data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn)
     for line in data.report():
         _log(line)
     return {
         "config": config.to_dict(),
+        "batch": {"effective": plan.effective, "per_device": plan.per_device, "devices": plan.devices,
+                  "gradient_accumulation_steps": plan.accumulation, "note": plan.note},
         "template": {"name": template.name, "sha256": template.sha256, "official": template.official},
         "data": {"path": str(data.data_path), "rows": data.rows, "examples": len(data.examples),
-                 "skipped": len(data.errors), "longest_sequence": data.longest},
+                 "skipped": len(data.errors), "too_long": data.too_long, "longest_sequence": data.longest},
     }
 
 
@@ -260,10 +284,12 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     from .collate import JudgeCollator
 
     template = resolve_template(config.template, config.kind, model=config.base)  # released base: the authors' prompt
+    config, plan = plan_batch(config)
     checkpoint = _check_out(config, resume)
+    _log(plan.describe())
     dtype, bf16, fp16 = _precision(config)
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
-    data = prepare_examples(config.data, template, processor, config.max_length)
+    data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn)
     _report_data(data, config)
 
     # The training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained shard the
@@ -279,7 +305,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        data_collator=JudgeCollator(processor, visual=visual),
+        data_collator=JudgeCollator(processor, visual=visual, end_of_turn=config.end_of_turn),
         train_dataset=Dataset.from_list([ex.to_row() for ex in data.examples]),
         processing_class=processor.tokenizer,
         peft_config=lora,
@@ -289,9 +315,14 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     record["runtime"] = {
         "model_dtype": str(dtype).removeprefix("torch."), "bf16": bf16, "fp16": fp16,
         "device": str(trainer.args.device), "world_size": trainer.args.world_size,
-        "effective_batch": config.per_device_train_batch_size * config.gradient_accumulation_steps
+        # train_batch_size is per device x the GPUs of one process (DataParallel); world_size the processes.
+        "effective_batch": trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
         * trainer.args.world_size,
+        "batch_plan": plan.describe(),
     }
+    if record["runtime"]["effective_batch"] != plan.effective:  # a device layout we did not foresee
+        _log(f"warning: the trainer's effective batch is {record['runtime']['effective_batch']}, "
+             f"not the planned {plan.effective}")
     record["runtime"]["visual_cache"] = _encode_visual(trainer, processor, data, config, visual)
     if trainer.is_world_process_zero():
         write_record(config.out, record, template)
@@ -331,12 +362,15 @@ def _report_data(data: PreparedData, config: TrainConfig) -> None:
     if data.errors:
         for line in data.report():
             _log(line)
+        # ms-swift drops over-length rows silently; we refuse unless told, and always say how many.
+        long = f", {data.too_long} of them longer than max_length {config.max_length}" if data.too_long else ""
         if not config.allow_errors:
             raise ValueError(
                 f"--data {data.data_path}: {len(data.errors)} of {data.rows} rows cannot be trained on (listed "
-                f"above); fix them, or pass --allow-errors to train on the {len(data.examples)} usable rows"
+                f"above{long}); fix them (or raise max_length), or pass --allow-errors to train on the "
+                f"{len(data.examples)} usable rows"
             )
-        _log(f"skipping {len(data.errors)} of {data.rows} rows (--allow-errors); they are listed in {RUN_FILE}")
+        _log(f"skipping {len(data.errors)} of {data.rows} rows{long} (--allow-errors); they are listed in {RUN_FILE}")
     if not data.examples:
         raise ValueError(f"--data {data.data_path}: no usable {config.kind} rows to train on")
 
@@ -363,6 +397,7 @@ def _record(config: TrainConfig, template: Any, data: PreparedData, n_trainable:
             "rows": data.rows,
             "examples": len(data.examples),
             "skipped": len(data.errors),
+            "too_long": data.too_long,
             "skipped_rows": [{"where": e.where, "id": e.id, "field": e.field, "error": e.message}
                              for e in data.errors],
             "longest_sequence": data.longest,
