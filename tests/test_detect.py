@@ -282,7 +282,8 @@ def test_detect_run_then_score_on_examples(tiny_model_dir, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [json.loads(line)["id"] for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()]
-    assert all(set(r) == {"id", "prediction", "p_fake", "response", "choice_mass"} for r in rows)
+    assert all(set(r) == {"id", "prediction", "p_fake", "response", "choice_mass", "protocol"} for r in rows)
+    assert {r["protocol"] for r in rows} == {"generate"}
     assert summary["judged"] == 14 and summary["unparsable"] == sum(r["prediction"] is None for r in rows)
     side = json.loads((tmp_path / "det.summary.json").read_text())
     assert side["kind"] == "detect" and side["settings"]["template_sha256"] == default_template("detect").sha256
