@@ -471,3 +471,15 @@ def test_data_commands_read_released_rows_with_template_official(prompts, tmp_pa
     assert main(["data", "stats", str(data), "--template", "official", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats["label"] == {"edited": 1} and stats["score"]["3"] == 1
+
+
+def test_demo_says_when_the_released_judges_cannot_get_their_prompt(prompts, tmp_path, monkeypatch, capsys):
+    from deepfakejudge.cli import demo
+
+    monkeypatch.setenv(official.URL_ENV, closed_port_url())
+    monkeypatch.setattr(demo, "released_available", lambda model_id: (True, "cached"))
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--limit", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    # Not judged with another prompt: the stand-in model runs instead, and says why.
+    assert "Released judges unavailable: the authors' pointwise prompt" in captured.err
+    assert captured.out.count("[tiny random model: meaningless]") == 2

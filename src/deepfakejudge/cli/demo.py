@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..prompts.official import released_kind
 from . import judge as judge_cli
 
 RELEASED = {
@@ -163,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.tiny:
         # Both judges or neither: one real and one random judge would make a confusing demo.
         checks = [released_available(RELEASED[kind]) for kind in ("pointwise", "pairwise")]
-        if all(good for good, _ in checks):  # the released judges need the authors' prompt too
-            checks.append(official_prompts_available())
+        if all(good for good, _ in checks) and any(released_kind(m) for m in RELEASED.values()):
+            checks.append(official_prompts_available())  # the released judges need the authors' prompt too
         ok = all(good for good, _ in checks)
         why = next((reason for good, reason in checks if not good), "")
         if not ok:
