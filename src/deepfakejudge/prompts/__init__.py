@@ -1,4 +1,6 @@
-"""Prompt templates: the project's own default text, loading of any template file, safe filling.
+"""Prompt templates: the project's own default text, loading of any template file (in text mode,
+as the official scripts read theirs), the authors' prompts for the released judges (official.py),
+safe filling.
 
 Templates use the released judges' placeholders. Only those named placeholders are replaced, in a
 single pass: template files also contain literal braces (`{integer score from 1 to 5}`) that
