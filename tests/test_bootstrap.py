@@ -533,6 +533,9 @@ def test_outputs_validate_split_by_image_and_balanced_pairs(tmp_path, capsys):
             # The ms-swift rows load with the project's reader and are ready for training.
             swift = load_records(out / "msswift" / f"{kind}-{split}.jsonl")
             assert not swift.errors and len(swift.samples) == len(ds.samples)
+            # Absolute image paths: ms-swift opens them from any working directory.
+            named = [json.loads(line)["images"][0] for line in (out / "msswift" / f"{kind}-{split}.jsonl").open()]
+            assert named and all(Path(n).is_absolute() and Path(n).is_file() for n in named)
             examples, errors = build_examples(swift.samples, default_template(kind))
             assert not errors and len(examples) == len(ds.samples)
             if kind == "pointwise":
