@@ -386,9 +386,14 @@ class OpenAIBackend(Backend):
         awaited while the image is prepared elsewhere; a failure is this request's BackendError."""
         if request.image is None:
             return None
+        prepared = self._prepare.url(request)
         try:
-            return await asyncio.wrap_future(self._prepare.url(request))
+            # Shielded: several requests wait on one preparation, and a cancelled wait must not
+            # cancel it for the others.
+            return await asyncio.shield(asyncio.wrap_future(prepared))
         except asyncio.CancelledError:
+            if prepared.cancelled():  # the workers were stopped, not this request
+                raise BackendError("image: its preparation was cancelled (the image workers stopped)") from None
             raise
         except Exception as exc:  # noqa: BLE001 - whatever preparing this image raised costs its row only
             raise BackendError(f"image: cannot prepare it for sending ({type(exc).__name__}: {exc})") from None
