@@ -77,7 +77,8 @@ def tokenizer_budget(tokenizer: Any, limit: int, max_pixels: int) -> PromptBudge
     longest = max((len(t) for t, i in tokenizer.get_vocab().items() if i not in special), default=1)
 
     def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"])
+        return len(tokenizer(text, add_special_tokens=False, split_special_tokens=True,
+                             return_attention_mask=False)["input_ids"])
 
     return PromptBudget(limit, count, max(longest, 1), max_pixels // PIXELS_PER_TOKEN)
 

@@ -102,7 +102,7 @@ def decode_bytes(data: bytes, max_image_pixels: int) -> Image.Image:
             if width * height > max_image_pixels:
                 raise ImageTooLarge(width, height, max_image_pixels)
             img.load()
-            return img.convert("RGB")
+            return img if img.mode == "RGB" else img.convert("RGB")  # no second 3-bytes-a-pixel copy
         except ImageTooLarge:
             raise
         except Image.DecompressionBombError:  # a frame or tile over the limit
