@@ -108,13 +108,12 @@ def agreement(task: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def agreement_lines(task: str, a: dict[str, Any]) -> list[str]:
     """The agreement block in words, for the command's output."""
+    unanswered = f"unanswered: generate {a['unanswered']['generate']}, score-only {a['unanswered']['score_only']}"
     if not a["both_answered"]:
-        return [f"compare: no item was answered by both modes ({a['unanswered']})"]
+        return [f"compare: no item was answered by both modes ({unanswered})"]
     what = {"pointwise": "score", "pairwise": "choice", "detect": "verdict"}[task]
-    lines = [
-        f"compare: same {what} on {a['agreement']:.1%} of the {a['both_answered']} items both modes answered "
-        f"(unanswered: generate {a['unanswered']['generate']}, score-only {a['unanswered']['score_only']})"
-    ]
+    lines = [f"compare: same {what} on {a['agreement']:.1%} of the {a['both_answered']} items both modes answered "
+             f"({unanswered})"]
     if "score" in a:
         lines.append(f"score: mean |generate - score-only| {a['score']['mean_abs_diff']}, Spearman {a['score']['spearman']}")
     p = a["probability"]
