@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import Kind, Template, template_text
+from . import Kind, Template, load_template, template_text
 
 REPOSITORY = "KjAeRsTuIsK/DeepfakeJudge"
 COMMIT = "ef7046374ed66583acc2a11fee99471febd761bd"
@@ -116,8 +116,7 @@ def official_template(kind: Kind, path: str | Path | None = None) -> Template:
     if kind not in FILES:
         raise ValueError(f"the official prompts exist for pointwise and pairwise judges only, not {kind!r}")
     if path is not None:
-        raw = _read(Path(path), f"--template {path}")
-        return _template(kind, raw, str(path), official=_sha(raw) == PINNED_SHA256[kind])
+        return load_template(path, kind)  # official only if it has the pinned hash
     tried = []
     folder = os.environ.get(FOLDER_ENV)
     if folder:
