@@ -664,8 +664,9 @@ def test_cli_dry_run_prints_prompts_and_calls_nothing(tmp_path, capsys):
         assert f"===== {role} · im0" in captured.out
     assert "IMG[im1] lvl 5 round 0 gold reasoning" in captured.out
     assert "- texture at [4, 5, 30, 40] (middle left): the smear" in captured.out
-    # Per image: 4 generated levels x 2..8 calls, 1 gold evaluation, 5 levels x 4 paraphrases x 2..4 calls.
-    assert "# dry run: 2 images, 10 units; 98 to 226 model calls" in captured.out
+    # Per train image: 4 generated levels x 2..8 calls, 1 gold evaluation, 5 levels x 4 paraphrases x 2..4
+    # calls: 49..113. The test image (released layout, no paraphrases): 4 x 2..8 + 1 = 9..33.
+    assert "# dry run: 2 images (1 test), 10 units; 58 to 146 model calls" in captured.out
     # Bad rows are reported on stderr, exit 1.
     data = make_data(tmp_path, n=2, bad=True)
     code = main(["bootstrap", "--generator", "g", "--evaluator", "e", "--data", str(data), "--out", str(out), "--dry-run"])
@@ -794,6 +795,10 @@ def test_levels_follow_the_rubric_wrong_verdict_at_2_and_1(tmp_path):
     assert 'must lead to the verdict "fake"' in level2 and prompts.level_text[2] in level2  # im1 is real
 
 
+def tb_image(text: str) -> str:
+    return _IMG.search(text).group(1)
+
+
 def test_rubric_is_one_contract_for_generator_and_evaluator():
     """The levels file and the evaluator's scale agree with LEVEL_VERDICTS, level by level."""
     from deepfakejudge.bootstrap.prompts import LEVEL_VERDICTS
@@ -816,7 +821,8 @@ def test_released_test_layout_one_row_per_level_and_all_ten_pairs(tmp_path, caps
     data = make_data(tmp_path, n=10)
     # Level 1 of im0 never aligns: its image has four levels (six pairs) wherever it lands.
     rate = lambda image, level, rnd, para: 2 if (image, level) == ("im0", 1) else level
-    result = run(config(tmp_path, data, test_layout="released", test_fraction=0.2, seed=5), Scripted(rate=rate))
+    backend = Scripted(rate=rate)
+    result = run(config(tmp_path, data, test_layout="released", test_fraction=0.2, seed=5), backend)
     out = result.out
     point = {s: rows(out / f"pointwise-{s}.jsonl") for s in ("train", "test")}
     pairs = {s: rows(out / f"pairwise-{s}.jsonl") for s in ("train", "test")}
@@ -832,6 +838,9 @@ def test_released_test_layout_one_row_per_level_and_all_ten_pairs(tmp_path, caps
         assert level_pairs == sorted(itertools.combinations(levels, 2))  # each level pair once
         assert abs(2 * sum(p["preferred"] == "A" for p in mine_pairs) - len(mine_pairs)) <= 1
         assert {p["response_a"] for p in mine_pairs} | {p["response_b"] for p in mine_pairs} <= {r["response"] for r in mine}
+    # Test images are not paraphrased at all: the layout keeps no paraphrase, so none is asked for.
+    paraphrased = {tb_image(t) for role, t, _ in backend.log if role == "paraphrase"}
+    assert paraphrased == set(train_images)
     # Train is built as before: every variant, as many pairs as records.
     for image in train_images:
         mine = [r for r in point["train"] if r["image_id"] == image]
@@ -839,6 +848,12 @@ def test_released_test_layout_one_row_per_level_and_all_ten_pairs(tmp_path, caps
         assert len([p for p in pairs["train"] if p["image_id"] == image]) == len(mine)
     outputs = result.summary["outputs"]
     assert outputs["images"] == {"train": len(train_images), "test": len(test_images)}
+    # The layout shapes only the files: a rerun built like train asks for the missing paraphrases.
+    more = Scripted(rate=rate)
+    again = run(config(tmp_path, data, test_layout="like-train", test_fraction=0.2, seed=5), more)
+    assert {tb_image(t) for role, t, _ in more.log if role == "paraphrase"} == set(test_images)
+    assert more.calls["generate"] == more.calls["refine"] == 0
+    assert again.summary["outputs"]["rows"]["pointwise-test"] == sum(5 if i != "im0" else 4 for i in test_images) * 3
     assert outputs["rows"]["pointwise-test"] == len(point["test"]) and outputs["rows"]["pairwise-test"] == len(pairs["test"])
     assert outputs["test_layout"] == "released"
     # The CLI defaults: a fifth of the images, the released layout, the counts printed.

@@ -57,13 +57,15 @@ def test_bootstrap_over_http_then_validate_and_train_dry_run(server, tiny_model_
     assert summary["complete"] and summary["errors"] == 0
     assert summary["backends"]["generator"]["server"] == "deepfakejudge"
     assert summary["backends"]["generator"]["base_url"] != summary["backends"]["evaluator"]["base_url"]
-    # Every call is counted: 12 generated units x (generate + evaluate + paraphrase + recheck) and 3 gold
-    # level-5 units x (evaluate + paraphrase + recheck), plus a second
+    # Every call is counted: per train image 4 generated units x (generate + evaluate + paraphrase +
+    # recheck) and the gold level 5 x (evaluate + paraphrase + recheck); per test image (released
+    # layout: no paraphrases) 4 x (generate + evaluate) + 1; plus a second
     # paraphrase for each one malformed or identical to its original. A call whose request was already
     # answered earlier in the run (two levels of one image can get the same noise text to rate) comes
     # from the request cache; every other one went over HTTP.
     this_run = summary["this_run"]
-    assert usage["calls_total"] == this_run["calls_total"] >= 12 * 4 + 3 * 3
+    test_images = summary["outputs"]["images"]["test"]
+    assert usage["calls_total"] == this_run["calls_total"] >= (3 - test_images) * (4 * 4 + 3) + test_images * (4 * 2 + 1)
     assert served == this_run["calls_total"] - this_run["calls_from_cache"] > 0
     assert usage["calls"]["generate"] == 12 and usage["calls"]["evaluate"] == 15
     # dfj serve sends OpenAI's `usage` with generated text: the generator's calls are counted both ways;

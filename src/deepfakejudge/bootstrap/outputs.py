@@ -77,7 +77,7 @@ def variants(unit: Unit, settings: Settings) -> list[Variant]:
     out = [Variant(unit.image_id, unit.level, 0, accepted.response, accepted.score, feedback, rounds)]
     # A paraphrase keeps its original's claims: without its own rating it borrows the original's.
     seen = {" ".join(accepted.response.split()).lower()}
-    for j in range(1, settings.paraphrases + 1):
+    for j in range(1, unit.n_paraphrases(settings) + 1):
         state, kept = unit.slot_state(j, settings)
         if state != "kept" or kept is None or kept.response is None:
             continue
@@ -226,8 +226,10 @@ def write_outputs(
     test_fraction: float,
     pairs_per_image: int | None,
     test_layout: str = "released",
+    split: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write every output file; returns {file name: rows}, images per split and the test layout."""
+    """Write every output file; returns {file name: rows}, images per split and the test layout.
+    `split` (image id -> train | test) is the one the run planned with; None: computed here."""
     by_image: dict[str, list[Variant]] = {}
     rejected: list[dict[str, Any]] = []
     for unit in units:
@@ -236,7 +238,7 @@ def write_outputs(
             rejected.append(rejected_row(samples[unit.image_id], unit, reason or ""))
         by_image.setdefault(unit.image_id, []).extend(variants(unit, settings))
     image_ids = list(dict.fromkeys(u.image_id for u in units))
-    split = split_of(image_ids, test_fraction, seed)
+    split = {i: split[i] for i in image_ids} if split is not None else split_of(image_ids, test_fraction, seed)
     rows: dict[str, list[dict[str, Any]]] = {f"{k}-{s}": [] for k in ("pointwise", "pairwise") for s in SPLITS}
     level_text = prompts.level_text
     for image_id in image_ids:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,7 +22,7 @@ from ..records import RowError, Sample
 from ..results import MODEL_ERROR_FIELD, error_row, provenance
 from .engine import CallSettings, Engine, RunCounters
 from .journal import Journal
-from .outputs import TEST_LAYOUTS, _write_jsonl, write_outputs
+from .outputs import TEST_LAYOUTS, _write_jsonl, split_of, write_outputs
 from .prompts import LEVELS, RolePrompts, gold_response
 from .state import Settings, Unit
 from .stats import progress_postfix, report
@@ -74,10 +74,12 @@ class BootstrapResult:
     errors: int
 
 
-def make_units(samples: list[Sample], settings: Settings) -> list[Unit]:
-    """One unit per (image, level); level 5 holds the gold rationale unless `level5` is "generated"."""
+def make_units(samples: list[Sample], settings: Settings, no_paraphrases: frozenset[str] = frozenset()) -> list[Unit]:
+    """One unit per (image, level); level 5 holds the gold rationale unless `level5` is "generated";
+    images in `no_paraphrases` (the test images of the released layout) get no paraphrase slots."""
     gold = settings.level5 == "gold"
-    return [Unit(s.id, k, gold=gold_response(s) if gold and k == 5 else None) for s in samples for k in LEVELS]
+    return [Unit(s.id, k, gold=gold_response(s) if gold and k == 5 else None,
+                 paraphrases=0 if s.id in no_paraphrases else None) for s in samples for k in LEVELS]
 
 
 def select_samples(config: BootstrapConfig) -> tuple[list[Sample], list[RowError]]:
@@ -134,7 +136,11 @@ def run_bootstrap(
     """
     samples, errors = select_samples(config)
     by_id = {s.id: s for s in samples}
-    units = make_units(samples, config.settings)
+    # The split is planned before any call: the released test layout keeps no paraphrase, so test
+    # images are not paraphrased (a later run with another layout or fraction makes what it lacks).
+    split = split_of([s.id for s in samples], config.test_fraction, config.seed)
+    test_ids = frozenset(i for i, part in split.items() if part == "test")
+    units = make_units(samples, config.settings, test_ids if config.test_layout == "released" else frozenset())
     fingerprint = {**config.fingerprint(), "models": identity or {}, "prompts": prompts.provenance()}
     info = {"provenance": provenance()}
     config.out.mkdir(parents=True, exist_ok=True)
@@ -167,13 +173,14 @@ def run_bootstrap(
             if opened is not None:
                 counters.cached = sum(_cache_hits(b) for b in {id(b): b for b in opened}.values())
             result = _finish(config, prompts, by_id, units, errors, engine, journal, counters,
-                             backends_info, fingerprint)
+                             backends_info, fingerprint, split)
     return result
 
 
 def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sample], units: list[Unit],
             errors: list[RowError], engine: Engine | None, journal: Journal, counters: RunCounters,
-            backends_info: dict[str, Any] | None, fingerprint: dict[str, Any]) -> BootstrapResult:
+            backends_info: dict[str, Any] | None, fingerprint: dict[str, Any],
+            split: dict[str, str] | None = None) -> BootstrapResult:
     image_errors = engine.image_errors if engine is not None else {}
     errors = errors + list(image_errors.values())
     live = [u for u in units if u.image_id not in image_errors]
@@ -190,7 +197,7 @@ def _finish(config: BootstrapConfig, prompts: RolePrompts, samples: dict[str, Sa
     _write_jsonl(config.out / "errors.jsonl", rows)
     outputs = write_outputs(config.out, samples, live, config.settings, prompts, seed=config.seed,
                             test_fraction=config.test_fraction, pairs_per_image=config.pairs_per_image,
-                            test_layout=config.test_layout)
+                            test_layout=config.test_layout, split=split)
     stats = report(live, config.settings, journal.events)
     stats["outputs"] = outputs
     stats["errors"] = len(rows)
@@ -259,14 +266,14 @@ def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = 
     samples, errors = select_samples(config)
     mode = config.calls.evaluator_mode
     shown_roles = False
-    images = 0
+    opened: list[str] = []
     for sample in samples:
         try:
             size = open_image(sample, config.max_image_pixels).size
         except InputError as exc:
             errors.append(RowError(sample.where, exc.field, exc.message, id=sample.id))
             continue
-        images += 1
+        opened.append(sample.id)
         for level in sorted(LEVELS, reverse=True):
             if level == 5 and config.settings.level5 == "gold":
                 _show(out, f"gold · {sample.id} · level 5 · the annotated rationale, rated, never generated",
@@ -287,9 +294,14 @@ def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = 
                   prompts.paraphrase_text(sample, level, f"[the accepted level-{level} explanation]", 1))
     for e in errors:
         print(str(e), file=sys.stderr)
+    images = len(opened)
     units = images * len(LEVELS)
-    low, high = call_bounds(images, config.settings)
-    print(f"# dry run: {images} images, {units} units; {low} to {high} model calls "
+    n_test = sum(part == "test" for part in split_of(opened, config.test_fraction, config.seed).values())
+    unparaphrased = n_test if config.test_layout == "released" else 0  # the released test layout keeps none
+    low, high = call_bounds(images - unparaphrased, config.settings)
+    if unparaphrased:
+        low, high = (a + b for a, b in zip((low, high), call_bounds(unparaphrased, replace(config.settings, paraphrases=0))))
+    print(f"# dry run: {images} images ({n_test} test), {units} units; {low} to {high} model calls "
           f"({len(errors)} input error(s)); nothing was sent", file=out)
     return len(errors)
 

@@ -108,6 +108,9 @@ class Unit:
     failure: str | None = None
     failure_role: str | None = None
     gold: str | None = None  # the gold candidate: round 0 is this text, never generated
+    # Paraphrase slots of this unit; None: settings.paraphrases. 0 for a test image in the
+    # released layout, which keeps no paraphrase.
+    paraphrases: int | None = None
 
     def __post_init__(self) -> None:
         if self.gold is not None and not self.rounds:
@@ -204,6 +207,9 @@ class Unit:
                                 f"refinement round(s) (ratings {scores})")
         return "open", None
 
+    def n_paraphrases(self, settings: Settings) -> int:
+        return settings.paraphrases if self.paraphrases is None else self.paraphrases
+
     def slot_state(self, j: int, settings: Settings) -> tuple[str, Try | None]:
         """("todo" | "kept" | "dropped" | "failed", the kept try)."""
         slot = self.slots.get(j)
@@ -225,7 +231,7 @@ class Unit:
         main, reason = self.main_status(settings)
         if main != "accepted":
             return main, reason
-        if all(self.slot_state(j, settings)[0] != "todo" for j in range(1, settings.paraphrases + 1)):
+        if all(self.slot_state(j, settings)[0] != "todo" for j in range(1, self.n_paraphrases(settings) + 1)):
             return "done", None
         return "accepted", None
 
@@ -258,7 +264,7 @@ class Unit:
                 return [Action(self.key, "evaluate", r)]
             return [Action(self.key, "refine", r + 1)]
         actions = []
-        for j in range(1, settings.paraphrases + 1):
+        for j in range(1, self.n_paraphrases(settings) + 1):
             state, _ = self.slot_state(j, settings)
             if state != "todo":
                 continue

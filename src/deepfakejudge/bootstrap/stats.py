@@ -91,7 +91,7 @@ def report(units: list[Unit], settings: Settings, events: list[dict[str, Any]]) 
     slots = Counter()
     for u in units:
         if statuses[u.key][0] in ("done", "accepted"):
-            for j in range(1, settings.paraphrases + 1):
+            for j in range(1, u.n_paraphrases(settings) + 1):
                 slots[u.slot_state(j, settings)[0]] += 1
     rechecked = [t for u in units for s in u.slots.values() for t in s.tries if t.rated]
     return {
