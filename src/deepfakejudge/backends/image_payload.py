@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -195,7 +196,8 @@ class _Pools:
                     import multiprocessing
 
                     pool = concurrent.futures.ProcessPoolExecutor(
-                        workers, mp_context=multiprocessing.get_context("spawn")
+                        workers, mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_watch_parent, initargs=(os.getpid(),),
                     )
                 self._pools[workers] = pool
             return pool
@@ -219,6 +221,19 @@ class _Pools:
 
 
 _POOLS = _Pools()
+
+
+def _watch_parent(parent: int) -> None:
+    """In each worker: exit once the client process is gone. A worker waits on a queue whose
+    writing end it holds itself, so a client killed with SIGKILL would otherwise leave it running
+    for ever (holding the client's stdout and stderr open)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="dfj-image-watch", daemon=True).start()
 
 
 def shutdown_pools(wait: bool = True) -> None:
