@@ -93,7 +93,8 @@ def dataset(tmp_path):
     Image.new("RGB", (48, 64), (20, 140, 40)).save(tmp_path / "b.png")
     lines = [
         {"id": f"s{i}", "image": "a.png" if i % 2 else "b.png", "label": "fake",
-         "response": f"item-{i} " + "evidence " * (3 * i),  # different lengths: sorted batches
+         # Longest first: generate mode regroups by prompt length, rows must still come in input order.
+         "response": f"item-{i} " + "evidence " * (3 * (3 - i)),
          "response_a": f"item-{i} first", "response_b": f"item-{i} second"}
         for i in range(4)
     ]
@@ -229,6 +230,7 @@ def test_compare_pointwise_reports_known_disagreement(scripted, backend_of, data
     assert main(["judge", "pointwise", "--model", "scripted", "--data", str(dataset), "--out", str(out),
                  "--mode", "compare", "--batch-size", "2", *SMALL]) == 0
     printed = capsys.readouterr().out
+    assert [r["id"] for r in rows(out)] == ["s0", "s1", "s2", "s3"]
     got = {r["id"]: r for r in rows(out)}
     assert [got[f"s{i}"]["score"] for i in range(4)] == [GENERATE_SCORES[i] for i in range(4)]
     assert [got[f"s{i}"]["score_only"]["score"] for i in range(4)] == [SCORE_ONLY_SCORES[i] for i in range(4)]
@@ -309,3 +311,27 @@ def test_compare_detect_reports_verdict_agreement(scripted, backend_of, dataset,
     assert a["probability"]["field"] == "p_fake"
     assert a["probability"]["mean_abs_diff"] == pytest.approx(0.5, abs=1e-4)
     assert summary["predicted"] == {"real": 0, "fake": 3}  # the generate side's figures
+
+
+def test_length_sorted_pools_keep_input_order_and_error_rows(monkeypatch):
+    import deepfakejudge.judge.common as common
+    from deepfakejudge.records import RowError, Sample
+
+    def fake_prepare(sample, required, max_image_pixels):  # no image files needed here
+        if sample.id == "s2":
+            return RowError("f:3", "image", "missing", id="s2")
+        return common.Prepared(sample, None)
+
+    monkeypatch.setattr(common, "prepare", fake_prepare)
+    calls = []
+
+    def call(items):
+        calls.append([p.sample.id for p in items])
+        return [p.sample.id for p in items]
+
+    samples = [Sample(id=f"s{i}", image=Path("x.png"), label="fake", response="x" * (10 - i)) for i in range(5)]
+    out = [r for batch in common.judge_batches(samples, 2, ("response",), 10, call,
+                                               length=lambda p: len(p.sample.response)) for r in batch]
+    assert [r if isinstance(r, str) else r.id for r in out] == ["s0", "s1", "s2", "s3", "s4"]
+    assert isinstance(out[2], RowError)
+    assert calls == [["s4", "s3"], ["s1", "s0"]]  # shortest prompts first, two per batch
