@@ -303,7 +303,7 @@ def test_data_validate_reports_rows_over_the_prompt_budget(tiny_model_dir, tmp_p
     assert main(["data", "validate", str(data), "--no-images", "--tokenizer", str(tiny_model_dir),
                  "--max-prompt-tokens", "1000"]) == 1
     err = capsys.readouterr().err
-    assert "d.jsonl:3: field 'response'" in err and "tokens, over the limit of 1000" in err and "d.jsonl:1" not in err
+    assert "d.jsonl:3: field 'response'" in err and "over the limit of 1000 tokens" in err and "d.jsonl:1" not in err
 
 
 # -- 7: dfj serve refuses to bind beyond this machine without a key ------------------------------

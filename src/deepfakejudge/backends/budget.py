@@ -33,10 +33,11 @@ class PromptTooLong(BackendError):
     """The prompt is over the budget; nothing was sent to the model."""
 
     def __init__(self, chars: int, tokens: int | None, limit: int) -> None:
-        counted = f"{tokens} tokens" if tokens is not None else "certainly more tokens than that (not counted)"
+        size = (f"{tokens} tokens ({chars} characters)," if tokens is not None
+                else f"{chars} characters, certainly")
         super().__init__(
-            f"the prompt is {chars} characters, {counted}, over the limit of {limit} tokens "
-            "(--max-prompt-tokens; the model's context length by default)"
+            f"the prompt is {size} over the limit of {limit} tokens (--max-prompt-tokens; the model's "
+            "context length by default); shorten the field or raise the limit"
         )
         self.chars, self.tokens, self.limit = chars, tokens, limit
 
