@@ -389,6 +389,10 @@ def test_cli_keep_truncated_flag(tmp_path):
     common = ["bootstrap", "--generator", "g", "--evaluator", "e", "--data", "d.jsonl", "--out", str(tmp_path)]
     assert build(parser.parse_args(common))[0].settings.keep_truncated is False
     assert build(parser.parse_args([*common, "--keep-truncated"]))[0].settings.keep_truncated is True
+    default = build(parser.parse_args(common))[0]
+    assert (default.settings.level5, default.test_layout, default.test_fraction) == ("gold", "released", 0.2)
+    other = build(parser.parse_args([*common, "--level5", "generated", "--test-layout", "like-train"]))[0]
+    assert (other.settings.level5, other.test_layout) == ("generated", "like-train")
 
 
 def test_token_counts_from_usage_and_calls_without_them(tmp_path, capsys, monkeypatch):
