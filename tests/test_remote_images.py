@@ -358,3 +358,47 @@ def test_the_benchmark_runs_every_path(tmp_path):
     assert abs(runs["shared", "original"]["mb_sent_per_record"] - jpeg_mb * 4 / 3) < 0.05
     assert runs["shared", "png"]["mb_sent_per_record"] > 3 * runs["shared", "original"]["mb_sent_per_record"]
     assert runs["shared", "today"]["speedup_vs_today"] == 1.0
+
+
+def test_workers_exit_when_the_client_is_killed():
+    """A client killed with SIGKILL (as `dfj bootstrap`'s kill/resume does) leaves no image worker
+    running, nor holding its stdout open."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import multiprocessing, time\n"
+        "from PIL import Image\n"
+        "from deepfakejudge.backends.base import ChatRequest, PixelBudget\n"
+        "from deepfakejudge.backends.image_payload import ImagePreparer\n"
+        "if __name__ == '__main__':\n"
+        "    p = ImagePreparer(PixelBudget(), workers=2)\n"
+        "    p.url(ChatRequest('t', Image.new('RGB', (64, 64)), image_key='k')).result()\n"
+        "    print(*[c.pid for c in multiprocessing.active_children()], flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert workers, proc.stderr.read()[-2000:]  # started on demand: one task, at least one worker
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)  # would hang while a worker holds the pipes
+
+    def running(pid):
+        try:
+            state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return False
+        return state != "Z"  # a zombie has exited (its new parent may not reap it)
+
+    deadline = time.time() + 20
+    while time.time() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if running(pid)]
+    for pid in workers:  # nothing left behind, whatever happened above
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
