@@ -318,3 +318,16 @@ def test_serve_on_all_interfaces_without_a_key_is_refused_before_loading(tmp_pat
     # With the explicit opt-out the command goes on (and fails later, on the missing model).
     assert main(["serve", "--model", str(missing), "--host", "0.0.0.0", "--insecure-no-key"]) == 2
     assert "no-model" in capsys.readouterr().err
+
+
+def test_bootstrap_reads_images_only_under_the_data_folder_or_an_image_root(confined):
+    from pathlib import Path
+
+    from deepfakejudge.bootstrap.run import BootstrapConfig, select_samples
+
+    data, outside = confined
+    _, errors = select_samples(BootstrapConfig(data=data, out=Path("unused")))
+    refused = {e.id for e in errors if "--image-root" in e.message}
+    assert refused == {"dotdot", "absolute", "symlink", "etc"}
+    _, errors = select_samples(BootstrapConfig(data=data, out=Path("unused"), image_roots=(outside,)))
+    assert {e.id for e in errors if "--image-root" in e.message} == {"etc"}

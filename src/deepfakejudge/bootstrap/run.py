@@ -41,6 +41,9 @@ class BootstrapConfig:
     limit: int | None = None
     retry_failed: bool = False
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    # Images are read only from the data file's folder and these (--image-root); not part of the
+    # fingerprint: it decides which files may be read, not what a run produces from them.
+    image_roots: tuple[str | Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 0:
@@ -84,7 +87,7 @@ def make_units(samples: list[Sample], settings: Settings, no_paraphrases: frozen
 
 def select_samples(config: BootstrapConfig) -> tuple[list[Sample], list[RowError]]:
     """The annotated images to bootstrap (the first `limit`), and rows that cannot be used."""
-    dataset = load_records(config.data)
+    dataset = load_records(config.data, image_roots=config.image_roots)
     errors = list(dataset.errors)
     samples = list(dataset.samples)
     if config.limit is not None:

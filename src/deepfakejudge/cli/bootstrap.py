@@ -11,7 +11,7 @@ from ..backends import BACKENDS, Backend, GenerationConfig
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..data.images import MAX_IMAGE_PIXELS
 from ..prompts import Template
-from .options import add_remote_options, backend_from_args, emit, progress
+from .options import add_image_root_option, add_remote_options, backend_from_args, emit, progress
 
 ROLE_SIDES = ("generator", "evaluator")
 
@@ -94,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--retry-failed", action="store_true", help="ask again the calls that failed in earlier runs")
     o.add_argument("--allow-errors", action="store_true", help="exit 0 even when some rows or calls failed")
     o.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refuse larger images")
+    add_image_root_option(o)
     o.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     p.set_defaults(run=run)
 
@@ -162,6 +163,7 @@ def build(args: argparse.Namespace):
         test_fraction=args.test_fraction, test_layout=args.test_layout, pairs_per_image=args.pairs_per_image,
         limit=args.limit,
         retry_failed=args.retry_failed, max_image_pixels=args.max_image_pixels,
+        image_roots=tuple(args.image_root),
     )
     return config, prompts
 
