@@ -216,7 +216,7 @@ class CachedBackend(Backend):
             self._store(op, [(keys[todo[j]], result)], encode)
             stored.add(j)
 
-        streaming = {"on_result": arrived} if self.inner.streams_results else {}
+        streaming = {"on_result": arrived} if getattr(self.inner, "streams_results", False) else {}
         try:
             fresh = call([requests[i] for i in todo], **streaming)
         except BackendUnavailable as exc:

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default {MIN_PIXELS})")
     m.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default {MAX_PIXELS})")
     m.add_argument("--vision-cache-mb", type=int, default=1024, help="visual embeddings kept per image (default 1024)")
+    m.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="refuse prompts longer than this many tokens before any model call (default: the model's "
+                        "context length; remote: 128000)")
     # An evaluator answer without a score would cost the whole unit (rejected): two seeded re-asks
     # are cheap next to that. Judging keeps 0, so that its results stay greedy.
     add_remote_options(p, reasks=2)
