@@ -17,10 +17,11 @@ heavily (both pairwise orders, 25 DFJ-Meta records per image, several detectors 
   to the budget, as lossless PNG at zlib level 1 with run-length matching only (`PNG_LEVEL`,
   `PNG_STRATEGY`). Measured on 980x980 images: PIL's default (level 6) takes ~250-330 ms for
   at most 2-15% fewer bytes; level 1 ~55-75 ms; level 1 with Z_RLE ~53-64 ms and as small or
-  smaller (PNG's row filters leave little for longer matches); level 0 ~30 ms but 1.6-2.7x
-  the bytes, which the client then base64-encodes and sends. `original`: the file's own bytes, not decoded at all
-  (JPEG sources: ~5x fewer bytes); exact only when the server resizes with the same budget
-  (vLLM `--mm-processor-kwargs`, `dfj serve --min-pixels/--max-pixels`; docs/remote-and-serve.md).
+  smaller (PNG's row filters leave little for longer matches); level 0 ~30 ms but 1.6-2.7x the
+  bytes, which the client then base64-encodes and sends. `original`: the file's own bytes, not
+  decoded at all (JPEG sources: ~5x fewer bytes; one base64 pass, done on a thread of this
+  process); exact only when the server resizes with the same budget (vLLM
+  `--mm-processor-kwargs`, `dfj serve --min-pixels/--max-pixels`; docs/remote-and-serve.md).
 - `json_body` builds the request body with the data URL spliced in as bytes: base64 text needs
   no JSON escaping, so it is never scanned again.
 """
