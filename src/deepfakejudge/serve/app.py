@@ -6,6 +6,11 @@ Routes: `GET /health` (open: liveness and batching figures), `GET /v1/models`,
 base64 `image` or an `image_path` under --allowed-root, or a multipart upload). Every `/v1` route
 checks `Authorization: Bearer KEY` when the server has a key. Errors are OpenAI-style JSON with
 a message naming the field or the limit; tracebacks stay in the server log.
+
+Under load the event loop only moves bytes: bodies are read within --body-timeout, then parsed
+and their image decoded once in a small worker pool, after the image's pixels are admitted by
+the server's `PixelGate` (see admission.py); the judges take the decoded image. A client that
+disconnects has its work dropped and costs one log line.
 """
 
 from __future__ import annotations
