@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from ..backends import GenerationConfig
@@ -14,7 +15,18 @@ from ..judge.compare import agreement, agreement_lines, compare_judges
 from ..judge.protocol import protocol as task_protocol
 from ..judge.runner import RunResult, run_judge
 from ..prompts import SCORE_PREFIX, resolve_template
-from .options import add_model_options, add_run_options, backend_from_args, emit, pixel_budget, progress
+from .options import (
+    add_engine_options,
+    add_model_options,
+    add_run_options,
+    backend_from_args,
+    emit,
+    engine_from_args,
+    engine_lines,
+    pixel_budget,
+    progress,
+    replica_lines,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "Rows: id, prediction, p_fake, response (resumable).")
     add_model_options(r)
     add_run_options(r)
+    add_engine_options(r)
     g = r.add_argument_group("detection")
     g.add_argument("--mode", choices=(*MODES, "compare"), default="generate",
                    help="generate: reasoning + answer, each output stopped at its answer tag, p_fake read at the "
@@ -80,12 +93,15 @@ def run(args: argparse.Namespace) -> int:
         lines.extend(agreement_lines("detect", s["agreement"]))
     elif s["protocol"] is not None and not s["protocol"]["exact"]:
         lines.append(f"protocol {s['protocol']['name']}: {s['protocol']['meaning']}")
+    lines.extend(replica_lines(s["backend"]))
+    lines.extend(engine_lines(s))
     emit(s, args.json, lines)
     return 1 if s["errors"] and not args.allow_errors else 0
 
 
 def run_command(args: argparse.Namespace) -> RunResult:
-    from ..detect import Detector, detect_counts
+    from ..detect import detect_counts
+    from ..engine import Work
 
     template = resolve_template(args.template, "detect")
     budget = pixel_budget(args)
@@ -94,19 +110,10 @@ def run_command(args: argparse.Namespace) -> RunResult:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    # The model is opened where the engine runs it: here (local) or in each Ray replica.
+    engine = engine_from_args(args, Work(partial(backend_from_args, args), partial(detect_batches_of, args, template)),
+                              backend=args.backend, device=args.device)
     dataset = load_records(args.data, image_roots=args.image_root)
-    backend = None
-
-    def batches(samples):
-        nonlocal backend
-        backend = backend_from_args(args)
-        common = dict(template=template, max_image_pixels=args.max_image_pixels,
-                      generation=GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks),
-                      stop_at_answer=not args.no_stop_at_answer)
-        if args.mode == "compare":
-            return compare_judges(Detector(backend, mode="generate", **common),
-                                  Detector(backend, mode="score-only", **common), samples, args.batch_size)
-        return Detector(backend, mode=args.mode, **common).iter_batches(samples, args.batch_size)
 
     protocol = "compare" if args.mode == "compare" else task_protocol("detect", args.mode, template.text,
                                                                        SCORE_PREFIX["detect"])
@@ -119,15 +126,27 @@ def run_command(args: argparse.Namespace) -> RunResult:
                 "reasks": args.reasks,
                 "pixel_budget": asdict(budget), **template.provenance()}
     try:
-        return run_judge("detect", batches, dataset, args.out, settings=settings,
-                         backend_info=lambda: backend.describe(), limit=args.limit,
+        return run_judge("detect", engine.batches, dataset, args.out, settings=settings,
+                         backend_info=engine.describe, engine=engine.info, limit=args.limit,
                          overwrite=args.overwrite, retry_errors=args.retry_errors, progress=lambda n: progress(n, "detect"),
                          counts=counts, protocol=protocol,
                          compared_protocol=task_protocol("detect", "score-only", template.text, SCORE_PREFIX["detect"])
                          if args.mode == "compare" else None)
     finally:
-        if backend is not None:
-            backend.close()
+        engine.close()
+
+
+def detect_batches_of(args: argparse.Namespace, template, backend, samples):
+    """The batches of `dfj detect run` on `backend` (engine.Work's batch function, local or on a replica)."""
+    from ..detect import Detector
+
+    common = dict(template=template, max_image_pixels=args.max_image_pixels,
+                  generation=GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks),
+                  stop_at_answer=not args.no_stop_at_answer)
+    if args.mode == "compare":
+        return compare_judges(Detector(backend, mode="generate", **common),
+                              Detector(backend, mode="score-only", **common), samples, args.batch_size)
+    return Detector(backend, mode=args.mode, **common).iter_batches(samples, args.batch_size)
 
 
 # -- score / compare ------------------------------------------------------------------------------

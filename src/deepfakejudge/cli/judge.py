@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from functools import partial
 
 from ..backends import GenerationConfig
 from ..data import load_records
+from ..engine import Work
 from ..judge import MODES, PairwiseJudge, PointwiseJudge
 from ..judge.compare import agreement, agreement_lines, compare_judges
 from ..judge.protocol import protocol as task_protocol
@@ -16,12 +18,16 @@ from ..prompts import resolve_template
 from ..train.record import RUN_FILE, TrainedJudge, find_trained_judge
 from .options import (
     TEMPLATE_HELP,
+    add_engine_options,
     add_model_options,
     add_run_options,
     backend_from_args,
     emit,
+    engine_from_args,
+    engine_lines,
     pixel_budget,
     progress,
+    replica_lines,
 )
 
 
@@ -35,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         k = kinds.add_parser(kind, help=help_text, description=help_text)
         add_model_options(k)
         add_run_options(k)
+        add_engine_options(k)
         g = k.add_argument_group("judging")
         score_only = ("exact for the answer-only pairwise format" if kind == "pairwise" else
                       "an approximation: the judge answers after an empty reasoning, which it never does in training")
@@ -66,10 +73,12 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"mean score {s['mean_score']}; histogram {s['score_histogram']}")
     if s["kind"] == "pairwise" and s["prefer_a"] is not None:
         lines.append(f"prefers A in {s['prefer_a']:.0%}; order agreement {s['order_agreement']}")
+    lines.extend(engine_lines(s))
     if "agreement" in s:
         lines.extend(agreement_lines(s["kind"], s["agreement"]))
     elif s["protocol"] is not None and not s["protocol"]["exact"]:
         lines.append(f"protocol {s['protocol']['name']}: {s['protocol']['meaning']}")
+    lines.extend(replica_lines(s["backend"]))
     emit(s, args.json, lines)
     return 1 if s["errors"] and not args.allow_errors else 0
 
@@ -87,22 +96,10 @@ def judge_command(args: argparse.Namespace) -> RunResult:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     # verbatim: official ms-swift rows are judged with their own prompt, recognised or not.
+    # The model is opened where the engine runs it: here (local) or in each Ray replica.
+    engine = engine_from_args(args, Work(partial(backend_from_args, args), partial(judge_batches_of, args, template)),
+                              backend=args.backend, device=args.device)
     dataset = load_records(args.data, templates=(template,), image_roots=args.image_root, verbatim=True)
-    backend = None
-
-    def batches(samples):
-        nonlocal backend
-        backend = backend_from_args(args)
-        generation = GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks)
-        judge = PointwiseJudge if args.kind == "pointwise" else PairwiseJudge
-        common = dict(template=template, generation=generation, max_image_pixels=args.max_image_pixels,
-                      stop_at_answer=not args.no_stop_at_answer)
-        if args.mode == "compare":
-            return compare_judges(judge(backend, mode="generate", **common), judge(backend, mode="score-only", **common),
-                                  samples, args.batch_size, both_orders=not args.one_order if args.kind == "pairwise" else True)
-        if args.kind == "pointwise":
-            return PointwiseJudge(backend, mode=args.mode, **common).iter_batches(samples, args.batch_size)
-        return PairwiseJudge(backend, mode=args.mode, **common).iter_batches(samples, not args.one_order, args.batch_size)
 
     protocol = "compare" if args.mode == "compare" else judge_protocol(args.kind, args.mode, template)
     settings = {
@@ -122,11 +119,12 @@ def judge_command(args: argparse.Namespace) -> RunResult:
     try:
         return run_judge(
             args.kind,
-            batches,
+            engine.batches,
             dataset,
             args.out,
             settings=settings,
-            backend_info=lambda: backend.describe(),
+            backend_info=engine.describe,
+            engine=engine.info,
             limit=args.limit,
             overwrite=args.overwrite, retry_errors=args.retry_errors,
             progress=lambda n: progress(n, f"judge {args.kind}"),
@@ -135,8 +133,21 @@ def judge_command(args: argparse.Namespace) -> RunResult:
             compared_protocol=judge_protocol(args.kind, "score-only", template) if args.mode == "compare" else None,
         )
     finally:
-        if backend is not None:
-            backend.close()
+        engine.close()
+
+
+def judge_batches_of(args: argparse.Namespace, template, backend, samples):
+    """The batches of `dfj judge` on `backend` (engine.Work's batch function, local or on a replica)."""
+    generation = GenerationConfig(max_new_tokens=args.max_new_tokens, reasks=args.reasks)
+    judge = PointwiseJudge if args.kind == "pointwise" else PairwiseJudge
+    common = dict(template=template, generation=generation, max_image_pixels=args.max_image_pixels,
+                  stop_at_answer=not args.no_stop_at_answer)
+    if args.mode == "compare":
+        return compare_judges(judge(backend, mode="generate", **common), judge(backend, mode="score-only", **common),
+                              samples, args.batch_size, both_orders=not args.one_order if args.kind == "pairwise" else True)
+    if args.kind == "pointwise":
+        return PointwiseJudge(backend, mode=args.mode, **common).iter_batches(samples, args.batch_size)
+    return PairwiseJudge(backend, mode=args.mode, **common).iter_batches(samples, not args.one_order, args.batch_size)
 
 
 def trained_judge(args: argparse.Namespace) -> TrainedJudge | None:

@@ -50,7 +50,10 @@ def add_remote_options(p: argparse.ArgumentParser, reasks: int = 0) -> None:
     """--backend openai settings, the request cache and re-asks: every model command gets them.
     `reasks`: the command's default number of re-asks."""
     r = p.add_argument_group("remote model (--backend openai)")
-    r.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    r.add_argument("--base-url", action="append", default=None, metavar="URL",
+                   help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat it for several servers of "
+                        "the same model: each request goes to the least-loaded one that is up (see "
+                        "docs/remote-and-serve.md)")
     r.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
                    help="environment variable holding the API key (default OPENAI_API_KEY; the key itself is never recorded)")
     r.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
@@ -97,6 +100,60 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
 
 
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """--engine and the Ray engine's settings (docs/scale-out.md)."""
+    from ..engine import ENGINES
+
+    g = p.add_argument_group("engine (docs/scale-out.md)")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: one model in this process (default); ray: model replicas as Ray actors on a Ray "
+                        "cluster, each reading its images from storage every node sees (needs deepfakejudge[ray])")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: the cluster to join, e.g. head-node:6379 (default: $RAY_ADDRESS, else a "
+                        "local cluster started for this run)")
+    g.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="--engine ray: model replicas (default: one per GPU for a model on GPU, else one per "
+                        "--cpus-per-replica CPUs when given, else one)")
+    g.add_argument("--gpus-per-replica", type=float, default=None, metavar="G",
+                   help="--engine ray: GPUs per replica, fractions allowed (default: 1 for the hf backend when the "
+                        "cluster has GPUs and --device is not cpu, else 0)")
+    g.add_argument("--cpus-per-replica", type=float, default=None, metavar="C",
+                   help="--engine ray: CPUs per replica (default: 1 with a GPU, else the largest node's CPUs)")
+
+
+def engine_from_args(args: argparse.Namespace, work: Any, *, backend: str, device: str):
+    """The engine --engine names, running `work` (engine.Work). `backend`/`device`: the model's,
+    to tell whether a replica wants a GPU. Ray options without --engine ray are an error."""
+    from ..engine import open_engine
+
+    name = getattr(args, "engine", "local")
+    ray_only = {"--ray-address": "ray_address", "--replicas": "replicas", "--gpus-per-replica": "gpus_per_replica",
+                "--cpus-per-replica": "cpus_per_replica"}
+    if name != "ray":
+        given = [flag for flag, attr in ray_only.items() if getattr(args, attr, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only used with --engine ray (add --engine ray, or drop them)")
+        return open_engine(name, work)
+    from ..engine.ray_engine import RayOptions
+
+    options = RayOptions(address=args.ray_address, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
+                         cpus_per_replica=args.cpus_per_replica, batch_size=args.batch_size,
+                         wants_gpu=backend == "hf" and device != "cpu")
+    return open_engine(name, work, options)
+
+
+def engine_lines(summary: dict[str, Any]) -> list[str]:
+    """The run's text-output line about the Ray engine (none for the local engine)."""
+    e = summary.get("engine")
+    if not e:
+        return []
+    per = ", ".join(f"#{k}: {v}" for k, v in e["items_per_replica"].items())
+    line = f"ray: {e['replicas']} replicas at {e['address']}; items per replica {per}"
+    if e["restarts_seen"] or e["chunks_moved"]:
+        line += f"; restarts seen {e['restarts_seen']}, chunks moved to another replica {e['chunks_moved']}"
+    return [line]
+
+
 def add_image_root_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
                    help="also read images from under DIR (repeatable); by default images are read only from "
@@ -139,7 +196,7 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
         max_prompt_tokens=getattr(args, "max_prompt_tokens", None),
         decoding=getattr(args, "decoding", "checkpoint"),
         remote=RemoteOptions(
-            base_url=args.base_url,
+            base_url=base_urls(args.base_url),
             api_key_env=args.api_key_env,
             concurrency=args.concurrency,
             timeout=args.timeout,
@@ -159,6 +216,15 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
             cache.close()
         raise
     return backend if cache is None else CachedBackend(backend, cache)
+
+
+def base_urls(values: str | list[str] | None) -> str | tuple[str, ...] | None:
+    """A repeatable --base-url as RemoteOptions takes it: one URL as a string (a single server),
+    several as a tuple (a pool of replicas), none as None."""
+    if values is None or isinstance(values, str):
+        return values
+    urls = [v for v in values if v]
+    return None if not urls else urls[0] if len(urls) == 1 else tuple(urls)
 
 
 def cache_path(args: argparse.Namespace) -> Path | None:
@@ -182,6 +248,16 @@ def pixel_budget(args: argparse.Namespace, trained: PixelBudget | None = None) -
 def progress(total: int, desc: str) -> tqdm:
     # stderr only: stdout is reserved for results (--json).
     return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+
+def replica_lines(backend: dict[str, Any] | None, role: str = "") -> list[str]:
+    """A summary line of per-server counts when several servers (--base-url repeated) ran."""
+    counts = (backend or {}).get("replicas")
+    if not counts:
+        return []
+    parts = [f"{url}: {c['answered']} answered, {c['failed']} failed" + (f", out {c['taken_out']}x" if c["taken_out"]
+             else "") for url, c in counts.items()]
+    return [f"{role}servers: " + "; ".join(parts)]
 
 
 def emit(summary: dict[str, Any], as_json: bool, lines: list[str]) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..backends import BACKENDS, LoadOptions, PixelBudget, RemoteOptions, load_backend
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..judge import MODES
-from .options import emit
+from .options import add_engine_options, base_urls, emit, engine_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pointwise judge model (path or hub id); without it the DFJ score is reported missing")
     g.add_argument("--judge-backend", default="hf", choices=sorted(BACKENDS))
     g.add_argument("--judge-adapter", default=None, help="LoRA adapter for --judge")
-    g.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint for --judge-backend openai")
+    g.add_argument("--judge-base-url", action="append", default=None, metavar="URL",
+                   help="OpenAI-compatible endpoint for --judge-backend openai (repeat it for several servers)")
     g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="NAME",
                    help="environment variable holding the API key for --judge-backend openai")
     g.add_argument("--judge-mode", choices=MODES, default="generate")
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-pixels", type=int, default=MIN_PIXELS)
     g.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
     g.add_argument("--batch-size", type=int, default=8)
+    add_engine_options(s)
     s.add_argument("--no-reference-check", action="store_true", help="skip the reference-guided check")
     s.add_argument("--details", default=None, metavar="PATH",
                    help="write per-item figures (and the reference check's sentence-level evidence) as JSONL")
@@ -84,21 +87,34 @@ def _judge_template(args: argparse.Namespace):
     return resolve_template(args.judge_template, "pointwise", model=args.judge, adapter=args.judge_adapter)
 
 
-def _judge(args: argparse.Namespace, template):
+def _judge_engine(args: argparse.Namespace, template):
+    """The engine that runs the judge (--engine), not started yet; None without --judge. With
+    --engine ray a missing Ray is an error here, not a missing column."""
+    from ..engine import Work
+
+    if args.judge is None:
+        return None
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    work = Work(partial(_judge_backend, args), partial(_judge_batches, args, template))
+    return engine_from_args(args, work, backend=args.judge_backend, device=args.device)
+
+
+def _judge_backend(args: argparse.Namespace):
+    options = LoadOptions(model=args.judge, adapter=args.judge_adapter, device=args.device,
+                          budget=PixelBudget(args.min_pixels, args.max_pixels),
+                          remote=RemoteOptions(base_url=base_urls(args.judge_base_url), api_key_env=args.judge_api_key_env))
+    return load_backend(args.judge_backend, options)
+
+
+def _judge_batches(args: argparse.Namespace, template, backend, samples):
+    """The judge's batches on `backend` (engine.Work's batch function, local or on a replica)."""
     from ..backends import GenerationConfig
     from ..judge import PointwiseJudge
 
-    if args.judge is None:
-        return None, None
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    options = LoadOptions(model=args.judge, adapter=args.judge_adapter, device=args.device,
-                          budget=PixelBudget(args.min_pixels, args.max_pixels),
-                          remote=RemoteOptions(base_url=args.judge_base_url, api_key_env=args.judge_api_key_env))
-    backend = load_backend(args.judge_backend, options)
     judge = PointwiseJudge(backend, template=template, mode=args.judge_mode,
                            generation=GenerationConfig(max_new_tokens=args.judge_max_new_tokens))
-    return judge, backend
+    return judge.iter_batches(samples, args.batch_size)
 
 
 def score(args: argparse.Namespace) -> int:
@@ -112,12 +128,15 @@ def score(args: argparse.Namespace) -> int:
     preds = [read_predictions(p) for p in args.pred]  # all files checked before any model loads
     judge_missing = "no --judge given"
     template = _judge_template(args)
+    judge = _judge_engine(args, template)
     try:
-        judge, backend = _judge(args, template)
+        if judge is not None:
+            judge.start()  # loads the model (in each replica with --engine ray)
     except (ValueError, ImportError, OSError, RuntimeError) as exc:
         # Like the other metrics' models: a judge that cannot be loaded (offline hub id, bad
         # path, missing extra) makes its column "n/a" with the reason; the rest is still scored.
-        judge = backend = None
+        judge.close()
+        judge = None
         judge_missing = f"cannot load the judge {args.judge} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         print(f"dfj reason: warning: {judge_missing}", file=sys.stderr)
     config = ReasonConfig(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
@@ -128,8 +147,8 @@ def score(args: argparse.Namespace) -> int:
         names = args.name or [None] * len(preds)
         reports = [score_reasoning(p, gold, config, n) for p, n in zip(preds, names)]
     finally:
-        if backend is not None:
-            backend.close()
+        if judge is not None:
+            judge.close()
     for r in reports:
         for problem in r.problems:
             print(str(problem), file=sys.stderr)
@@ -141,6 +160,8 @@ def score(args: argparse.Namespace) -> int:
     summary = reports[0].to_dict() if len(reports) == 1 else {"detectors": [r.to_dict() for r in reports]}
     summary["judge"] = args.judge
     summary["judge_template"] = None if template is None else template.provenance()
+    if judge is not None and judge.info() is not None:
+        summary["judge_engine"] = judge.info()  # --engine ray: replicas and what each judged
     lines = [markdown(reports)]
     if args.details:
         lines.append(f"\nper-item details: {args.details}")

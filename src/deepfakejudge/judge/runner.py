@@ -51,6 +51,7 @@ def run_judge(
     counts: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     protocol: str | None = None,
     compared_protocol: str | None = None,
+    engine: Callable[[], dict[str, Any] | None] | None = None,
 ) -> RunResult:
     """Judge every not-yet-done sample of `dataset` with `batches` and write rows as they come.
 
@@ -60,6 +61,8 @@ def run_judge(
     to the summary; without it the pointwise or pairwise figures are used, by `kind`.
     `protocol` (judge/protocol.py) is written in every row and in the summary; a `--mode
     compare` run passes "compare" and the score-only protocol it compares as `compared_protocol`.
+    `engine()` (engine/) gives the summary's `engine` block, if any: the Ray engine's replicas
+    and what each did.
     """
     out = Path(out)
     started = time.perf_counter()
@@ -91,6 +94,9 @@ def run_judge(
         "backend": backend_info() if todo else None,
         "provenance": provenance(),
     }
+    info = engine() if engine is not None and todo else None
+    if info is not None:
+        summary["engine"] = info
     path = write_summary(out, summary)
     return RunResult(out=out, summary_path=path, summary=summary)
 

@@ -51,8 +51,9 @@ class Metric:
 
 @dataclass
 class ReasonConfig:
-    """Which models the metrics use. `judge` is a ready PointwiseJudge or None (then the DFJ
-    score is missing for `judge_missing`)."""
+    """Which models the metrics use. `judge` is a ready PointwiseJudge (or an engine running one,
+    engine/: anything with `score(samples, batch_size)`) or None (then the DFJ score is missing
+    for `judge_missing`)."""
 
     bertscore_model: str | None = None
     bertscore_layers: int | None = None
