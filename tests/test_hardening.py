@@ -222,6 +222,8 @@ def test_kill_9_during_a_cached_remote_run_re_asks_only_requests_in_flight(tmp_p
         re_asked = len(asked) - len(set(asked))
         assert len(set(asked)) == n
         assert re_asked <= concurrency, (re_asked, before)  # at most the requests in flight at the kill
+        print(f"\nkill -9 after {before} requests asked (batch of 16, --concurrency {concurrency}): "
+              f"{re_asked} asked again on resume")
         assert len(out.read_text().splitlines()) == n
     finally:
         server.close()
@@ -255,6 +257,7 @@ def test_a_10_mb_row_is_one_error_row_in_bounded_memory_and_is_not_retried(tiny_
     assert done.returncode == 1, done.stderr[-2000:]  # error rows without --allow-errors
     peak_gb = int(done.stdout.split("PEAK_KB")[1].split()[0]) / 2**20
     assert peak_gb < 3.0, peak_gb
+    print(f"\n10 MB row among 20: peak resident {peak_gb:.2f} GB")
     results = [json.loads(line) for line in out.read_text().splitlines()]
     errors = [r for r in results if "error" in r]
     assert len(results) == 20 and len(errors) == 1
