@@ -239,7 +239,8 @@ class RemoteOptions:
     options can be logged and recorded without leaking it.
     """
 
-    base_url: str | None = None
+    # One server's URL, or several serving the same model (a replica pool: backends/replicas.py).
+    base_url: str | tuple[str, ...] | None = None
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
     timeout: float = 120.0
@@ -252,6 +253,13 @@ class RemoteOptions:
     # the file's bytes, for a server that resizes with the same budget (backends/image_payload.py).
     image_transport: str = "png"
     image_workers: int | None = None  # processes preparing images; None: one per core, 0: in-process
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The server URLs, one or several; () when none is given."""
+        if self.base_url is None:
+            return ()
+        return (self.base_url,) if isinstance(self.base_url, str) else tuple(self.base_url)
 
     def __post_init__(self) -> None:
         for name, low in (("concurrency", 1), ("max_retries", 0), ("top_logprobs", 1)):

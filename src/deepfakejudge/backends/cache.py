@@ -38,8 +38,10 @@ from .base import (
 )
 
 SCHEMA_VERSION = 1
-# describe() entries that do not change an answer: left out of the key.
-VOLATILE = frozenset({"cache", "concurrency", "timeout", "max_retries", "vision_cache_mb", "vision_attention"})
+# describe() entries that do not change an answer: left out of the key ("replicas": a server
+# pool's per-server counts).
+VOLATILE = frozenset({"cache", "concurrency", "timeout", "max_retries", "vision_cache_mb", "vision_attention",
+                      "replicas"})
 
 
 def default_cache_path() -> Path:

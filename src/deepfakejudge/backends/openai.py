@@ -60,6 +60,7 @@ from .base import (
 )
 from .budget import PIXELS_PER_TOKEN, REMOTE_DEFAULT_LIMIT, PromptBudget
 from .image_payload import ImagePreparer, json_body, png_data_url
+from .replicas import Replica, ReplicaPool
 from .resize import FACTOR, qwen_resize
 
 log = logging.getLogger("deepfakejudge.backends.openai")
@@ -192,6 +193,7 @@ class _Retryable(Exception):
         super().__init__(message)
         self.kind = kind  # "connection" | "rate" | "timeout" | "server"
         self.retry_after = retry_after
+        self.replica: Replica | None = None  # where it failed, with several servers
 
 
 class _LoopThread:
@@ -221,7 +223,8 @@ class OpenAIBackend(Backend):
 
     def __init__(self, options: LoadOptions, transport: httpx.AsyncBaseTransport | None = None) -> None:
         remote = options.remote
-        if not remote.base_url:
+        urls = remote.base_urls
+        if not urls or not all(urls):
             raise ValueError(
                 "--base-url is required with --backend openai, e.g. http://127.0.0.1:8000/v1 "
                 "(vLLM, SGLang, dfj serve) or https://api.openai.com/v1"
@@ -231,11 +234,17 @@ class OpenAIBackend(Backend):
                 "--adapter: the openai backend cannot apply a local adapter; serve it on the server "
                 "(vllm serve BASE --enable-lora --lora-modules NAME=DIR) and pass --model NAME"
             )
-        if not remote.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"--base-url must start with http:// or https://, got {remote.base_url!r}")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--base-url must start with http:// or https://, got {url!r}")
         self.options = options
         self.remote = remote
-        self.base_url = remote.base_url.rstrip("/")
+        urls = tuple(url.rstrip("/") for url in urls)
+        # Several URLs: a pool of replicas of one model (backends/replicas.py); one URL: no pool,
+        # and every request goes where it always did.
+        self._pool = (ReplicaPool(urls, self._probe, remote.backoff_base, remote.backoff_cap)
+                      if len(urls) > 1 else None)
+        self.base_url = urls[0] if self._pool is None else ", ".join(urls)
         self.budget = options.budget
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(remote.api_key_env)
@@ -282,9 +291,14 @@ class OpenAIBackend(Backend):
         # waiting for a lane must not count against --timeout (pool=None), and retries wait
         # without holding one. One TLS context for all lanes (httpx makes one per client, even
         # for http://, loading the CA store each time: ~20 ms apiece).
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        # With several servers a lane keeps one connection to each (it takes turns among them).
+        servers = 1 if self._pool is None else len(self._pool.replicas)
+        limits = httpx.Limits(max_connections=servers, max_keepalive_connections=servers)
         timeout = httpx.Timeout(self.remote.timeout, pool=None)
         verify = httpx.create_ssl_context()
+        if self._pool is not None:  # health checks of replicas that are out: short, off the lanes
+            self._prober = httpx.AsyncClient(headers=headers, timeout=min(self.remote.timeout, 10.0),
+                                             transport=transport, verify=verify)
         self._all_lanes = [
             httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, transport=transport, verify=verify)
             for _ in range(self.remote.concurrency)
@@ -319,6 +333,8 @@ class OpenAIBackend(Backend):
     ) -> dict[str, Any]:
         """One HTTP call with retries. Raises BackendError (this request), BackendUnavailable
         (the server) or ValueError (the configuration); a 404 gives {} when `missing_ok`."""
+        if self._pool is not None:
+            return await self._call_pool(method, path, payload, missing_ok)
         url = self.base_url + path
         last: _Retryable | None = None
         for attempt in range(self.remote.max_retries + 1):
@@ -340,20 +356,80 @@ class OpenAIBackend(Backend):
             )
         raise BackendError(f"{method} {path} failed after {tries} tries: {last}")
 
-    async def _attempt(
-        self, method: str, url: str, payload: dict[str, Any] | None, missing_ok: bool
+    async def _call_pool(
+        self, method: str, path: str, payload: dict[str, Any] | None, missing_ok: bool
     ) -> dict[str, Any]:
-        try:
-            lane = await self._lanes.get()
+        """`_call` over several servers: a try that fails on one goes at once to another that
+        is in; the backoff is waited only while every server is out (or for a 429 from all)."""
+        assert self._pool is not None
+        counted = method == "POST"  # completions, not the start-up GET /models
+        last: _Retryable | None = None
+        for attempt in range(self.remote.max_retries + 1):
+            if attempt and not self._pool.any_up():
+                delay = backoff_delay(
+                    attempt - 1, self.remote.backoff_base, self.remote.backoff_cap, last.retry_after, self._rng
+                )
+                await self._pool.wait_up(delay)
             try:
-                body = None if payload is None else json_body(payload)
-                response = await lane.request(method, url, content=body)
-            finally:
-                self._lanes.put_nowait(lane)
-        except httpx.TimeoutException as exc:
-            raise _Retryable("timeout", f"timed out after {self.remote.timeout:g} s ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise _Retryable("connection", f"{type(exc).__name__}: {exc}") from None
+                return await self._attempt(method, path, payload, missing_ok, counted=counted)
+            except _Retryable as exc:
+                last = exc
+                assert exc.replica is not None
+                self._pool.failed(exc.replica, exc.retry_after, counted=counted)
+        assert last is not None
+        tries = self.remote.max_retries + 1
+        if last.kind in ("connection", "rate"):
+            raise BackendUnavailable(
+                f"no server answered after {tries} tries (last, {last.replica.url}: {last}); servers: "
+                f"{self.base_url}; check that they are up (and not rate limiting), then rerun the same command "
+                "to resume"
+            )
+        raise BackendError(f"{method} {path} failed after {tries} tries (last at {last.replica.url}): {last}")
+
+    async def _probe(self, url: str) -> bool:
+        """Whether the server at `url` answers `GET /models` (a replica's health check): any
+        answer but a 5xx or a 429 means it is up."""
+        try:
+            response = await self._prober.get(url + "/models")
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500 and response.status_code != 429
+
+    async def _attempt(
+        self, method: str, url: str, payload: dict[str, Any] | None, missing_ok: bool, counted: bool = True
+    ) -> dict[str, Any]:
+        """One try. With a pool `url` is a path: the replica is chosen once a lane is free, so
+        that its in-flight count is what is really in flight."""
+        replica: Replica | None = None
+        try:
+            try:
+                lane = await self._lanes.get()
+                try:
+                    body = None if payload is None else json_body(payload)
+                    if self._pool is not None:
+                        replica = self._pool.take(counted)
+                        url = replica.url + url
+                    try:
+                        response = await lane.request(method, url, content=body)
+                    finally:
+                        if replica is not None:
+                            self._pool.release(replica)
+                finally:
+                    self._lanes.put_nowait(lane)
+            except httpx.TimeoutException as exc:
+                raise _Retryable("timeout", f"timed out after {self.remote.timeout:g} s ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                raise _Retryable("connection", f"{type(exc).__name__}: {exc}") from None
+            result = self._answer(response, url, missing_ok)
+        except _Retryable as exc:
+            exc.replica = replica
+            raise
+        if replica is not None:
+            self._pool.answered(replica, counted)
+        return result
+
+    def _answer(self, response: httpx.Response, url: str, missing_ok: bool) -> dict[str, Any]:
+        """The JSON of a 200, {} for a tolerated 404; raises for anything else."""
         status = response.status_code
         if status == 200:
             try:
@@ -595,13 +671,19 @@ class OpenAIBackend(Backend):
             # The transport that ran (a cached answer is only reused for the same one): "png",
             # resized here; "original", the file's bytes, resized by the server.
             "image_format": self._prepare.transport,
+            **({} if self._pool is None else {"base_url": self._pool.urls, "replicas": self._pool.counts()}),
         }
 
     def close(self) -> None:
         runner = getattr(self, "_runner", None)
         if runner is None:
             return
-        for client in getattr(self, "_all_lanes", ()):
+        if getattr(self, "_pool", None) is not None:
+            try:
+                runner.run(self._pool.aclose())
+            except RuntimeError:
+                pass
+        for client in [*getattr(self, "_all_lanes", ()), *filter(None, [getattr(self, "_prober", None)])]:
             try:
                 runner.run(client.aclose())
             except RuntimeError:

@@ -170,6 +170,8 @@ def run_bootstrap(
             if bar is not None:
                 bar.close()
             if opened is not None:
+                # Described again at the end: a server pool's per-server counts are the run's.
+                backends_info = {"generator": opened[0].describe(), "evaluator": opened[1].describe()}
                 for backend in {id(b): b for b in opened}.values():
                     backend.close()
             counters = engine.counters if engine is not None else RunCounters()  # an interrupted run's too

@@ -11,7 +11,7 @@ from ..backends import BACKENDS, Backend, GenerationConfig
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..data.images import MAX_IMAGE_PIXELS
 from ..prompts import Template
-from .options import add_image_root_option, add_remote_options, backend_from_args, emit, progress
+from .options import add_image_root_option, add_remote_options, backend_from_args, emit, progress, replica_lines
 
 ROLE_SIDES = ("generator", "evaluator")
 
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument(f"--{side}", required=True, metavar="MODEL",
                        help="local checkpoint folder, Hugging Face id, or the name a server knows the model by")
         g.add_argument(f"--{side}-backend", default="hf", choices=sorted(BACKENDS), help="how it is run (default: hf)")
-        g.add_argument(f"--{side}-base-url", default=None, help="OpenAI-compatible endpoint (default: --base-url)")
+        g.add_argument(f"--{side}-base-url", action="append", default=None, metavar="URL",
+                       help="OpenAI-compatible endpoint (default: --base-url); repeat it for several servers of the model")
         g.add_argument(f"--{side}-api-key-env", default=None, metavar="NAME", help="environment variable with its API "
                        "key (default: --api-key-env)")
         g.add_argument(f"--{side}-adapter", default=None, help="LoRA adapter folder on top of the model (hf backend)")
@@ -217,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         + _uncounted(usage),
         f"  report: {result.out / 'stats.json'}; train: dfj train pointwise --data {result.out / 'pointwise-train.jsonl'} …",
     ]
+    for side in ROLE_SIDES:
+        lines.extend(replica_lines((s.get("backends") or {}).get(side), f"  {side} "))
     if not s["complete"]:
         lines.append("  not complete: rerun the same command to resume")
     emit(s, args.json, lines)

@@ -208,8 +208,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     argv: list[str] = []
     for dest in FORWARD:
         value = getattr(args, dest)
-        if value is not None:
-            argv += ["--" + dest.replace("_", "-"), str(value)]
+        for one in value if isinstance(value, list) else [] if value is None else [value]:  # --base-url repeats
+            argv += ["--" + dest.replace("_", "-"), str(one)]
     for dest in FORWARD_FLAGS:
         if getattr(args, dest):
             argv.append("--" + dest.replace("_", "-"))
@@ -350,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
                 "pointwise_template": args.pointwise_template, "pairwise_template": args.pairwise_template,
                 "detector_model": args.detector_model, "bootstrap": {"resamples": args.n_resamples, "seed": args.seed}}
     header = [f"Judges: {', '.join(f'{k} = {m}' for k, m in settings['judges'].items())}; backend {args.backend}"
-              + (f" at {args.base_url}" if args.base_url else "") + f"; pointwise {args.pointwise_mode}, "
+              + (f" at {', '.join(args.base_url)}" if args.base_url else "") + f"; pointwise {args.pointwise_mode}, "
               f"pairwise {args.pairwise_mode}." + (f" First {args.limit} items of every set." if args.limit else "")]
     markdown = render_markdown(comparisons, header)
     report = to_json(comparisons, settings)
