@@ -277,3 +277,25 @@ def test_two_dfj_serve_one_killed_mid_run_every_id_once(tiny_model_dir, tmp_path
     assert survivor["answered"] == survivor_chats  # the survivor counted the same requests
     print(f"\nreplicas: killed server answered {killed['answered']}, {killed['failed']} moved; "
           f"survivor answered {survivor['answered']} of {n}")
+
+
+def test_bootstrap_spreads_each_role_over_its_servers(replicas, tmp_path, capsys):
+    """`dfj bootstrap` with --generator-base-url and --evaluator-base-url each given twice: every
+    server gets calls, and each role's per-server counts add up to what its servers received."""
+    from deepfakejudge.cli import main
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "detect.jsonl"
+    gen, eva = [replicas(delay=0.01) for _ in range(2)], [replicas(delay=0.01) for _ in range(2)]
+    argv = ["bootstrap", "--generator", "m", "--generator-backend", "openai",
+            *[x for r in gen for x in ("--generator-base-url", r.url)],
+            "--evaluator", "m", "--evaluator-backend", "openai", *[x for r in eva for x in ("--evaluator-base-url", r.url)],
+            "--data", str(examples), "--out", str(tmp_path / "run"), "--limit", "2", "--rounds", "1",
+            "--paraphrases", "1", "--no-cache", "--concurrency", "4", "--max-pixels", SMALL_PIXELS,
+            "--allow-errors", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    for role, servers in (("generator", gen), ("evaluator", eva)):
+        counts = summary["backends"][role]["replicas"]
+        assert all(r.answered() >= 1 for r in servers), [r.answered() for r in servers]
+        assert [counts[r.url]["answered"] for r in servers] == [r.answered() for r in servers]
+    assert sum(r.answered() for r in gen + eva) == summary["this_run"]["calls_total"]
