@@ -93,12 +93,12 @@ class Workload:
         return self.patches // 4
 
 
-# The anchor's workloads (DESIGN.md "Performance"): 256 + 352 and 1,225 + 352 tokens.
+# The GPU anchor's workloads (docs/design.md, "Performance design"): 256 + 352 and 1,225 + 352 tokens.
 WORKLOADS = {"A": Workload("A", 448, 608), "B": Workload("B", 980, 1577)}
 # --tiny: same structure, a few visual tokens.
 TINY_WORKLOADS = {"A": Workload("A", 56, 160), "B": Workload("B", 112, 224)}
 
-# The released judges' training budget (DESIGN.md): 4*28*28 .. 1280*28*28 pixels.
+# The released judges' training budget (docs/design.md): 4*28*28 .. 1280*28*28 pixels.
 MIN_PIXELS, MAX_PIXELS = 3136, 1003520
 
 
