@@ -299,3 +299,20 @@ def test_bootstrap_spreads_each_role_over_its_servers(replicas, tmp_path, capsys
         assert all(r.answered() >= 1 for r in servers), [r.answered() for r in servers]
         assert [counts[r.url]["answered"] for r in servers] == [r.answered() for r in servers]
     assert sum(r.answered() for r in gen + eva) == summary["this_run"]["calls_total"]
+
+
+def test_the_docs_commands_with_several_servers_parse():
+    """The `dfj` commands of the docs' "Several servers" section parse, each with two servers."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "remote-and-serve.md").read_text(encoding="utf-8")
+    section = text.split("### Several servers behind one run", 1)[1].split("\n### ", 1)[0]
+    commands = [" ".join(line.split()) for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+                for line in block.replace("\\\n", " ").splitlines() if line.startswith(("dfj judge", "dfj bootstrap"))]
+    assert len(commands) == 2, commands
+    parser = build_parser()
+    judge = parser.parse_args(shlex.split(commands[0])[1:])
+    assert judge.backend == "openai" and len(base_urls(judge.base_url)) == 2
+    boot = parser.parse_args(shlex.split(commands[1])[1:])
+    assert len(base_urls(boot.generator_base_url)) == len(base_urls(boot.evaluator_base_url)) == 2
