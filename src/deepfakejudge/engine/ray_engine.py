@@ -110,6 +110,24 @@ def _cause(exc: Exception) -> Exception:
     return cause if isinstance(cause, Exception) else exc
 
 
+def _cluster_errors_to_stderr(ray) -> None:
+    """Ray's driver thread prints the cluster's error messages ("Task Replica.run failed ... will
+    be retried", possibly after the run) on stdout, which holds the --json summary: send them to
+    stderr. Ray has no setting for it, so its printer is wrapped (once; skipped if it moves)."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "dfj_stderr", False):
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        if data.get("pid") == "raylet":
+            data = {**data, "is_err": True}
+        return original(data, *args, **kwargs)
+
+    to_stderr.dfj_stderr = True
+    worker.print_to_stdstream = to_stderr
+
+
 def _fit(available: float, need: float) -> int:
     return 1 << 30 if need <= 0 else int(available // need + 1e-9)
 
@@ -140,8 +158,9 @@ class Replica:
         rows = [r for batch in self.work.batches(self._backend(), samples) for r in batch]
         return chunk, self.index, os.getpid(), rows
 
-    def describe(self) -> dict[str, Any]:
-        return self._backend().describe()
+    def describe(self) -> tuple[int, dict[str, Any]]:
+        """(process id, the backend's description)."""
+        return os.getpid(), self._backend().describe()
 
     def close(self) -> None:
         if self.backend is not None:
@@ -175,6 +194,7 @@ class RayEngine:
 
     def start(self) -> None:
         ray = self.ray
+        _cluster_errors_to_stderr(ray)
         if not ray.is_initialized():
             address = self.options.address or os.environ.get("RAY_ADDRESS") or None
             extra = {} if address else {"include_dashboard": False}  # a local cluster for this run only
@@ -189,8 +209,9 @@ class RayEngine:
         self.actors = [actor.remote(i, self.work) for i in range(self.plan.replicas)]
         # Every replica has loaded its model before the first chunk: a bad --model fails here,
         # with the replica's own error.
-        descriptions = self._get([a.describe.remote() for a in self.actors])
-        self._description = descriptions[0]
+        described = self._get([a.describe.remote() for a in self.actors])
+        self.pids = {i: {pid} for i, (pid, _) in enumerate(described)}
+        self._description = described[0][1]
 
     def _get(self, refs):
         from ray.exceptions import RayTaskError
@@ -268,7 +289,7 @@ class RayEngine:
             "gpus_per_replica": None if plan is None else plan.gpus_per_replica,
             "cpus_per_replica": None if plan is None else plan.cpus_per_replica,
             "chunk_size": self.chunk_size,
-            "items_per_replica": {str(i): self.items[i] for i in range(len(self.actors))},
+            "items_per_replica": {str(i): self.items[i] for i in range(0 if plan is None else plan.replicas)},
             # Seen as a new process id answering for the replica: restarts after a crash or kill.
             "restarts_seen": {str(i): len(p) - 1 for i, p in sorted(self.pids.items()) if len(p) > 1},
             "chunks_moved": self.moved,
