@@ -316,3 +316,22 @@ def test_the_docs_commands_with_several_servers_parse():
     assert judge.backend == "openai" and len(base_urls(judge.base_url)) == 2
     boot = parser.parse_args(shlex.split(commands[1])[1:])
     assert len(base_urls(boot.generator_base_url)) == len(base_urls(boot.evaluator_base_url)) == 2
+
+
+def test_the_replicas_benchmark_runs(tmp_path):
+    """benchmarks/replicas.py --quick end to end: every path answers every request once and the
+    per-server counts add up (timings are not asserted)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "replicas.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob("replicas_quick_*.json")
+    result = json.loads(path.read_text())
+    paths = [r["path"] for r in result["rows"]]
+    assert paths == ["one", "two", "two, one killed", "client cost, one URL", "client cost, pool of two"]
+    for row in result["rows"]:
+        assert row["answered"] == row["requests"] and row["requests_per_s"] > 0
+        if row["per_server"] is not None:
+            assert sum(c["answered"] for c in row["per_server"].values()) == row["requests"]
+    killed = list(result["rows"][2]["per_server"].values())[1]
+    assert killed["taken_out"] == 1 and not killed["in"]
