@@ -27,9 +27,11 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -164,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.requests, args.cost_requests = 64, 200
-    workdir = args.out / ".replicas-work"
-    workdir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="dfj-replicas-"))  # the servers' port files
     concurrency = 2 * args.slots  # enough to fill two servers
     rows: list[dict[str, Any]] = []
     servers = [Server(workdir, f"s{k}", args.slots, args.service) for k in range(2)]
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in servers + instant:
             s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     one, two = rows[0]["requests_per_s"], rows[1]["requests_per_s"]
     cost_one, cost_two = rows[3]["client_cpu_ms_per_request"], rows[4]["client_cpu_ms_per_request"]
     result = {
