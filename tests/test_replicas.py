@@ -226,6 +226,9 @@ def test_base_url_options():
     boot = parser.parse_args(["bootstrap", "--generator", "g", "--evaluator", "e", "--data", "d", "--out", "o",
                               "--generator-base-url", "http://a/v1", "--generator-base-url", "http://b/v1"])
     assert boot.generator_base_url == ["http://a/v1", "http://b/v1"]
+    reason = parser.parse_args(["reason", "score", "--pred", "p.jsonl", "--gold", "g.jsonl", "--judge", "m",
+                                "--judge-base-url", "http://a/v1", "--judge-base-url", "http://b/v1"])
+    assert base_urls(reason.judge_base_url) == ("http://a/v1", "http://b/v1")
     with pytest.raises(ValueError, match="the same server is given twice"):
         OpenAIBackend(LoadOptions(model="m", remote=RemoteOptions(base_url=("http://a/v1", "http://a/v1/"))))
 
