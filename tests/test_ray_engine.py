@@ -234,3 +234,21 @@ def test_ray_options_need_engine_ray(tiny_model_dir, data, tmp_path, capsys):
     code = main(pointwise_argv(tiny_model_dir, data, tmp_path / "o.jsonl", "--replicas", "2"))
     assert code == 2 and "--replicas: only used with --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_scale_out_benchmark_runs(tmp_path):
+    """benchmarks/scale_out.py --quick end to end (timings are not asserted: the fields are, and
+    that each path's rows equal the local engine's)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_out.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--paths", "local,ray-2", "--out", str(tmp_path),
+                           "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    [path] = tmp_path.glob("scale_out_quick_*.json")
+    result = json.loads(path.read_text())
+    assert [r["path"] for r in result["runs"]] == ["local", "ray-2"] and result["cluster_start_s"] > 0
+    local, two = result["runs"]
+    assert local["records"] == two["records"] == 48 and two["rows_equal_local"] is True
+    assert sorted(two["items_per_replica"]) == ["0", "1"] and sum(two["items_per_replica"].values()) == 48
+    for key in ("wall_s", "startup_s", "steady_items_per_s", "overhead_vs_local", "steady_speedup_vs_local"):
+        assert isinstance(two[key], (int, float)), key

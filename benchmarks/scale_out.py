@@ -1,0 +1,226 @@
+"""What `--engine ray` costs and gives on this machine: `dfj judge pointwise --mode score-only` on
+the tiny model over `--records` records (default 1,000), with the local engine and with Ray.
+
+Paths, each a fresh driver process running the real CLI (same data, same flags, batch size 8):
+- `local`: the local engine, torch on one thread (what one Ray replica with one CPU gets).
+- `ray-1`: `--engine ray --replicas 1 --cpus-per-replica 1`, joining a running 2-CPU cluster
+  (the cluster is started once by this script, as a real cluster is up before a run).
+- `ray-2`: the same with `--replicas 2`.
+- `ray-1-own`: `ray-1` without `--ray-address`: the driver starts (and stops) its own local
+  cluster, as on a laptop; the difference to `ray-1` is the cluster's start.
+
+Reported per path: wall seconds of the whole command (imports, cluster, model load, judging,
+summary), startup seconds (to the first rows written), steady items/s (rows after the first
+chunk over the time from the first chunk to the last), and the Ray paths' overhead against
+`local`, end to end and steady. Rows of every path are checked to equal the local ones
+(scores identical, probabilities within 1e-5).
+
+    python benchmarks/scale_out.py                # ~4 min on 2 shared cores
+    python benchmarks/scale_out.py --quick        # a smoke run: 48 records (tests use it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
+PATHS = ("local", "ray-1", "ray-2", "ray-1-own")
+SMALL = ["--max-pixels", str(16 * 28 * 28), "--device", "cpu"]
+
+
+def build(workdir: Path, records: int, images: int) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    from deepfakejudge.backends.tiny import build_tiny_qwen25vl
+
+    model = workdir / "tiny"
+    if not (model / "config.json").exists():
+        build_tiny_qwen25vl(model, seed=0)
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 256, (48, 48 + 4 * (i % 5), 3), dtype=np.uint8)).save(workdir / f"im{i}.png")
+    data = workdir / f"data_{records}.jsonl"
+    with data.open("w") as f:
+        for i in range(records):
+            f.write(json.dumps({"id": f"r{i}", "image": f"im{i % images}.png", "label": "fake",
+                                "response": f"<reasoning>Region {i} is smeared.</reasoning> <answer>fake</answer>"}) + "\n")
+    return model, data
+
+
+def client(argv: list[str]) -> dict[str, Any]:
+    """Run the CLI in this process, timing when rows are written (the progress bar's updates)."""
+    import deepfakejudge.cli.judge as cli_judge
+    from deepfakejudge.cli import main as dfj
+
+    updates: list[tuple[float, int]] = []
+
+    class Timed:
+        def __init__(self, total, desc):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def update(self, n):
+            updates.append((time.perf_counter(), n))
+
+    cli_judge.progress = Timed
+    code = dfj(argv)
+    end = time.perf_counter()
+    first_t, first_n = updates[0]
+    items = sum(n for _, n in updates)
+    steady = (items - first_n) / (updates[-1][0] - first_t) if len(updates) > 1 else None
+    return {"exit": code, "first_rows_at": first_t, "end_at": end, "items": items, "updates": len(updates),
+            "steady_items_per_s": steady}
+
+
+def run_path(name: str, model: Path, data: Path, workdir: Path, address: str | None) -> dict[str, Any]:
+    out = workdir / f"{name}.jsonl"
+    argv = ["judge", "pointwise", "--model", str(model), "--data", str(data), "--out", str(out), "--overwrite",
+            "--mode", "score-only", "--batch-size", "8", "--allow-errors", "--json", *SMALL]
+    if name.startswith("ray"):
+        argv += ["--engine", "ray", "--replicas", name.split("-")[1], "--cpus-per-replica", "1"]
+        if name != "ray-1-own":
+            argv += ["--ray-address", address]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("RAY_ADDRESS", None)
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--client", json.dumps(argv)], capture_output=True, text=True,
+                          env=env, timeout=1800)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        return {"path": name, "error": proc.stderr[-2000:]}
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+    engine = summary.get("engine") or {}
+    # The client's clock is not ours: startup is measured from its own process start (perf_counter
+    # origins differ), so take the wall from here and the phases from the client's differences.
+    tail = got["end_at"] - got["first_rows_at"]
+    return {"path": name, "records": got["items"], "wall_s": round(wall, 2),
+            "startup_s": round(wall - tail, 2), "steady_items_per_s": round(got["steady_items_per_s"], 2),
+            "items_per_s": round(got["items"] / wall, 2), "load_1min_before": round(load, 2),
+            "items_per_replica": engine.get("items_per_replica"), "out": str(out)}
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    ra = {r["id"]: r for r in map(json.loads, a.read_text().splitlines())}
+    rb = {r["id"]: r for r in map(json.loads, b.read_text().splitlines())}
+    if ra.keys() != rb.keys() or len(rb) != len(b.read_text().splitlines()):
+        return False
+    for k, x in ra.items():
+        y = rb[k]
+        if x.get("score") != y.get("score"):
+            return False
+        if x.get("probs") and any(abs(x["probs"][d] - y["probs"][d]) > 1e-5 for d in x["probs"]):
+            return False
+    return True
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu} ({len(os.sched_getaffinity(0))} cores)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=int, default=1000, help="records judged per path (default 1000)")
+    p.add_argument("--images", type=int, default=100, help="distinct images (default 100)")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of {', '.join(PATHS)}")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 48 records over 8 images")
+    p.add_argument("--workdir", default="/tmp/dfj-scale-out-bench", help="model, images and results files are kept here")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="folder for the JSON result")
+    p.add_argument("--client", default=None, help=argparse.SUPPRESS)  # internal: one driver process
+    args = p.parse_args(argv)
+
+    if args.client:
+        print(json.dumps(client(json.loads(args.client))))
+        return 0
+    if args.quick:
+        args.records, args.images = 48, 8
+    paths = [x for x in args.paths.split(",") if x]
+    if not set(paths) <= set(PATHS) or "local" not in paths:
+        p.error(f"--paths: choose from {', '.join(PATHS)}, local included (the baseline)")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, data = build(workdir, args.records, args.images)
+
+    import ray
+
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cluster_start = time.perf_counter() - started
+    address = ray.get_runtime_context().gcs_address
+    result: dict[str, Any] = {
+        "benchmark": "scale_out",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "settings": {"records": args.records, "images": args.images, "mode": "score-only", "batch_size": 8,
+                     "model": "tiny", "paths": paths},
+        "cluster_start_s": round(cluster_start, 2),
+        "runs": [],
+    }
+    try:
+        for name in paths:
+            print(f"{name} ...", file=sys.stderr, flush=True)
+            result["runs"].append(run_path(name, model, data, workdir, address))
+    finally:
+        ray.shutdown()
+    base = next(r for r in result["runs"] if r["path"] == "local")
+    for r in result["runs"]:
+        if "error" in r or "error" in base:
+            continue
+        r["rows_equal_local"] = same_rows(Path(base["out"]), Path(r["out"]))
+        r["overhead_vs_local"] = round(r["wall_s"] / base["wall_s"] - 1, 3)
+        r["steady_overhead_vs_local"] = round(base["steady_items_per_s"] / r["steady_items_per_s"] - 1, 3)
+        r["steady_speedup_vs_local"] = round(r["steady_items_per_s"] / base["steady_items_per_s"], 2)
+    result["load_1min_at_end"] = round(os.getloadavg()[0], 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "quick_" if args.quick else ""
+    name = "-".join(x for x in "".join(c if c.isalnum() else "-" for c in result["machine"]).split("-") if x)[:48]
+    path = out / f"scale_out_{tag}{name}_{result['date'][:10]}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+    sys.path.insert(0, str(HERE))
+    from common import print_table
+
+    print(f"scale-out on {result['machine']}, {result['date']}, load {result['load_1min_at_start']} -> "
+          f"{result['load_1min_at_end']}; Ray {result['ray']}, cluster start {result['cluster_start_s']} s")
+    print_table(result["runs"], [("path", "path", ""), ("records", "records", ""), ("wall_s", "wall s", ".1f"),
+                                 ("startup_s", "startup s", ".1f"), ("steady_items_per_s", "steady items/s", ".1f"),
+                                 ("steady_speedup_vs_local", "x local", ".2f"),
+                                 ("steady_overhead_vs_local", "steady overhead", ".1%"),
+                                 ("overhead_vs_local", "end-to-end overhead", ".1%"),
+                                 ("rows_equal_local", "rows = local", ""), ("load_1min_before", "load", ".2f")])
+    print(f"saved {path}")
+    failed = [r for r in result["runs"] if "error" in r or r.get("rows_equal_local") is False]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
