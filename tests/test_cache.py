@@ -220,3 +220,29 @@ def test_a_model_changed_in_place_is_not_answered_from_the_cache(tiny_model_dir,
     assert len(RequestCache(tmp_path / "c.sqlite")) == 4
     assert hf.folder_fingerprint(str(model)) != hf.folder_fingerprint(str(tiny_model_dir))
     assert hf.folder_fingerprint("Qwen/Qwen2.5-VL-3B-Instruct") is None and hf.folder_fingerprint(None) is None
+
+
+class Stopping(Counting):
+    """Cuts its output at the answer tag when asked, as the local engine does."""
+
+    honours_stop_at_answer = True
+
+    def generate_each(self, requests, config):
+        self.generated += len(requests)
+        text = "<score>3</score>" + ("" if config.stop_at_answer else " and more")
+        return [Generation(text, (), "stop") for _ in requests]
+
+
+@pytest.mark.parametrize("honours", [True, False])
+def test_stop_at_answer_is_in_the_key_only_where_the_engine_honours_it(tmp_path, honours):
+    inner = Stopping() if honours else Counting()
+    backend = CachedBackend(inner, RequestCache(tmp_path / "c.sqlite"))
+    request = ChatRequest(image=image("red"), text="judge this")
+    cut = backend.generate([request], GenerationConfig(stop_at_answer="score"))[0].text
+    whole = backend.generate([request], GenerationConfig(stop_at_answer=None))[0].text
+    if honours:
+        # A run without the stop must not be served the output cut at the tag.
+        assert (cut, whole, inner.generated) == ("<score>3</score>", "<score>3</score> and more", 2)
+    else:
+        # An engine that ignores the stop answers the same either way: one call, one cache entry.
+        assert cut == whole and inner.generated == 1

@@ -116,6 +116,9 @@ class Backend(abc.ABC):
     # as each request's answer arrives (HTTP engines): the request cache then writes each
     # answer at once, so a killed run re-asks only the requests that were in flight.
     streams_results: bool = False
+    # True where `GenerationConfig.stop_at_answer` cuts the output at the answer tag: the request
+    # cache then keys on it, so a run without the stop never gets a cut output from the cache.
+    honours_stop_at_answer: bool = False
     # Requests over this budget are refused before any model call (see backends/budget.py);
     # None: no budget. Engines set it when they load.
     prompt_budget: Any = None

@@ -235,8 +235,11 @@ class CachedBackend(Backend):
         self.cache.put_many(good)
 
     def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig) -> list[Generation | BackendError]:
+        params = sampling_params(config)
+        if getattr(self.inner, "honours_stop_at_answer", False) and config.stop_at_answer is not None:
+            params["stop_at_answer"] = config.stop_at_answer
         return self._each(
-            "generate", requests, sampling_params(config),
+            "generate", requests, params,
             lambda todo, **kw: self.inner.generate_each(todo, config, **kw), encode_generation, decode_generation,
         )
 

@@ -131,6 +131,7 @@ class HFBackend(Backend):
 
     name = "hf"
     capabilities = Capabilities(logprobs=True, choice_probs=True)
+    honours_stop_at_answer = True
 
     def __init__(self, options: LoadOptions) -> None:
         from transformers import AutoConfig
