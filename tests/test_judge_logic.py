@@ -150,3 +150,21 @@ def test_wrong_template_kind_is_refused():
         PointwiseJudge(Scripted(), template=default_template("pairwise"))
     with pytest.raises(ValueError, match="mode must be one of"):
         PointwiseJudge(Scripted(), mode="fast")
+
+
+def test_pairwise_counts_tell_disagreeing_orders_from_unreadable_answers():
+    from deepfakejudge.judge.runner import judge_counts
+
+    def row(choice, *orders):
+        return {"choice": choice, "agree": None if len(orders) < 2 else orders[0] == orders[1] and None not in orders,
+                "orders": [{"choice": c} for c in orders]}
+
+    rows = [
+        row("A", "A", "B"),      # orders agree once swapped back: decided
+        row(None, "A", "A"),     # both answered, they contradict each other: undecided
+        row(None, "A", None),    # the second order wrote no readable answer: unparsable
+        row(None, None),         # one order, unreadable: unparsable
+        row("B", "B"),
+    ]
+    counts = judge_counts("pairwise", rows)
+    assert (counts["unparsable"], counts["undecided"], counts["prefer_a"]) == (2, 1, 0.5)

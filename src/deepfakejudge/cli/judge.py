@@ -10,6 +10,7 @@ from functools import partial
 from ..backends import GenerationConfig
 from ..data import load_records
 from ..engine import Work
+from ..errors import UsageError
 from ..judge import MODES, PairwiseJudge, PointwiseJudge
 from ..judge.compare import agreement, agreement_lines, compare_judges
 from ..judge.protocol import protocol as task_protocol
@@ -65,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
     result = judge_command(args)
     s = result.summary
     unparsable = s["unparsable"]
+    if s.get("undecided"):
+        unparsable = f"{unparsable} unparsable, {s['undecided']} undecided (the two orders disagree)"
+    else:
+        unparsable = f"{unparsable} unparsable"
     lines = [
-        f"{s['kind']}: {s['judged']} judged, {unparsable} unparsable, {s['errors']} errors "
+        f"{s['kind']}: {s['judged']} judged, {unparsable}, {s['errors']} errors "
         f"-> {result.out} (summary: {result.summary_path})"
     ]
     if s["kind"] == "pointwise" and s["mean_score"] is not None:
@@ -94,7 +99,7 @@ def judge_command(args: argparse.Namespace) -> RunResult:
     budget = pixel_budget(args, trained.budget if trained else None)
     args.min_pixels, args.max_pixels = budget.min_pixels, budget.max_pixels  # what the backend loads with
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     # verbatim: official ms-swift rows are judged with their own prompt, recognised or not.
     # The model is opened where the engine runs it: here (local) or in each Ray replica.
     engine = engine_from_args(args, Work(partial(backend_from_args, args), partial(judge_batches_of, args, template)),
@@ -155,7 +160,7 @@ def trained_judge(args: argparse.Namespace) -> TrainedJudge | None:
     if trained is None:
         return None
     if trained.kind != args.kind:
-        raise ValueError(f"{trained.path}: trained as a {trained.kind} judge (its {RUN_FILE}); "
+        raise UsageError(f"{trained.path}: trained as a {trained.kind} judge (its {RUN_FILE}); "
                          f"use dfj judge {trained.kind}")
     if args.template is not None and resolve_template(args.template, args.kind).sha256 != trained.template.sha256:
         print(f"dfj judge: warning: --template {args.template} is not the template {trained.path} was trained "

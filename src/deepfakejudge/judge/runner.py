@@ -147,8 +147,15 @@ def judge_counts(kind: str, ok: list[dict[str, Any]]) -> dict[str, Any]:
     else:
         choices = [r["choice"] for r in ok if r.get("choice") is not None]
         both = [r for r in ok if r.get("agree") is not None]
+        # Both orders answered but disagree, with no probabilities to break the tie: a real
+        # answer of the judge (it contradicts itself), not text we failed to read.
+        undecided = sum(
+            1 for r in ok
+            if r.get("choice") is None and r.get("orders") and all(o.get("choice") is not None for o in r["orders"])
+        )
         counts.update(
-            unparsable=len(ok) - len(choices),
+            unparsable=len(ok) - len(choices) - undecided,
+            undecided=undecided,
             prefer_a=round(choices.count("A") / len(choices), 4) if choices else None,
             order_agreement=round(sum(r["agree"] for r in both) / len(both), 4) if both else None,
         )
