@@ -61,3 +61,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def sent_to_model(monkeypatch):
+    """Every `ChatRequest` the HF backend is asked (generation and choice probabilities), in
+    order: a spy that passes each call through, so a test asserts the text the model received
+    rather than a hash in the summary."""
+    from deepfakejudge.backends.hf import HFBackend
+
+    sent = []
+    for name in ("generate", "choice_probs"):
+        original = getattr(HFBackend, name)
+
+        def spy(self, requests, *args, _original=original, **kwargs):
+            sent.extend(requests)
+            return _original(self, requests, *args, **kwargs)
+
+        monkeypatch.setattr(HFBackend, name, spy)
+    return sent

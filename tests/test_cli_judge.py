@@ -101,11 +101,18 @@ def test_pointwise_score_only(tiny_model_dir, dataset, tmp_path, capsys):
         assert 0 < r["choice_mass"] <= 1
 
 
-def test_pairwise_both_orders_and_one_order(tiny_model_dir, dataset, tmp_path, capsys):
+def test_pairwise_both_orders_and_one_order(tiny_model_dir, dataset, tmp_path, capsys, sent_to_model):
     out = tmp_path / "pr.jsonl"
     assert main(["judge", "pairwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(out),
                  "--mode", "score-only", "--json", *SMALL]) == 1
     ok, _ = _check_results(out, "pairwise")
+    # What the model read: each pair in the given order, then swapped (B's text first, in A's place).
+    a, b = RESPONSE, "<reasoning>Looks fine.</reasoning> <answer>real</answer>"
+    texts = [r.text for r in sent_to_model]
+    assert len(texts) == 2 * 6
+    for given, swapped in zip(texts[::2], texts[1::2]):
+        assert -1 < given.index(a) < given.index(b) and -1 < swapped.index(b) < swapped.index(a)
+        assert swapped == given.replace(a, "\0").replace(b, a).replace("\0", b)
     for r in ok:
         first, second = r["orders"]
         assert (first["swapped"], second["swapped"]) == (False, True)
@@ -119,12 +126,16 @@ def test_pairwise_both_orders_and_one_order(tiny_model_dir, dataset, tmp_path, c
     assert all(len(r["orders"]) == 1 and r["agree"] is None for r in ok)
 
 
-def test_template_file_is_used_and_hashed(tiny_model_dir, dataset, tmp_path, capsys):
+def test_template_file_is_what_the_model_is_sent(tiny_model_dir, dataset, tmp_path, capsys, sent_to_model):
     template = tmp_path / "t.txt"
     template.write_bytes(b"Class {ground_truth_label}.\r\nRate: {candidate_response}\r\n<score>{integer score from 1 to 5}</score>")
     out = tmp_path / "t.jsonl"
     assert main(["judge", "pointwise", "--model", str(tiny_model_dir), "--data", str(dataset), "--out", str(out),
                  "--template", str(template), "--mode", "score-only", "--limit", "2", "--allow-errors", *SMALL]) == 0
+    # The model received the file's text, read in text mode (CRLF -> LF), filled for each item;
+    # the output-format line with its literal braces is kept as written.
+    expected = f"Class edited.\nRate: {RESPONSE}\n<score>{{integer score from 1 to 5}}</score>"
+    assert [r.text for r in sent_to_model] == [expected, expected]
     side = json.loads((tmp_path / "t.summary.json").read_text())
     import hashlib
     # The text as Python's text mode reads the file (CRLF -> LF), as the official scripts read theirs.
