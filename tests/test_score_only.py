@@ -335,3 +335,44 @@ def test_length_sorted_pools_keep_input_order_and_error_rows(monkeypatch):
     assert [r if isinstance(r, str) else r.id for r in out] == ["s0", "s1", "s2", "s3", "s4"]
     assert isinstance(out[2], RowError)
     assert calls == [["s4", "s3"], ["s1", "s0"]]  # shortest prompts first, two per batch
+
+
+# -- generate mode, end to end ------------------------------------------------------------------
+
+
+def test_generate_mode_parses_the_written_tag_and_reads_probs_at_the_score_token(
+        scripted, backend_of, dataset, tmp_path, capsys):
+    """The generate path end to end on a model that writes its tags (a random one rarely does):
+    the score is parsed from the text written, and `probs` are the model's distribution at the
+    score token."""
+    backend_of(scripted(pointwise_reply, pointwise_dist))
+    out = tmp_path / "gen.jsonl"
+    assert main(["judge", "pointwise", "--model", "scripted", "--data", str(dataset), "--out", str(out),
+                 "--mode", "generate", "--batch-size", "2", "--json", *SMALL]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    got = {r["id"]: r for r in rows(out)}
+    assert summary["judged"] == 4 and summary["unparsable"] == 0
+    for i in range(4):
+        r, best = got[f"s{i}"], GENERATE_SCORES[i]
+        assert r["raw"] == f"<reasoning> checked</reasoning>\n<score>{best}</score>"
+        assert r["score"] == best and r["protocol"] == "generate"
+        want = peaked(str(best), "12345", 0.7)
+        assert r["probs"] == pytest.approx(want, abs=1e-4)
+        assert r["expected_score"] == pytest.approx(expected(best, 0.7), abs=1e-4)
+
+
+def test_generate_mode_pairwise_reads_the_answer_in_both_orders(scripted, backend_of, dataset, tmp_path):
+    # The script answers by item, whatever the order: odd items "A" at p 0.8, even "B" (p_a 0.35).
+    backend_of(scripted(pairwise_reply, pairwise_dist))
+    out = tmp_path / "gen.jsonl"
+    assert main(["judge", "pairwise", "--model", "scripted", "--data", str(dataset), "--out", str(out),
+                 "--mode", "generate", *SMALL]) == 0
+    for r in rows(out):
+        odd = int(r["id"][1]) % 2
+        first, second = r["orders"]
+        assert (first["choice"], second["choice"]) == (("A", "A") if odd else ("B", "B"))
+        assert first["raw"] == second["raw"] == ("<answer>A</answer>" if odd else "<answer>B</answer>")
+        p = 0.8 if odd else 0.35
+        assert (first["p_a"], second["p_a"]) == (pytest.approx(p, abs=1e-4), pytest.approx(p, abs=1e-4))
+        # The same letter in both orders names different explanations: no agreement, p_a 0.5.
+        assert r["agree"] is False and r["p_a"] == pytest.approx(0.5, abs=1e-4)
