@@ -4,6 +4,7 @@ unknown keys and wrong types as errors naming the key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,129 @@ def test_batch_plan_explicit_accumulation_and_impossible_targets(monkeypatch):
         batch_plan(load_config("pointwise", REQUIRED), 3)  # 3 devices cannot share 32 evenly
     with pytest.raises(ValueError, match="'end_of_turn'"):
         load_config("pointwise", {**REQUIRED, "end_of_turn": "newline"})
+
+
+# -- one declaration per setting: flags, --set and --help derived from the dataclass ------------------
+
+def _kind_parser(kind):
+    import argparse
+
+    from deepfakejudge.cli import build_parser
+
+    parser = build_parser()
+    for name in ("train", kind):
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def _help_blocks(text):
+    """--help's option entries: the first option string -> the entry's text on one line."""
+    blocks, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+def _expected_default(name, default, kind):
+    """The dataclass default as --help should print it, computed here, not by the code under test."""
+    if name == "max_length":  # None in the dataclass: the recipe's length for the kind
+        default = {"pointwise": 4096, "pairwise": 2048}[kind]
+    if isinstance(default, bool):
+        return f"default {str(default).lower()}"
+    return f"default {default:g}" if isinstance(default, float) else f"default {default}"
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
+def test_every_setting_has_one_flag_and_help_shows_its_default(kind, monkeypatch, capsys):
+    import dataclasses
+
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "kind"]
+    parser = _kind_parser(kind)
+    own = {f.name for f in fields if f.metadata["flag"]}
+    for f in fields:
+        actions = [a for a in parser._actions if a.dest == f.name]
+        if f.name in own:  # its one flag, and nothing else writes the field
+            assert len(actions) == 1 and actions[0].option_strings == [f.metadata["flag"]], f.name
+        else:  # no flag of its own: --set KEY=VALUE (or YAML) is the one way in
+            assert actions == [], f.name
+    flags = [s for a in parser._actions for s in a.option_strings]
+    assert len(flags) == len(set(flags))
+    assert own >= {"base", "data", "out", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
+                   "max_length", "device", "dtype", "allow_errors"}
+
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per entry, nothing wrapped
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", kind, "--help"])
+    assert exit_.value.code == 0
+    blocks = _help_blocks(capsys.readouterr().out)
+    for f in fields:
+        if f.default is dataclasses.MISSING:  # base, data, out: required, no default to show
+            assert f.metadata["flag"] in blocks, f.name
+            continue
+        entry = blocks[f.metadata["flag"]] if f.name in own else blocks["--set"]
+        if f.default is None and f.name != "max_length":  # template, grad_accum: what None means
+            assert "default:" in entry, f.name
+            continue
+        expected = _expected_default(f.name, f.default, kind)
+        if f.name in own:
+            assert expected in entry, (f.name, entry)
+        else:
+            assert re.search(rf"\b{f.name}: [^;]*\b{re.escape(expected)}\)", entry), (f.name, entry)
+
+
+def test_every_flag_reaches_its_setting(tmp_path):
+    """Each flag, given a value other than the default, lands in its own field and nowhere else."""
+    import dataclasses
+
+    from deepfakejudge.cli.train import config_from_args
+
+    picked = {"template": "default", "end_of_turn": "im_end", "device": "cpu", "dtype": "float32",
+              "gradient_accumulation_steps": 3, "max_length": 100, "max_steps": 7, "min_pixels": 3137}
+    argv, expected = ["train", "pointwise"], {}
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata.get("flag")
+        if not flag:
+            continue
+        if f.type == "bool":
+            argv.append(flag)
+            expected[f.name] = True
+            continue
+        if f.name in picked:
+            value = picked[f.name]
+        else:
+            value = f"v-{f.name}" if f.type == "str" else f.default * 2
+        argv += [flag, str(value)]
+        expected[f.name] = value
+    from deepfakejudge.cli import build_parser
+
+    config = config_from_args(build_parser().parse_args(argv))
+    for name, value in expected.items():
+        assert getattr(config, name) == value, name
+    untouched = {f.name for f in dataclasses.fields(TrainConfig)} - set(expected) - {"kind"}
+    defaults = load_config("pointwise", REQUIRED)
+    assert {n: getattr(config, n) for n in untouched} == {n: getattr(defaults, n) for n in untouched}
+
+
+def test_python_callers_get_the_same_validation():
+    assert TrainConfig("pairwise", "B", "D", "O").max_length == 2048  # the recipe's length, filled in
+    assert TrainConfig("pointwise", "B", "D", "O", num_train_epochs=3).num_train_epochs == 3.0
+    with pytest.raises(ValueError, match="'lora_r' = 0: must be >= 1"):
+        TrainConfig("pointwise", "B", "D", "O", lora_r=0)
+    with pytest.raises(ValueError, match="'learning_rate' must be a number"):
+        TrainConfig("pointwise", "B", "D", "O", learning_rate="fast")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        TrainConfig("listwise", "B", "D", "O")
+    with pytest.raises(ValueError, match="'device'"):
+        dataclasses_replace(TrainConfig("pointwise", "B", "D", "O"), device="tpu")
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

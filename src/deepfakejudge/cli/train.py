@@ -10,23 +10,37 @@ import argparse
 import contextlib
 import sys
 
-from ..train.config import (
-    DEFAULT_MAX_LENGTH,
-    PAPER_LEARNING_RATE,
-    load_config,
-    parse_set,
-)
+from ..train.config import FIELD_TYPES, config_fields, help_text, load_config, parse_set
 from .options import emit
 
-# Command-line flag -> config key. Every key can also be given with --set KEY=VALUE or in YAML.
-FLAGS: dict[str, str] = {
-    "base": "base", "data": "data", "out": "out", "template": "template", "max_steps": "max_steps",
-    "learning_rate": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-    "grad_accum": "gradient_accumulation_steps", "effective_batch": "effective_batch_size",
-    "end_of_turn": "end_of_turn", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
-    "max_length": "max_length", "min_pixels": "min_pixels", "max_pixels": "max_pixels", "device": "device",
-    "dtype": "dtype", "save_steps": "save_steps", "seed": "seed", "visual_cache_gb": "visual_cache_gb",
-}
+
+def add_config_options(parser: argparse.ArgumentParser, kind: str) -> dict[str, argparse._ArgumentGroup]:
+    """One option per setting that declares a flag (`train.config.setting`), its type, choices and
+    the default shown in its help taken from the dataclass; every option's default is None, so
+    only what the user gave overrides YAML and the defaults. The rest is listed under --set."""
+    groups = {"run": parser.add_argument_group("run"),
+              "recipe": parser.add_argument_group("recipe (defaults: the released judges')")}
+    for f in config_fields():
+        flag = f.metadata["flag"]
+        if flag is None:
+            continue
+        kwargs = {"dest": f.name, "default": None, "help": help_text(f, kind)}
+        if FIELD_TYPES[f.name].base is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = FIELD_TYPES[f.name].base
+            kwargs["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+            if f.metadata["choices"]:
+                kwargs.update(choices=f.metadata["choices"], metavar=None)
+        groups[f.metadata["group"]].add_argument(flag, **kwargs)
+    return groups
+
+
+def set_help(kind: str) -> str:
+    """--set's help: the settings without a flag of their own, each with its default."""
+    others = [f for f in config_fields() if f.metadata["flag"] is None]
+    return ("any other setting, e.g. --set lora_dropout=0 --set lr_scheduler_type=linear; settings without a flag: "
+            + "; ".join(f"{f.name}: {help_text(f, kind)}" for f in others))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,65 +52,23 @@ def register(sub: argparse._SubParsersAction) -> None:
             description=f"Train a {kind} judge with LoRA. Defaults are the released DeepfakeJudge recipe; "
                         "precedence: command line > --config YAML > defaults.",
         )
-        g = k.add_argument_group("run")
-        g.add_argument("--base", help="base model: local folder or Hugging Face id (e.g. Qwen/Qwen2.5-VL-3B-Instruct)")
-        g.add_argument("--data", help="training data: canonical or ms-swift JSONL, or a split folder with data.jsonl")
-        g.add_argument("--out", help="output folder: the adapter, dfj_train.json and checkpoint-N folders")
+        groups = add_config_options(k, kind)
+        g = groups["run"]
         g.add_argument("--config", help="YAML file of settings: any field of deepfakejudge.train.config.TrainConfig; unknown keys are errors")
-        g.add_argument("--template", help="prompt: a template FILE, 'official' or 'default' (default: the authors' "
-                                          "prompt when --base is a released DFJ judge, else the project's own; see "
-                                          "dfj judge --help); the same template is recorded and reused by "
-                                          "`dfj judge --adapter`. Official ms-swift rows are trained on with their own "
-                                          "prompt as written")
-        g.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs; overrides epochs)")
         g.add_argument("--resume", action="store_true", help="continue from the last checkpoint-N in --out")
-        g.add_argument("--allow-errors", action="store_true", default=None,
-                       help="train on the usable rows when some cannot be used, rows over --max-length included "
-                            "(ms-swift drops those silently; here they are counted, listed and recorded)")
         g.add_argument("--dry-run", action="store_true",
                        help="resolve the settings and check the data, print them, do not train")
         g.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
-        h = k.add_argument_group("recipe (defaults: the released judges')")
-        h.add_argument("--learning-rate", type=float,
-                       help=f"default {PAPER_LEARNING_RATE:g}: the paper's value, kept for parity; it is unusually "
-                            "low for LoRA (1e-4..2e-4 is common)")
-        h.add_argument("--epochs", type=float, help="default 2")
-        h.add_argument("--batch-size", type=int, help="per-device batch, default 16 (the paper: 16 on each of 2 GPUs)")
-        h.add_argument("--effective-batch", type=int,
-                       help="examples per optimizer step, default 32 (the paper's 16 x 2 GPUs): the gradient "
-                            "accumulation is derived from the device count (2 on one GPU, 1 on two; on four the "
-                            "per-device batch drops to 8) and printed")
-        h.add_argument("--grad-accum", type=int,
-                       help="gradient accumulation steps as given (overrides --effective-batch)")
-        h.add_argument("--end-of-turn", choices=("im_end_newline", "im_end"),
-                       help="what the loss covers after the answer: im_end_newline, '<|im_end|>' and the newline after "
-                            "it as ms-swift >= 3.11 trains (default); im_end, '<|im_end|>' only (ms-swift < 3.11)")
-        h.add_argument("--lora-r", type=int, help="default 32")
-        h.add_argument("--lora-alpha", type=int, help="default 64")
-        h.add_argument("--max-length", type=int,
-                       help=f"default {DEFAULT_MAX_LENGTH[kind]}; longer rows are refused, never cut")
-        h.add_argument("--min-pixels", type=int, help="image budget, default 3136")
-        h.add_argument("--max-pixels", type=int, help="image budget, default 1003520")
-        h.add_argument("--device", help="auto | cpu | cuda (default auto)")
-        h.add_argument("--dtype", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-        h.add_argument("--save-steps", type=int, help="checkpoint every N steps, default 500")
-        h.add_argument("--visual-cache-gb", type=float,
-                       help="CPU memory for the images' visual embeddings, computed once before training (the "
-                            "vision tower is frozen), default 32; 0: run the tower in every step")
-        h.add_argument("--seed", type=int, help="default 42")
-        h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other setting, e.g. --set lora_dropout=0 --set lr_scheduler_type=linear")
+        groups["recipe"].add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help(kind))
         k.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace):
     cli = parse_set(args.set)
-    for flag, key in FLAGS.items():
-        value = getattr(args, flag)
+    for f in config_fields():
+        value = getattr(args, f.name, None) if f.metadata["flag"] else None
         if value is not None:
-            cli[key] = value
-    if args.allow_errors:
-        cli["allow_errors"] = True
+            cli[f.name] = value
     return load_config(args.kind, cli, args.config)
 
 

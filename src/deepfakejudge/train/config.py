@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 from ..backends.base import MAX_PIXELS, MIN_PIXELS, PixelBudget
+from ..errors import InputError, MissingExtra, UsageError
 
 Kind = Literal["pointwise", "pairwise"]
 KINDS: tuple[str, ...] = ("pointwise", "pairwise")
@@ -39,51 +40,108 @@ _DEVICE = re.compile(r"auto|cpu|cuda")
 PAPER_LEARNING_RATE = 1e-6
 
 
+def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None, group: str = "recipe",
+            choices: tuple[str, ...] | None = None, sft: str | None = None, none: str | None = None,
+            per_kind: Mapping[str, Any] | None = None) -> Any:
+    """A `TrainConfig` field declared once, as TRL's `SFTConfig` declares its fields: the default,
+    and in the field's metadata the help text (`{default}` marks where `--help` shows the default,
+    else it is appended), the command-line flag (None: only `--set KEY=VALUE` and YAML), the help
+    group, the choices, the `trl.SFTConfig` argument it is passed as, what a None default means,
+    and a default per kind. The type is the annotation's."""
+    meta = {"help": help, "flag": flag, "group": group, "choices": choices, "sft": sft, "none": none,
+            "per_kind": per_kind}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run. `max_length=None` means the recipe's value for `kind`;
-    `load_config` resolves it, so a loaded config always carries the number."""
+    """Every setting of a training run. `max_length=None` means the recipe's value for `kind`,
+    filled in on construction, so a config always carries the number. Every value is checked on
+    construction (types, then ranges): a wrong one is a UsageError (a ValueError) naming the field."""
 
-    kind: Kind
-    base: str  # base model: local folder or Hugging Face id
-    data: str  # canonical or ms-swift JSONL, or a split folder with data.jsonl
-    out: str  # adapter folder (checkpoints inside)
-    template: str | None = None  # a file, "official" or "default"; None: official for a released base, else default
+    kind: Kind = setting(help="pointwise or pairwise (given by the command, never by YAML)", group="")
+    base: str = setting(help="base model: local folder or Hugging Face id (e.g. Qwen/Qwen2.5-VL-3B-Instruct)",
+                        flag="--base", group="run")
+    data: str = setting(help="training data: canonical or ms-swift JSONL, or a split folder with data.jsonl",
+                        flag="--data", group="run")
+    out: str = setting(help="output folder: the adapter, dfj_train.json and checkpoint-N folders",
+                       flag="--out", group="run", sft="output_dir")
+    template: str | None = setting(
+        None, "prompt: a template FILE, 'official' or 'default' (default: {default}; see dfj judge --help); the same "
+        "template is recorded and reused by `dfj judge --adapter`. Official ms-swift rows are trained on with their "
+        "own prompt as written", flag="--template", group="run",
+        none="the authors' prompt when --base is a released DFJ judge, else the project's own")
     # LoRA
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.05
+    lora_r: int = setting(32, "default {default}", flag="--lora-r")
+    lora_alpha: int = setting(64, "default {default}", flag="--lora-alpha")
+    lora_dropout: float = setting(0.05, "LoRA dropout")
     # optimisation
-    learning_rate: float = PAPER_LEARNING_RATE
-    num_train_epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides the epochs (smoke runs)
-    per_device_train_batch_size: int = 16
+    learning_rate: float = setting(
+        PAPER_LEARNING_RATE, "default {default}: the paper's value, kept for parity; it is unusually low for LoRA "
+        "(1e-4..2e-4 is common)", flag="--learning-rate", sft="learning_rate")
+    num_train_epochs: float = setting(2.0, "default {default}", flag="--epochs", sft="num_train_epochs")
+    max_steps: int = setting(-1, "stop after N optimiser steps (smoke runs; overrides epochs; default {default}: "
+                                 "train for the epochs)", flag="--max-steps", group="run", sft="max_steps")
+    per_device_train_batch_size: int = setting(
+        16, "per-device batch, default {default} (the paper: 16 on each of 2 GPUs)", flag="--batch-size",
+        sft="per_device_train_batch_size")
     # The released run: 16 per device x 2 GPUs. With gradient_accumulation_steps None it is derived
     # from the device count so that every optimizer step sees effective_batch_size examples.
-    effective_batch_size: int = 32
-    gradient_accumulation_steps: int | None = None
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    effective_batch_size: int = setting(
+        32, "examples per optimizer step, default {default} (the paper's 16 x 2 GPUs): the gradient accumulation "
+        "is derived from the device count (2 on one GPU, 1 on two; on four the per-device batch drops to 8) and "
+        "printed", flag="--effective-batch")
+    gradient_accumulation_steps: int | None = setting(
+        None, "gradient accumulation steps as given (overrides --effective-batch; default: {default})",
+        flag="--grad-accum", sft="gradient_accumulation_steps", none="derived from --effective-batch")
+    # transformers 5 reads a float in [0, 1) given as warmup_steps as a ratio of the total steps.
+    warmup_ratio: float = setting(0.05, "warmup as a fraction of the steps", sft="warmup_steps")
+    lr_scheduler_type: str = setting("cosine", f"learning-rate schedule: {' | '.join(SCHEDULERS)}",
+                                     sft="lr_scheduler_type")
+    weight_decay: float = setting(0.1, "AdamW weight decay", sft="weight_decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", sft="max_grad_norm")
+    seed: int = setting(42, "default {default}", flag="--seed", sft="seed")
     # sequence and image
-    max_length: int | None = None
-    end_of_turn: str = "im_end_newline"  # END_OF_TURN
-    min_pixels: int = MIN_PIXELS
-    max_pixels: int = MAX_PIXELS
+    max_length: int | None = setting(None, "default {default}; longer rows are refused, never cut",
+                                     flag="--max-length", per_kind=DEFAULT_MAX_LENGTH)
+    end_of_turn: str = setting(
+        "im_end_newline", "what the loss covers after the answer: im_end_newline, '<|im_end|>' and the newline after "
+        "it as ms-swift >= 3.11 trains; im_end, '<|im_end|>' only (ms-swift < 3.11); default {default}",
+        flag="--end-of-turn", choices=END_OF_TURN)
+    min_pixels: int = setting(MIN_PIXELS, "image budget, default {default}", flag="--min-pixels")
+    max_pixels: int = setting(MAX_PIXELS, "image budget, default {default}", flag="--max-pixels")
     # runtime
-    device: str = "auto"  # auto | cpu | cuda (pick GPUs with CUDA_VISIBLE_DEVICES or accelerate)
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    gradient_checkpointing: bool = True
-    logging_steps: int = 5
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    dataloader_num_workers: int = 0
+    device: str = setting("auto", "auto | cpu | cuda (default {default}; pick GPUs with CUDA_VISIBLE_DEVICES or "
+                                  "accelerate launch)", flag="--device")
+    dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16 "
+                                 "(default {default})", flag="--dtype")
+    # transformers 5's name for gradient checkpointing.
+    gradient_checkpointing: bool = setting(True, "recompute activations in backward to save memory",
+                                           sft="activation_checkpointing")
+    logging_steps: int = setting(5, "log the loss every N steps", sft="logging_steps")
+    save_steps: int = setting(500, "checkpoint every N steps, default {default}", flag="--save-steps",
+                              sft="save_steps")
+    save_total_limit: int | None = setting(2, "checkpoints kept (null: all)", sft="save_total_limit")
+    dataloader_num_workers: int = setting(0, "data loader worker processes", sft="dataloader_num_workers")
     # CPU memory for the training images' visual embeddings, computed once before training (the
     # vision tower is frozen); 0, or more than this needed: the tower runs in every step.
-    visual_cache_gb: float = 32.0
-    allow_errors: bool = False  # train on the valid rows when some rows cannot be used
+    visual_cache_gb: float = setting(
+        32.0, "CPU memory for the images' visual embeddings, computed once before training (the vision tower is "
+        "frozen), default {default}; 0: run the tower in every step", flag="--visual-cache-gb")
+    allow_errors: bool = setting(
+        False, "train on the usable rows when some cannot be used, rows over --max-length included (ms-swift drops "
+        "those silently; here they are counted, listed and recorded; default {default})", flag="--allow-errors",
+        group="run")
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UsageError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for f in fields(self):
+            if f.name != "kind":
+                object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), "TrainConfig"))
+        if self.max_length is None:
+            object.__setattr__(self, "max_length", DEFAULT_MAX_LENGTH[self.kind])
+        validate(self)
 
     @property
     def budget(self) -> PixelBudget:
@@ -93,36 +151,75 @@ class TrainConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FieldType:
+    """A setting's type, read from its annotation: the base type and whether null is allowed."""
+
+    base: type
+    nullable: bool
+
+
+def _field_types() -> dict[str, FieldType]:
+    out = {}
+    for name, hint in get_type_hints(TrainConfig).items():
+        if name == "kind":
+            continue
+        args = get_args(hint)
+        nullable = type(None) in args
+        base = next(a for a in args if a is not type(None)) if args else hint
+        out[name] = FieldType(base, nullable)
+    return out
+
+
+FIELD_TYPES: dict[str, FieldType] = _field_types()
 # Fields a YAML file may set: everything but the kind, which the command names.
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.name != "kind")
-REQUIRED: tuple[str, ...] = ("base", "data", "out")
+REQUIRED: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.default is MISSING and f.name != "kind")
 
-_INT = {"lora_r", "lora_alpha", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-        "effective_batch_size",
-        "seed", "max_length", "min_pixels", "max_pixels", "logging_steps", "save_steps", "save_total_limit",
-        "dataloader_num_workers"}
-_FLOAT = {"lora_dropout", "learning_rate", "num_train_epochs", "warmup_ratio", "weight_decay", "max_grad_norm",
-          "visual_cache_gb"}
-_BOOL = {"gradient_checkpointing", "allow_errors"}
-_STR = {"base", "data", "out", "template", "lr_scheduler_type", "device", "dtype", "end_of_turn"}
-_NULLABLE = {"template", "max_length", "save_total_limit", "gradient_accumulation_steps"}
+
+def config_fields() -> tuple[Field, ...]:
+    """The settings (every field but the kind), in declaration order, with their metadata."""
+    return tuple(f for f in fields(TrainConfig) if f.name != "kind")
+
+
+def shown_default(f: Field, kind: str) -> str | None:
+    """How `--help` shows the default of `f` for `kind`; None for a required setting."""
+    if f.default is MISSING:
+        return None
+    value = f.default
+    if value is None and f.metadata["per_kind"] is not None:
+        value = f.metadata["per_kind"][kind]
+    if value is None:
+        return f.metadata["none"] or "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def help_text(f: Field, kind: str) -> str:
+    """The help line of `f`, its default shown where the text marks it (or at the end)."""
+    text, shown = f.metadata["help"], shown_default(f, kind)
+    if shown is None:
+        return text
+    return text.format(default=shown) if "{default}" in text else f"{text} (default {shown})"
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     """`value` as the field's type; a wrong type is an error naming the key and where it came from."""
+    kind = FIELD_TYPES[key]
     if value is None:
-        if key in _NULLABLE:
+        if kind.nullable:
             return None
-        raise ValueError(f"{origin}: '{key}' must not be null")
-    if key in _BOOL:
+        raise UsageError(f"{origin}: '{key}' must not be null")
+    if kind.base is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{origin}: '{key}' must be true or false, got {value!r}")
-    if key in _INT:
+        raise UsageError(f"{origin}: '{key}' must be true or false, got {value!r}")
+    if kind.base is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{origin}: '{key}' must be an integer, got {value!r}")
-    if key in _FLOAT:
+        raise UsageError(f"{origin}: '{key}' must be an integer, got {value!r}")
+    if kind.base is float:
         # YAML 1.1 reads `1e-6` (no dot) as a string: accept any string Python reads as a number.
         if isinstance(value, str):
             try:
@@ -131,10 +228,10 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise ValueError(f"{origin}: '{key}' must be a number, got {value!r}")
+        raise UsageError(f"{origin}: '{key}' must be a number, got {value!r}")
     if isinstance(value, str):
         return value
-    raise ValueError(f"{origin}: '{key}' must be a string, got {value!r}")
+    raise UsageError(f"{origin}: '{key}' must be a string, got {value!r}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -142,22 +239,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         import yaml
     except ImportError as exc:
-        raise ImportError("--config needs PyYAML: pip install 'deepfakejudge[train]'") from exc
+        raise MissingExtra("--config needs PyYAML: pip install 'deepfakejudge[train]'") from exc
     path = Path(path)
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ValueError(f"--config {path}: cannot read the file ({exc.strerror})") from exc
+        raise InputError(f"--config {path}: cannot read the file ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
-        raise ValueError(f"--config {path}: not valid YAML ({exc})") from exc
+        raise InputError(f"--config {path}: not valid YAML ({exc})") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"--config {path}: must be a mapping of setting: value, got {type(loaded).__name__}")
+        raise InputError(f"--config {path}: must be a mapping of setting: value, got {type(loaded).__name__}")
     unknown = [k for k in loaded if k not in CONFIG_KEYS]
     if unknown:
         hint = "'kind' is given by the command (dfj train pointwise|pairwise); " if "kind" in unknown else ""
-        raise ValueError(
+        raise InputError(
             f"--config {path}: unknown key(s) {', '.join(repr(k) for k in unknown)}; {hint}"
             f"known keys: {', '.join(CONFIG_KEYS)}"
         )
@@ -172,31 +269,27 @@ def load_config(
     """Defaults, overridden by the YAML file, overridden by `cli` (only the options the user gave:
     None values are treated as not given). Validates every value."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise UsageError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     values: dict[str, Any] = {}
     if yaml_path is not None:
         values.update(read_yaml(yaml_path))
     for key, value in (cli or {}).items():
         if key not in CONFIG_KEYS:
-            raise ValueError(f"unknown setting '{key}'; known settings: {', '.join(CONFIG_KEYS)}")
+            raise UsageError(f"unknown setting '{key}'; known settings: {', '.join(CONFIG_KEYS)}")
         if value is not None:
             values[key] = _coerce(key, value, "command line")
     missing = [k for k in REQUIRED if values.get(k) is None]
     if missing:
-        raise ValueError(
+        raise UsageError(
             "missing " + ", ".join(f"--{k}" for k in missing) + ": give them on the command line or in --config"
         )
-    config = TrainConfig(kind=kind, **values)  # type: ignore[arg-type]
-    if config.max_length is None:
-        config = replace(config, max_length=DEFAULT_MAX_LENGTH[kind])
-    validate(config)
-    return config
+    return TrainConfig(kind=kind, **values)  # type: ignore[arg-type]  # validates, fills max_length
 
 
 def validate(c: TrainConfig) -> None:
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise ValueError(f"'{key}' = {getattr(c, key)!r}: {what}")
+            raise UsageError(f"'{key}' = {getattr(c, key)!r}: {what}")
 
     need(c.lora_r >= 1, "lora_r", "must be >= 1")
     need(c.lora_alpha >= 1, "lora_alpha", "must be >= 1")
@@ -250,7 +343,7 @@ def batch_plan(c: TrainConfig, devices: int) -> BatchPlan:
     at 16), the per-device batch is lowered to keep it. A target no split can meet is an error
     naming the settings to change."""
     if devices < 1:
-        raise ValueError(f"devices must be >= 1, got {devices}")
+        raise UsageError(f"devices must be >= 1, got {devices}")
     per_device = c.per_device_train_batch_size
     if c.gradient_accumulation_steps is not None:
         return BatchPlan(per_device, devices, c.gradient_accumulation_steps)
@@ -260,7 +353,7 @@ def batch_plan(c: TrainConfig, devices: int) -> BatchPlan:
                          f"per-device batch lowered from {per_device} to keep the effective batch {target}")
     if target % (per_device * devices) == 0:
         return BatchPlan(per_device, devices, target // (per_device * devices))
-    raise ValueError(
+    raise UsageError(
         f"effective_batch_size {target} is not a multiple of per_device_train_batch_size {per_device} x {devices} "
         "device(s): change one of them (--batch-size, --set effective_batch_size=N), or give --grad-accum N"
     )
@@ -278,18 +371,18 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-4")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-4")
         if key not in CONFIG_KEYS:
-            raise ValueError(f"--set {item!r}: unknown key '{key}'; known keys: {', '.join(CONFIG_KEYS)}")
+            raise UsageError(f"--set {item!r}: unknown key '{key}'; known keys: {', '.join(CONFIG_KEYS)}")
         try:
             import yaml
 
             value = yaml.safe_load(raw) if raw.strip() else None
-            if key in _STR and value is not None:
+            if FIELD_TYPES[key].base is str and value is not None:
                 value = raw  # paths and names stay text even when they look like numbers
         except ImportError:
             value = raw
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: cannot read the value ({exc})") from exc
+            raise UsageError(f"--set {item!r}: cannot read the value ({exc})") from exc
         out[key] = _coerce(key, value, f"--set {key}")
     return out

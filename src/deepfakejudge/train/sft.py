@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, MissingExtra, UsageError
 from ..prompts import resolve_template
 from ..prompts.official import released_judge
-from .config import TrainConfig, batch_plan, with_batch_plan
+from .config import TrainConfig, batch_plan, config_fields, with_batch_plan
 from .prepare import PreparedData, prepare_examples
 from .record import RUN_FILE, read_record, write_record
 from .visual import VisualStore, encode_images
@@ -54,7 +55,7 @@ def _import_training():
         import peft  # noqa: F401
         import trl  # noqa: F401
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtra(
             f"dfj train needs packages that are not installed ({exc.name}); install them with: "
             "pip install 'deepfakejudge[train]'"
         ) from exc
@@ -67,7 +68,7 @@ def language_model_targets(model: Any) -> str:
 
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".language_model." in f".{n}."]
     if not names:
-        raise ValueError("base: the model has no linear layers under a 'language_model' module; "
+        raise UsageError("base: the model has no linear layers under a 'language_model' module; "
                          "only Qwen2-VL / Qwen2.5-VL checkpoints are supported")
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
     return r"(.*\.)?language_model\..*\.(" + "|".join(leaves) + ")"
@@ -87,7 +88,7 @@ def vision_without_grad(model: Any) -> None:
 
     towers = [m for name, m in model.named_modules() if name.split(".")[-1] == "visual"]
     if len(towers) != 1:
-        raise ValueError(f"base: expected one 'visual' module (Qwen2-VL / Qwen2.5-VL), found {len(towers)}")
+        raise UsageError(f"base: expected one 'visual' module (Qwen2-VL / Qwen2.5-VL), found {len(towers)}")
     grad_was: list[bool] = []
 
     def before(module: Any, args: Any) -> None:
@@ -114,19 +115,19 @@ def _check_out(config: TrainConfig, resume: bool) -> Path | None:
     if not resume:
         # A run that died before its first checkpoint left nothing to continue: start afresh.
         if checkpoints or (previous is not None and previous.get("status") == "done"):
-            raise ValueError(
+            raise UsageError(
                 f"--out {out}: already holds a training run ({RUN_FILE}"
                 + (f", {checkpoints[-1].name}" if checkpoints else "")
                 + "); pass --resume to continue it, or choose a new --out"
             )
         return None
     if not checkpoints:
-        raise ValueError(f"--resume: no checkpoint-N folder in {out}; run without --resume to start training")
+        raise UsageError(f"--resume: no checkpoint-N folder in {out}; run without --resume to start training")
     if previous is not None:
         before, now = previous.get("config", {}), config.to_dict()
         changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
         if changed:
-            raise ValueError(
+            raise UsageError(
                 "--resume: settings differ from the run being resumed: "
                 + ", ".join(f"{k} {before.get(k)!r} -> {now[k]!r}" for k in changed)
                 + "; resume with the same settings, or start a new run in another --out"
@@ -140,12 +141,12 @@ def _precision(config: TrainConfig) -> tuple[Any, bool, bool]:
 
     on_gpu = config.device != "cpu" and torch.cuda.is_available()
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available; use --device cpu")
+        raise UsageError("device: 'cuda' requested but no CUDA device is available; use --device cpu")
     dtype = config.dtype
     if dtype == "auto":
         dtype = "bfloat16" if on_gpu else "float32"
     if dtype in ("bfloat16", "float16") and not on_gpu:
-        raise ValueError(f"dtype: {dtype} training needs a GPU; use float32 (or auto) on CPU")
+        raise UsageError(f"dtype: {dtype} training needs a GPU; use float32 (or auto) on CPU")
     return getattr(torch, dtype), dtype == "bfloat16", dtype == "float16"
 
 
@@ -159,7 +160,7 @@ def _load_model(config: TrainConfig, dtype: Any) -> Any:
     model_type = AutoConfig.from_pretrained(config.base).model_type
     classes = model_classes()
     if model_type not in classes:
-        raise ValueError(f"base '{config.base}': architecture '{model_type}' is not supported "
+        raise UsageError(f"base '{config.base}': architecture '{model_type}' is not supported "
                          f"(supported: {', '.join(classes)})")
     model = classes[model_type].from_pretrained(config.base, dtype=dtype, attn_implementation="sdpa")
     # Grouped vision attention on GPU only, as HFBackend's "auto" (backends/vision_attention.py).
@@ -192,28 +193,15 @@ def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
     import torch
     from trl import SFTConfig
 
+    # Each setting that TRL takes as it is names its SFTConfig argument in its declaration (`sft`).
+    passed = {f.metadata["sft"]: getattr(config, f.name) for f in config_fields() if f.metadata["sft"]}
     return SFTConfig(
-        output_dir=config.out,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps (transformers 5)
-        lr_scheduler_type=config.lr_scheduler_type,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
+        **passed,
         bf16=bf16,
         fp16=fp16,
         use_cpu=config.device == "cpu",
-        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        logging_steps=config.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        dataloader_num_workers=config.dataloader_num_workers,
         dataloader_pin_memory=config.device != "cpu" and torch.cuda.is_available(),
         report_to="none",
         # The collator builds complete sequences and the length check ran before training:
@@ -365,14 +353,14 @@ def _report_data(data: PreparedData, config: TrainConfig) -> None:
         # ms-swift drops over-length rows silently; we refuse unless told, and always say how many.
         long = f", {data.too_long} of them longer than max_length {config.max_length}" if data.too_long else ""
         if not config.allow_errors:
-            raise ValueError(
+            raise InputError(
                 f"--data {data.data_path}: {len(data.errors)} of {data.rows} rows cannot be trained on (listed "
                 f"above{long}); fix them (or raise max_length), or pass --allow-errors to train on the "
                 f"{len(data.examples)} usable rows"
             )
         _log(f"skipping {len(data.errors)} of {data.rows} rows{long} (--allow-errors); they are listed in {RUN_FILE}")
     if not data.examples:
-        raise ValueError(f"--data {data.data_path}: no usable {config.kind} rows to train on")
+        raise InputError(f"--data {data.data_path}: no usable {config.kind} rows to train on")
 
 
 def _record(config: TrainConfig, template: Any, data: PreparedData, n_trainable: int, status: str) -> dict[str, Any]:
