@@ -92,10 +92,14 @@ def test_export_matches_the_adapter_and_differs_from_the_base(exported, adapter,
     assert (base - with_adapter)[mask].abs().max() > 1e-3  # the adapter does something: parity is not vacuous
 
 
-def test_judge_on_the_export_reuses_the_recorded_template(exported, tmp_path, capsys):
+def test_judge_on_the_export_reuses_the_recorded_template(exported, tmp_path, capsys, sent_to_model):
     rc = main(["judge", "pointwise", "--model", str(exported), "--data", str(POINTWISE), "--out",
                str(tmp_path / "r.jsonl"), "--mode", "score-only", "--limit", "2", "--device", "cpu", "--json"])
     assert rc == 0
+    # The model was sent the training template (the `adapter` fixture's), filled per item.
+    first = [json.loads(line) for line in POINTWISE.read_text().splitlines()[:2]]
+    assert [r.text for r in sent_to_model] == [
+        f"Class: {r['label']}\nExplanation: {r['response']}\nRate it 1-5." for r in first]
     settings = json.loads(capsys.readouterr().out)["settings"]
     assert settings["template"].endswith(TEMPLATE_FILE) and settings["pixel_budget"]["max_pixels"] == SMALL_PIXELS
 
@@ -134,7 +138,14 @@ def test_llamafactory_export(tmp_path, capsys):
     assert info["dfj_pairwise"]["file_name"] == "dfj_pairwise.jsonl"
     assert info["dfj_pairwise"]["formatting"] == "sharegpt"
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[0]["messages"][1]["content"] in ("<answer>A</answer>", "<answer>B</answer>")
+    source = [json.loads(line) for line in PAIRWISE.read_text().splitlines()]
+    # Each row, in order: the filled pairwise prompt after the image token, and the preferred letter.
+    assert [r["id"] for r in rows] == [s["id"] for s in source]
+    assert [r["messages"][1]["content"] for r in rows] == [f"<answer>{s['preferred']}</answer>" for s in source]
+    text = default_template("pairwise").text
+    assert [r["messages"][0]["content"] for r in rows] == [
+        "<image>" + text.replace("{ground_truth_label}", s["label"]).replace("{response_a}", s["response_a"]).replace(
+            "{response_b}", s["response_b"]) for s in source]
     assert all((out.parent / r["images"][0]).is_file() for r in rows)  # relative to the dataset folder
 
 

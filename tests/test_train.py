@@ -128,13 +128,19 @@ def test_run_record(trained):
     assert visual["used"] and visual["images"] == 14 and visual["bytes"] > 0
 
 
-def test_judge_with_adapter_uses_recorded_template_and_budget(trained, tiny_model_dir, tmp_path, capsys):
+def test_judge_with_adapter_uses_recorded_template_and_budget(trained, tiny_model_dir, tmp_path, capsys,
+                                                              sent_to_model):
     outcome, _ = trained
     base = ["--model", str(tiny_model_dir), "--adapter", str(outcome.out), "--data",
             str(REPO / "examples" / "pointwise.jsonl"), "--mode", "score-only", "--limit", "2", "--device", "cpu",
             "--json"]
     assert main(["judge", "pointwise", *base, "--out", str(tmp_path / "a.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
+    # The judge sent the model the template the adapter was trained with, filled per item.
+    first = [json.loads(line) for line in (REPO / "examples" / "pointwise.jsonl").read_text().splitlines()[:2]]
+    assert [r.text for r in sent_to_model] == [
+        SHORT_TEMPLATE.replace("{ground_truth_label}", r["label"]).replace("{candidate_response}", r["response"])
+        for r in first]
     assert summary["settings"]["pixel_budget"] == {"min_pixels": 3136, "max_pixels": SMALL_PIXELS}
     assert summary["settings"]["template"].endswith(TEMPLATE_FILE)
     assert summary["backend"]["max_pixels"] == SMALL_PIXELS
