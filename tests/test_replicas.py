@@ -136,8 +136,9 @@ def test_both_servers_get_work_and_the_counts_are_theirs(replicas):
     assert info["base_url"] == [a.url, b.url]
     assert counts[a.url]["answered"] == a.answered() and counts[b.url]["answered"] == b.answered()
     assert a.answered() + b.answered() == 60
-    # Least loaded first: with 6 in flight and equal servers, each holds about half.
-    assert 20 <= a.answered() <= 40 and a.peak <= 4 and b.peak <= 4, (a.answered(), a.peak, b.peak)
+    # Least loaded first: with 6 in flight and equal servers, each holds about half (3; a server may
+    # see one or two more for a moment, between sending an answer and counting it done).
+    assert 20 <= a.answered() <= 40 and a.peak <= 5 and b.peak <= 5, (a.answered(), a.peak, b.peak)
     assert all(c["failed"] == 0 and c["taken_out"] == 0 and c["in"] for c in counts.values())
 
 
