@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingExtra
 from .db import Store
 from .store import User, user_for_token
 from .taxonomy import Taxonomy
@@ -108,7 +109,7 @@ def create_app(ctx: AppContext) -> Any:
         from fastapi import FastAPI
         from fastapi.staticfiles import StaticFiles
     except ImportError:
-        raise ImportError("dfj annotate needs FastAPI: pip install 'deepfakejudge[annotate]'") from None
+        raise MissingExtra("dfj annotate needs FastAPI: pip install 'deepfakejudge[annotate]'") from None
     from . import api, pages
 
     app = FastAPI(title="deepfakejudge annotate", docs_url=None, redoc_url=None, openapi_url=None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..errors import UsageError
 from .db import Annotation, Annotator, Dataset, Item
 
 
@@ -35,7 +36,7 @@ def seeded_hash(seed: int, *parts: str) -> int:
 
 def check_share(share: float) -> float:
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"--double-share {share}: must be a fraction between 0 and 1 (0.2 = one item in five)")
+        raise UsageError(f"--double-share {share}: must be a fraction between 0 and 1 (0.2 = one item in five)")
     return share
 
 

@@ -31,6 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from ..errors import MissingExtra, UsageError
+
 ROLES = ("admin", "annotator")
 KINDS = ("annotate", "pointwise", "pairwise")
 STATUSES = ("todo", "draft", "done", "skipped", "flagged")
@@ -119,7 +121,7 @@ def make_engine(db: str) -> Engine:
     url = normalise_url(db)
     if url.startswith("sqlite"):
         if url in ("sqlite://", "sqlite:///:memory:"):
-            raise ValueError("--db: an in-memory SQLite database would lose every annotation; give a file path")
+            raise UsageError("--db: an in-memory SQLite database would lose every annotation; give a file path")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -140,7 +142,7 @@ def make_engine(db: str) -> Engine:
         try:
             engine = create_engine(url, pool_pre_ping=True)
         except ModuleNotFoundError as exc:
-            raise ImportError(
+            raise MissingExtra(
                 f"--db {url.split('://')[0]}://…: the database driver is not installed ({exc.name}); "
                 "for PostgreSQL: pip install 'psycopg[binary]'"
             ) from None

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..data.canonical import InputError, sample_from_dict
+from ..errors import UsageError
 from ..parsing import parse_choice, parse_score
 from .agreement import Rating
 from .db import Annotation, Annotator, Dataset, Item, utcnow
@@ -87,7 +88,7 @@ def export_rows(session: Session, dataset: str, out_dir: Path | None = None,
     ds = session.scalar(select(Dataset).where(Dataset.name == dataset))
     if ds is None:
         names = ", ".join(session.scalars(select(Dataset.name)))
-        raise ValueError(f"dataset {dataset!r}: not loaded (loaded: {names or 'none'})")
+        raise UsageError(f"dataset {dataset!r}: not loaded (loaded: {names or 'none'})")
     root = Path(ds.path).parent
     done = _done_annotations(session)
     rows, n_items = [], 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from ..errors import InputError, UsageError
 from .agreement import agreement_report
 from .app import AppContext
 from .assignment import AssignReport, assign, check_share
@@ -38,7 +39,7 @@ def open_project(db: str, data: Sequence[str | Path], annotators: Sequence[str] 
     tax = load_taxonomy(taxonomy)
     for r in results:
         if not Path(r).is_file():
-            raise ValueError(f"--results {r}: no such file (a results JSONL of dfj judge or dfj detect)")
+            raise InputError(f"--results {r}: no such file (a results JSONL of dfj judge or dfj detect)")
     if double_share is not None:
         check_share(double_share)
     store = Store(db)
@@ -51,7 +52,7 @@ def open_project(db: str, data: Sequence[str | Path], annotators: Sequence[str] 
         seen: dict[str, str] = {}
         for report in loads:
             if report.dataset in seen and seen[report.dataset] != report.path:
-                raise ValueError(f"--data {report.path}: its dataset name {report.dataset!r} is already taken by "
+                raise UsageError(f"--data {report.path}: its dataset name {report.dataset!r} is already taken by "
                                  f"{seen[report.dataset]}; rename one of the files")
             seen[report.dataset] = report.path
         share = double_share if double_share is not None else float(get_setting(session, "double_share", "0.2"))

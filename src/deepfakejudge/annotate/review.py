@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..errors import UsageError
 from .db import Annotation, Annotator, Dataset, Item
 
 RESULT_FIELDS = ("error", "where", "field", "score", "expected_score", "probs", "choice_mass", "reasoning", "raw",
@@ -118,7 +119,7 @@ def _flags(kind: str, result: dict[str, Any], row: dict[str, Any], human: dict[s
 
 def review_entries(session: Session, results: ResultsFile, filter: str = "all", min_gap: float = 1.0) -> list[dict[str, Any]]:
     if filter not in FILTERS:
-        raise ValueError(f"filter {filter!r}: expected one of {', '.join(FILTERS)}")
+        raise UsageError(f"filter {filter!r}: expected one of {', '.join(FILTERS)}")
     want = {"pointwise": "pointwise", "pairwise": "pairwise", "detect": "annotate"}.get(results.kind)
     by_id: dict[str, list[tuple[Item, str]]] = {}
     for item, ds in session.execute(select(Item, Dataset.name).join(Dataset, Item.dataset_id == Dataset.id)):

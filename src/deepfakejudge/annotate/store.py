@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..data import load_records, resolve_data_path, sample_to_dict
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 from ..records import Sample
 from .db import ROLES, Annotator, Dataset, Item, Setting
 
@@ -109,7 +110,7 @@ def hash_token(token: str) -> str:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name or ""):
-        raise ValueError(f"annotator name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        raise UsageError(f"annotator name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -118,7 +119,7 @@ def add_annotator(session: Session, name: str, role: str = "annotator") -> str |
     is kept: tokens are stored hashed and cannot be shown again, see `new_token`)."""
     check_name(name)
     if role not in ROLES:
-        raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+        raise UsageError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     if session.scalar(select(Annotator).where(Annotator.name == name)) is not None:
         return None
     token = secrets.token_urlsafe(24)
@@ -130,7 +131,7 @@ def add_annotator(session: Session, name: str, role: str = "annotator") -> str |
 def new_token(session: Session, name: str) -> str:
     annotator = session.scalar(select(Annotator).where(Annotator.name == name))
     if annotator is None:
-        raise ValueError(f"--new-token {name}: no such annotator; create it with --annotator {name}")
+        raise UsageError(f"--new-token {name}: no such annotator; create it with --annotator {name}")
     token = secrets.token_urlsafe(24)
     annotator.token_hash = hash_token(token)
     return token

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, MissingExtra
+
 DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
 
 
@@ -42,21 +44,21 @@ class Taxonomy:
 
 
 def _fail(path: Path, key: str, message: str) -> ValueError:
-    return ValueError(f"--taxonomy {path}: '{key}' {message}; see {DEFAULT_TAXONOMY} for the expected shape")
+    return InputError(f"--taxonomy {path}: '{key}' {message}; see {DEFAULT_TAXONOMY} for the expected shape")
 
 
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     try:
         import yaml
     except ImportError:
-        raise ImportError("dfj annotate needs PyYAML: pip install 'deepfakejudge[annotate]'") from None
+        raise MissingExtra("dfj annotate needs PyYAML: pip install 'deepfakejudge[annotate]'") from None
     path = Path(path) if path is not None else DEFAULT_TAXONOMY
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"--taxonomy {path}: no such file") from None
+        raise InputError(f"--taxonomy {path}: no such file") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"--taxonomy {path}: not valid YAML ({exc})") from None
+        raise InputError(f"--taxonomy {path}: not valid YAML ({exc})") from None
     if not isinstance(doc, dict):
         raise _fail(path, "<file>", "must be a mapping with 'categories' and 'rubric'")
     unknown = set(doc) - {"version", "categories", "rubric"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..errors import MissingExtra, UsageError
 from .base import (
     MAX_PIXELS,
     MIN_PIXELS,
@@ -30,12 +31,12 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 
 def load_backend(name: str, options: LoadOptions, **kwargs: Any) -> Backend:
     if name not in BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(sorted(BACKENDS))}, got {name!r}")
+        raise UsageError(f"--backend must be one of {', '.join(sorted(BACKENDS))}, got {name!r}")
     module_name, class_name, extra = BACKENDS[name]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtra(
             f"backend '{name}' needs packages that are not installed ({exc.name}); "
             f"install them with: pip install 'deepfakejudge[{extra}]'"
         ) from exc

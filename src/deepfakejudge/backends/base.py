@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from ..errors import UsageError
+
 # The released judges were trained with this image budget (ms-swift defaults for Qwen2.5-VL).
 MIN_PIXELS = 4 * 28 * 28  # 3136
 MAX_PIXELS = 1280 * 28 * 28  # 1003520
@@ -198,7 +200,7 @@ class PixelBudget:
 
     def __post_init__(self) -> None:
         if self.min_pixels < 1 or self.max_pixels < self.min_pixels:
-            raise ValueError(
+            raise UsageError(
                 f"pixel budget: need 1 <= min_pixels <= max_pixels, got "
                 f"min_pixels={self.min_pixels}, max_pixels={self.max_pixels}"
             )
@@ -267,12 +269,12 @@ class RemoteOptions:
     def __post_init__(self) -> None:
         for name, low in (("concurrency", 1), ("max_retries", 0), ("top_logprobs", 1)):
             if getattr(self, name) < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
         if not self.timeout > 0:
-            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+            raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.prefill not in ("auto", "on", "off"):
-            raise ValueError(f"--prefill must be auto, on or off, got {self.prefill!r}")
+            raise UsageError(f"--prefill must be auto, on or off, got {self.prefill!r}")
         if self.image_transport not in ("png", "original"):
-            raise ValueError(f"--image-transport must be png or original, got {self.image_transport!r}")
+            raise UsageError(f"--image-transport must be png or original, got {self.image_transport!r}")
         if self.image_workers is not None and self.image_workers < 0:
-            raise ValueError(f"--image-workers must be >= 0 (0: prepare images in this process), got {self.image_workers}")
+            raise UsageError(f"--image-workers must be >= 0 (0: prepare images in this process), got {self.image_workers}")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
 from .base import BackendError, ChatRequest
 
 # Without the model's tokenizer (remote servers), only prompts certainly too long are refused: more
@@ -55,7 +56,7 @@ class PromptBudget:
 
     def __post_init__(self) -> None:
         if self.limit < 1:
-            raise ValueError(f"--max-prompt-tokens must be >= 1, got {self.limit}")
+            raise UsageError(f"--max-prompt-tokens must be >= 1, got {self.limit}")
 
     def check(self, request: ChatRequest) -> PromptTooLong | None:
         """None when `request` fits, else why not."""

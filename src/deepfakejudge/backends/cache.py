@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from .base import (
     Backend,
     BackendError,
@@ -133,7 +134,7 @@ class RequestCache:
                 "value BLOB NOT NULL, created REAL NOT NULL)"
             )
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise ValueError(
+            raise UsageError(
                 f"--cache {self.path}: cannot open it as a request cache ({exc}); pass another path, "
                 "delete the file, or use --no-cache"
             ) from exc

@@ -45,6 +45,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import InputError, UsageError
 from .base import ChatRequest, PixelBudget
 
 log = logging.getLogger("deepfakejudge.backends.image_payload")
@@ -250,9 +251,9 @@ class ImagePreparer:
     def __init__(self, budget: PixelBudget, transport: str = "png", workers: int | None = None,
                  cache: PayloadCache | None = None, level: int = PNG_LEVEL) -> None:
         if transport not in TRANSPORTS:
-            raise ValueError(f"--image-transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+            raise UsageError(f"--image-transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
         if workers is not None and workers < 0:
-            raise ValueError(f"--image-workers must be >= 0 (0: prepare in this process), got {workers}")
+            raise UsageError(f"--image-workers must be >= 0 (0: prepare in this process), got {workers}")
         self.budget = budget
         self.transport = transport
         self.workers = default_workers() if workers is None else workers
@@ -305,7 +306,7 @@ def json_body(payload: dict[str, Any]) -> bytes:
         return text
     pieces = text.split(_MARKER.encode("ascii"))
     if len(pieces) != len(urls) + 1:  # cannot happen unless a text holds the random marker
-        raise ValueError("request body: an image placeholder appears in the request text")
+        raise InputError("request body: an image placeholder appears in the request text")
     out = [pieces[0]]
     for url, piece in zip(urls, pieces[1:]):
         out += [url, piece]

@@ -45,6 +45,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from ..errors import UsageError
 from .base import (
     Backend,
     BackendError,
@@ -225,18 +226,18 @@ class OpenAIBackend(Backend):
         remote = options.remote
         urls = remote.base_urls
         if not urls or not all(urls):
-            raise ValueError(
+            raise UsageError(
                 "--base-url is required with --backend openai, e.g. http://127.0.0.1:8000/v1 "
                 "(vLLM, SGLang, dfj serve) or https://api.openai.com/v1"
             )
         if options.adapter is not None:
-            raise ValueError(
+            raise UsageError(
                 "--adapter: the openai backend cannot apply a local adapter; serve it on the server "
                 "(vllm serve BASE --enable-lora --lora-modules NAME=DIR) and pass --model NAME"
             )
         for url in urls:
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"--base-url must start with http:// or https://, got {url!r}")
+                raise UsageError(f"--base-url must start with http:// or https://, got {url!r}")
         self.options = options
         self.remote = remote
         urls = tuple(url.rstrip("/") for url in urls)
@@ -441,7 +442,7 @@ class OpenAIBackend(Backend):
             kind = "rate" if status == 429 else "server"
             raise _Retryable(kind, f"HTTP {status}: {message}", retry_after_seconds(response.headers))
         if status in (401, 403):
-            raise ValueError(
+            raise UsageError(
                 f"--api-key-env: the server at {self.base_url} refused the request (HTTP {status}: {message}); "
                 f"put the right key in the environment variable {self.remote.api_key_env} or name another "
                 "variable with --api-key-env"
@@ -449,7 +450,7 @@ class OpenAIBackend(Backend):
         if status == 404 and missing_ok:
             return {}
         if status == 404:
-            raise ValueError(
+            raise UsageError(
                 f"--model/--base-url: HTTP 404 from {url} ({message}); check that --model names a model the "
                 "server lists at /v1/models and that --base-url ends with /v1"
             )
@@ -498,7 +499,7 @@ class OpenAIBackend(Backend):
             payload.update(logprobs=True, top_logprobs=top_logprobs)
         if prefix:
             if self._prefill_body is None:
-                raise ValueError(
+                raise UsageError(
                     f"request prefix: the server at {self.base_url} ({self.server}) cannot continue a "
                     "prefilled assistant message; use --mode generate, or --prefill on if it can"
                 )
@@ -630,11 +631,11 @@ class OpenAIBackend(Backend):
     def generate_each(self, requests: Sequence[ChatRequest], config: GenerationConfig,
                       on_result: Callable[[int, Any], None] | None = None) -> list[Generation | BackendError]:
         if config.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
+            raise UsageError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
         if config.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {config.temperature}")
+            raise UsageError(f"temperature: must be >= 0, got {config.temperature}")
         if self._prefill_body is None and any(r.prefix for r in requests):
-            raise ValueError(
+            raise UsageError(
                 f"request prefix: the server at {self.base_url} ({self.server}) cannot continue a "
                 "prefilled assistant message; use --mode generate, or --prefill on if it can"
             )
@@ -648,7 +649,7 @@ class OpenAIBackend(Backend):
         if not choices or any(not c for c in choices) or len(set(choices)) != len(choices):
             raise ValueError(f"choices: need distinct non-empty strings, got {list(choices)}")
         if not self.capabilities.choice_probs:
-            raise ValueError(
+            raise UsageError(
                 f"--mode score-only: the server at {self.base_url} ({self.server}) is not known to continue a "
                 "prefilled assistant message, which reading choice probabilities needs; use --mode generate "
                 "(scores parsed from text, probabilities from logprobs where returned), or --prefill on"

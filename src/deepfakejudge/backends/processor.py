@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, UsageError
 from .base import ChatRequest
 from .resize import qwen_resize
 
@@ -45,7 +46,7 @@ def is_local_model(model: str) -> bool:
         or os.path.exists(model)
     )
     if looks_like_path or not model.strip():
-        raise ValueError(
+        raise UsageError(
             f"model: directory not found: '{model}'. Pass an existing checkpoint directory or a "
             "Hugging Face id such as 'Qwen/Qwen2.5-VL-3B-Instruct'."
         )
@@ -77,7 +78,7 @@ def find_chat_template(model: str, tokenizer: Any) -> str:
                 return _read_template_file(Path(hf_hub_download(model, name)))
             except EntryNotFoundError:
                 continue
-    raise ValueError(
+    raise UsageError(
         f"model '{model}': no chat template found (tokenizer_config.json has none and neither "
         f"{' nor '.join(CHAT_TEMPLATE_FILES)} exists). Use a chat/instruct checkpoint."
     )
@@ -166,7 +167,7 @@ class ImageTextProcessor:
         """
         rendered = self.render(ChatRequest(text=_SENTINEL, image=request.image))
         if rendered.count(_SENTINEL) != 1:
-            raise ValueError("chat template: the user text must appear exactly once in the rendered prompt")
+            raise InputError("chat template: the user text must appear exactly once in the rendered prompt")
         before, after = rendered.split(_SENTINEL)
         ids = (
             self.text_ids(before)
@@ -176,7 +177,7 @@ class ImageTextProcessor:
         pad = self.image_token_id
         expected = 0 if request.image is None else 1
         if ids.count(pad) != expected:
-            raise ValueError(f"chat template: expected {expected} '{IMAGE_TOKEN}' token(s), found {ids.count(pad)}")
+            raise InputError(f"chat template: expected {expected} '{IMAGE_TOKEN}' token(s), found {ids.count(pad)}")
         if expected:
             at = ids.index(pad)
             ids = ids[:at] + [pad] * n_image_tokens + ids[at + 1 :]

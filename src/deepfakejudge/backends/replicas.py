@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
+
 
 @dataclass
 class Replica:
@@ -51,9 +53,9 @@ class ReplicaPool:
     def __init__(self, urls: Sequence[str], probe: Callable[[str], Awaitable[bool]], base: float = 0.5,
                  cap: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         if len(urls) < 2:
-            raise ValueError(f"--base-url: a pool needs at least two servers, got {len(urls)}")
+            raise UsageError(f"--base-url: a pool needs at least two servers, got {len(urls)}")
         if len(set(urls)) != len(urls):
-            raise ValueError(f"--base-url: the same server is given twice in {list(urls)}; give each once")
+            raise UsageError(f"--base-url: the same server is given twice in {list(urls)}; give each once")
         self.replicas = [Replica(url) for url in urls]
         self._probe = probe
         self._base, self._cap, self._clock = base, cap, clock

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from ..errors import InputError
+
 FACTOR = 28  # Qwen2-VL: 14 px patches merged 2x2, so sides are multiples of 28
 MAX_RATIO = 200  # Qwen2-VL refuses a longer side over 200 times the shorter one
 
@@ -23,9 +25,9 @@ MAX_RATIO = 200  # Qwen2-VL refuses a longer side over 200 times the shorter one
 def qwen_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
     """(height, width) for an image of `height` x `width` under the budget [min_pixels, max_pixels]."""
     if min(height, width) < 1:
-        raise ValueError(f"image: empty image ({width}x{height})")
+        raise InputError(f"image: empty image ({width}x{height})")
     if max(height, width) / min(height, width) > MAX_RATIO:
-        raise ValueError(f"image: aspect ratio {width}x{height} is over {MAX_RATIO}; Qwen2-VL cannot take it")
+        raise InputError(f"image: aspect ratio {width}x{height} is over {MAX_RATIO}; Qwen2-VL cannot take it")
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:

@@ -30,6 +30,7 @@ from ..backends.base import (
 )
 from ..data import InputError, LoadedImage, open_image
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 from ..judge.common import distribution_at, normalise
 from ..parsing import find_score, parse_reasoning
 from ..records import SCORES, RowError, Sample
@@ -55,9 +56,9 @@ class CallSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.evaluator_mode not in ("generate", "score-only"):
-            raise ValueError(f"--evaluator-mode must be generate or score-only, got {self.evaluator_mode!r}")
+            raise UsageError(f"--evaluator-mode must be generate or score-only, got {self.evaluator_mode!r}")
 
     def for_generator(self, action: Action) -> GenerationConfig:
         """Base settings; a repeated prompt (after malformed output) gets its own seed, and is

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import UsageError
 from ..results import read_rows
 
 JOURNAL = "journal.jsonl"
@@ -41,7 +42,7 @@ class Journal:
             first = runs[0]["fingerprint"]
             diff = _differences(first, fingerprint)
             if diff:
-                raise ValueError(
+                raise UsageError(
                     f"--out {out_dir}: this folder holds a run started with other settings ("
                     + "; ".join(diff[:6]) + (" …" if len(diff) > 6 else "")
                     + "); rerun with the same settings to resume, or pass another --out"

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import sample_from_dict
+from ..errors import UsageError
 from ..prompts import default_template
 from ..records import Sample
 from .prompts import RolePrompts, strip_tags
@@ -94,7 +95,7 @@ def split_of(image_ids: list[str], fraction: float, seed: int) -> dict[str, str]
     """image id -> "train" | "test": test when a seeded hash of the id falls under `fraction`
     (at least one test image when fraction > 0 and there are two images or more)."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1), got {fraction}")
+        raise UsageError(f"--test-fraction must be in [0, 1), got {fraction}")
 
     def h(image_id: str) -> float:
         digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
@@ -139,7 +140,7 @@ def make_pairs(records: list[Variant], n_pairs: int, rng: random.Random) -> list
 def test_records(records: list[Variant], layout: str) -> list[Variant]:
     """A test image's records: the accepted explanation of each level ("released"), or all."""
     if layout not in TEST_LAYOUTS:
-        raise ValueError(f"--test-layout must be one of {', '.join(TEST_LAYOUTS)}, got {layout!r}")
+        raise UsageError(f"--test-layout must be one of {', '.join(TEST_LAYOUTS)}, got {layout!r}")
     return [v for v in records if v.variant == 0] if layout == "released" else records
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
+from ..errors import InputError, UsageError
 from ..parsing import parse_prediction, parse_reasoning
 from ..prompts import (
     SCORE_PREFIX,
@@ -77,11 +78,11 @@ def parse_levels(template: Template) -> dict[int, str]:
             continue
         m = _LEVEL_LINE.match(line)
         if m is None:
-            raise ValueError(f"--prompt levels={template.name}: line {line[:60]!r} is not 'N: description' (N in 1..5)")
+            raise InputError(f"--prompt levels={template.name}: line {line[:60]!r} is not 'N: description' (N in 1..5)")
         levels[int(m.group(1))] = m.group(2).strip()
     missing = [k for k in LEVELS if k not in levels]
     if missing:
-        raise ValueError(f"--prompt levels={template.name}: no description for level(s) {missing}")
+        raise InputError(f"--prompt levels={template.name}: no description for level(s) {missing}")
     return levels
 
 
@@ -91,7 +92,7 @@ def parse_prompt_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         role, sep, path = item.partition("=")
         if not sep or role not in ROLES or not path:
-            raise ValueError(f"--prompt {item!r}: expected ROLE=PATH with ROLE one of {', '.join(ROLES)}")
+            raise UsageError(f"--prompt {item!r}: expected ROLE=PATH with ROLE one of {', '.join(ROLES)}")
         out[role] = path
     return out
 
@@ -174,7 +175,7 @@ class RolePrompts:
             found[role] = load_template(overrides[role], kind) if role in overrides else default_template(kind)  # type: ignore[arg-type]
         if evaluator_template is not None:
             if "evaluate" in overrides:
-                raise ValueError("--evaluator-template and --prompt evaluate=PATH: give one evaluator prompt, not both")
+                raise UsageError("--evaluator-template and --prompt evaluate=PATH: give one evaluator prompt, not both")
             found["evaluate"] = (
                 evaluator_template if isinstance(evaluator_template, Template)
                 else resolve_template(evaluator_template, "pointwise")  # a path, "official" or "default"

@@ -18,6 +18,7 @@ from ..backends.base import Backend
 from ..backends.cache import CachedBackend
 from ..data import InputError, load_records, open_image
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 from ..records import RowError, Sample
 from ..results import MODEL_ERROR_FIELD, error_row, provenance
 from .engine import CallSettings, Engine, RunCounters
@@ -47,13 +48,13 @@ class BootstrapConfig:
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 0:
-            raise ValueError(f"--limit must be >= 0, got {self.limit}")
+            raise UsageError(f"--limit must be >= 0, got {self.limit}")
         if self.pairs_per_image is not None and self.pairs_per_image < 0:
-            raise ValueError(f"--pairs-per-image must be >= 0, got {self.pairs_per_image}")
+            raise UsageError(f"--pairs-per-image must be >= 0, got {self.pairs_per_image}")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+            raise UsageError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
         if self.test_layout not in TEST_LAYOUTS:
-            raise ValueError(f"--test-layout must be one of {', '.join(TEST_LAYOUTS)}, got {self.test_layout!r}")
+            raise UsageError(f"--test-layout must be one of {', '.join(TEST_LAYOUTS)}, got {self.test_layout!r}")
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the data a run produces; a resumed run must match it."""

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import InputError, UsageError
+
 Role = Literal["generate", "refine", "paraphrase", "evaluate", "recheck"]
 Level5 = Literal["gold", "generated"]
 LEVEL5: tuple[str, ...] = ("gold", "generated")
@@ -52,12 +54,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.level5 not in LEVEL5:
-            raise ValueError(f"--level5 must be one of {', '.join(LEVEL5)}, got {self.level5!r}")
+            raise UsageError(f"--level5 must be one of {', '.join(LEVEL5)}, got {self.level5!r}")
         for name, low in (("rounds", 0), ("tolerance", 0), ("paraphrases", 0), ("paraphrase_retries", 0)):
             if getattr(self, name) < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
         if self.tolerance > 4:
-            raise ValueError(f"--tolerance must be 0..4 (levels are 1..5), got {self.tolerance}")
+            raise UsageError(f"--tolerance must be 0..4 (levels are 1..5), got {self.tolerance}")
 
     def aligned(self, score: int | None, level: int) -> bool:
         return score is not None and abs(score - level) <= self.tolerance
@@ -162,7 +164,7 @@ class Unit:
             t = slot.tries[a]
             t.score, t.feedback, t.rated = event.get("score"), event.get("feedback"), True
             return True
-        raise ValueError(f"journal: unknown event {kind!r}")
+        raise InputError(f"journal: unknown event {kind!r}")
 
     # -- derived status --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..backends.base import BackendUnavailable
+from ..errors import USER_ERRORS, missing_extra
 from . import annotate, bootstrap, data, demo, detect, export, judge, meta_eval, reason, reproduce, serve, train
 from .options import expand_split_names
 
@@ -36,12 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         expand_split_names(args)
         return int(args.run(args))
-    except (ValueError, ImportError) as exc:
-        # User errors (bad paths, bad options, a missing extra): one clear line, no traceback
-        # unless DFJ_DEBUG is set.
+    except USER_ERRORS as exc:
+        # Errors the user can act on (a bad option, a bad file, a missing extra): one clear line,
+        # no traceback unless DFJ_DEBUG is set. Any other exception is a bug: its traceback shows
+        # and the exit code is 1.
         if os.environ.get("DFJ_DEBUG"):
             raise
         print(f"dfj {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # An optional dependency imported without a MissingExtra of its own: still a user error.
+        missing = missing_extra(exc)
+        if missing is None or os.environ.get("DFJ_DEBUG"):
+            raise
+        print(f"dfj {args.command}: error: {missing}", file=sys.stderr)
         return 2
     except BackendUnavailable as exc:
         # The model server is down or never stops rate limiting: rows so far are kept.

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import MissingExtra, UsageError
+
 DEFAULT_PORT = 8765
 
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..annotate.project import export_all, open_project
 
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port {args.port}: must be 1..65535")
+        raise UsageError(f"--port {args.port}: must be 1..65535")
     opened = open_project(args.db, args.data, annotators=args.annotator, admin=args.admin,
                           double_share=args.double_share, seed=args.seed, taxonomy=args.taxonomy,
                           results=args.results, new_tokens=args.new_token, import_file=args.import_file,
@@ -79,7 +81,7 @@ def serve(opened, host: str, port: int) -> int:  # noqa: ANN001
     try:
         import uvicorn
     except ImportError:
-        raise ImportError("dfj annotate needs uvicorn: pip install 'deepfakejudge[annotate]'") from None
+        raise MissingExtra("dfj annotate needs uvicorn: pip install 'deepfakejudge[annotate]'") from None
     from ..annotate.app import create_app
 
     app = create_app(opened.ctx)

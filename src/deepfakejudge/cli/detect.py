@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..backends import GenerationConfig
 from ..data import load_records
+from ..errors import UsageError
 from ..judge import MODES
 from ..judge.compare import agreement, agreement_lines, compare_judges
 from ..judge.protocol import protocol as task_protocol
@@ -107,9 +108,9 @@ def run_command(args: argparse.Namespace) -> RunResult:
     budget = pixel_budget(args)
     args.min_pixels, args.max_pixels = budget.min_pixels, budget.max_pixels  # what the backend loads with
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     # The model is opened where the engine runs it: here (local) or in each Ray replica.
     engine = engine_from_args(args, Work(partial(backend_from_args, args), partial(detect_batches_of, args, template)),
                               backend=args.backend, device=args.device)
@@ -156,7 +157,7 @@ def _score_one(path: str, args: argparse.Namespace, name: str | None = None):
     from ..detect import read_predictions, resolve_gold, score_predictions
 
     if args.n_resamples < 1:
-        raise ValueError(f"--n-resamples must be >= 1, got {args.n_resamples}")
+        raise UsageError(f"--n-resamples must be >= 1, got {args.n_resamples}")
     pred = read_predictions(path)
     gold = resolve_gold(pred, args.data)
     result = score_predictions(pred, gold, name=name, missing_as_unparsable=args.missing_as_unparsable,
@@ -189,7 +190,7 @@ def compare(args: argparse.Namespace) -> int:
     from ..detect import compare_csv, compare_markdown, compare_rows
 
     if args.name and len(args.name) != len(args.pred):
-        raise ValueError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
+        raise UsageError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
     names = args.name or [None] * len(args.pred)
     results = [_score_one(p, args, n) for p, n in zip(args.pred, names)]
     table = compare_markdown(results)

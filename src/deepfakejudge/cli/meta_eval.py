@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import InputError, UsageError
 from ..metaeval import Bootstrap, evaluate_pairwise, evaluate_pointwise, markdown
 from .options import emit
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..prompts import resolve_template
 
     if args.n_resamples < 1:
-        raise ValueError(f"--n-resamples must be >= 1, got {args.n_resamples}")
+        raise UsageError(f"--n-resamples must be >= 1, got {args.n_resamples}")
     templates = (resolve_template(args.template, args.kind),) if args.template else ()  # a file or "official"
     boot = Bootstrap(resamples=args.n_resamples, seed=args.seed)
     if args.kind == "pointwise":
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"... and {len(result.unparsable) - UNPARSABLE_SHOWN} more unparsable predictions "
               "(all in the --json output's unparsable_rows)", file=sys.stderr)
     if not result.counts["joined"]:
-        raise ValueError(f"--pred {args.pred}: no prediction joins a gold row of --gold {args.gold} by id "
+        raise InputError(f"--pred {args.pred}: no prediction joins a gold row of --gold {args.gold} by id "
                          "(problems listed above); check that both files describe the same items")
     emit(result.to_dict(), args.json, [markdown(result)])
     return 1 if result.problems and not args.allow_errors else 0

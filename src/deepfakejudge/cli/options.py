@@ -15,6 +15,7 @@ from ..backends import BACKENDS, Backend, LoadOptions, PixelBudget, RemoteOption
 from ..backends.base import DECODINGS, MAX_PIXELS, MIN_PIXELS
 from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 
 
 TEMPLATE_HELP = ("judge prompt: a template FILE with the released placeholders (read in text mode: CRLF -> LF), "
@@ -132,7 +133,7 @@ def engine_from_args(args: argparse.Namespace, work: Any, *, backend: str, devic
     if name != "ray":
         given = [flag for flag, attr in ray_only.items() if getattr(args, attr, None) is not None]
         if given:
-            raise ValueError(f"{', '.join(given)}: only used with --engine ray (add --engine ray, or drop them)")
+            raise UsageError(f"{', '.join(given)}: only used with --engine ray (add --engine ray, or drop them)")
         return open_engine(name, work)
     from ..engine.ray_engine import RayOptions
 

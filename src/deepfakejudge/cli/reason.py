@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..backends import BACKENDS, LoadOptions, PixelBudget, RemoteOptions, load_backend
 from ..backends.base import MAX_PIXELS, MIN_PIXELS
+from ..errors import MissingExtra, UsageError
 from ..judge import MODES
 from .options import add_engine_options, base_urls, emit, engine_from_args
 
@@ -95,7 +96,7 @@ def _judge_engine(args: argparse.Namespace, template):
     if args.judge is None:
         return None
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     work = Work(partial(_judge_backend, args), partial(_judge_batches, args, template))
     return engine_from_args(args, work, backend=args.judge_backend, device=args.device)
 
@@ -123,7 +124,7 @@ def score(args: argparse.Namespace) -> int:
     from ..reason import ReasonConfig, csv_text, markdown, score_reasoning
 
     if args.name and len(args.name) != len(args.pred):
-        raise ValueError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
+        raise UsageError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
     gold = load_gold(args.gold)
     preds = [read_predictions(p) for p in args.pred]  # all files checked before any model loads
     judge_missing = "no --judge given"
@@ -185,7 +186,7 @@ def _write_details(path: Path, reports) -> None:
 
 def ladder(args: argparse.Namespace) -> int:
     from ..data import load_records
-    from ..reason import Unavailable, bert_scorer, bertscore_f1, bleu3, sentence_encoder
+    from ..reason import bert_scorer, bertscore_f1, bleu3, sentence_encoder
     from ..reason.ladder import overlap_ladders, reference_ladder
 
     dataset = load_records(args.data)
@@ -193,8 +194,8 @@ def ladder(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
     try:
         encoder = sentence_encoder(args.similarity_model, args.text_device)
-    except Unavailable as exc:
-        raise ValueError(f"--similarity-model: {exc}") from exc
+    except MissingExtra as exc:
+        raise MissingExtra(f"--similarity-model: {exc}") from exc
     result, checks = reference_ladder(dataset.samples, encoder)
     results = [result]
     missing = {}
@@ -203,7 +204,7 @@ def ladder(args: argparse.Namespace) -> int:
         try:
             scorer = bert_scorer(args.bertscore_model, args.bertscore_layers, args.text_device,
                                  args.bertscore_baseline)
-        except Unavailable as exc:
+        except MissingExtra as exc:
             missing["bertscore_f1"] = str(exc)
         bert = (lambda c, r: bertscore_f1(scorer, c, r)) if scorer is not None else None
         results += overlap_ladders(dataset.samples, bleu3, bert)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS
+from ..errors import InputError, UsageError
 from .options import add_data_root_option, add_remote_options, emit
 
 TABLE_CHOICES = ("meta", "detect", "reason")
@@ -120,7 +121,7 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep or not name.strip() or not rest.strip():
-            raise ValueError(f"{option} {value!r}: expected NAME=VALUE")
+            raise UsageError(f"{option} {value!r}: expected NAME=VALUE")
         out[name.strip()] = rest.strip()
     return out
 
@@ -136,7 +137,7 @@ def judge_models(args: argparse.Namespace) -> dict[tuple[str, str], str]:
     for key, model in _pairs(args.judge, "--judge").items():
         size, _, kind = key.partition("-")
         if (size, kind) not in RELEASED:
-            raise ValueError(f"--judge {key}={model}: KEY must be one of "
+            raise UsageError(f"--judge {key}={model}: KEY must be one of "
                              + ", ".join(f"{s}-{k}" for s, k in RELEASED))
         models[(size, kind)] = model
     return models
@@ -167,7 +168,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         reason[detector] = out / "reason" / f"{slug(detector)}.detect.jsonl"
     for name, path in {**detect, **reason}.items():
         if name != detector and not path.is_file():
-            raise ValueError(f"--detect-pred/--reason-pred {name}={path}: no such file")
+            raise InputError(f"--detect-pred/--reason-pred {name}={path}: no such file")
     needed = {TABLES[f"{k}-{t}"].dataset for _, k, t in meta}
     if detect:
         needed.add("dfj-bench/dfj-detect")
@@ -182,7 +183,7 @@ def check_data(plan: Plan, args: argparse.Namespace) -> None:
 
     missing = [name for name, path in plan.splits.items() if path is None]
     if missing:
-        raise ValueError(f"the released data is not under {plan.root} (missing {', '.join(missing)}); "
+        raise InputError(f"the released data is not under {plan.root} (missing {', '.join(missing)}); "
                          + fetch_hint(missing, args.data_root))
 
 
@@ -195,7 +196,7 @@ def guard_runs(out: Path, runs: dict[str, str], overwrite: bool) -> None:
         clash = {k: (recorded[k], v) for k, v in runs.items() if k in recorded and recorded[k] != v}
         if clash:
             k, (old, new) = next(iter(clash.items()))
-            raise ValueError(f"--out {out}: the {k} results were made with {old}, not {new}; use another --out, "
+            raise UsageError(f"--out {out}: the {k} results were made with {old}, not {new}; use another --out, "
                              "or --overwrite to start them afresh")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**recorded, **runs}, indent=2) + "\n", encoding="utf-8")
@@ -285,11 +286,11 @@ def run(args: argparse.Namespace) -> int:
     from ..reproduce.compare import MetaRun, detect_comparison, meta_comparisons, reason_comparison
 
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.n_resamples < 1:
-        raise ValueError(f"--n-resamples must be >= 1, got {args.n_resamples}")
+        raise UsageError(f"--n-resamples must be >= 1, got {args.n_resamples}")
     if args.detector_name and not args.detector_model:
-        raise ValueError("--detector-name names the --detector-model row; give --detector-model too")
+        raise UsageError("--detector-name names the --detector-model row; give --detector-model too")
     models = judge_models(args)
     plan = make_plan(args)
     check_data(plan, args)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import MissingExtra, UsageError
 from .options import add_model_options, backend_from_args
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
         from ..serve.app import create_app
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtra(
             f"dfj serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing); "
             "install them with: pip install 'deepfakejudge[serve]'"
         ) from exc
@@ -89,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
         template=args.template,
     )
     if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0..65535, got {args.port}")
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
     if args.host not in LOOPBACK and settings.api_key is None:
         if not args.insecure_no_key:
-            raise ValueError(f"--host {args.host}: binding beyond this machine needs --api-key (or $DFJ_SERVE_API_KEY), "
+            raise UsageError(f"--host {args.host}: binding beyond this machine needs --api-key (or $DFJ_SERVE_API_KEY), "
                              "else anyone who can reach the port can use the model; pass --insecure-no-key to "
                              "serve it open anyway")
         print(f"dfj serve: warning: binding {args.host} without --api-key (--insecure-no-key): anyone who can reach "

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import errors
 from ..records import LABELS, Artifact, Box, Sample
 
 KNOWN_FIELDS = (
@@ -19,7 +20,7 @@ KNOWN_FIELDS = (
 )
 
 
-class InputError(ValueError):
+class InputError(errors.InputError):
     """A row (or its image) that cannot be used. `field` names the offending field."""
 
     def __init__(self, field: str, message: str):

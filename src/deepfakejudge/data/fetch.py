@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError, MissingExtra
 from .splits import DATASET_ID, DATASET_URL, GROUPS, SPLITS, data_root, find_split
 
 
-class FetchError(ValueError):
+class FetchError(InputError):
     """The dataset could not be downloaded; the message says why and how to fix it."""
 
 
@@ -58,7 +59,7 @@ def fetch_dataset(out: str | Path | None = None, splits: tuple[str, ...] | list[
             RevisionNotFoundError,
         )
     except ImportError as exc:
-        raise ImportError("dfj data fetch needs huggingface_hub; install it with: pip install 'deepfakejudge[fetch]'") from exc
+        raise MissingExtra("dfj data fetch needs huggingface_hub; install it with: pip install 'deepfakejudge[fetch]'") from exc
     root = data_root(out)
     root.mkdir(parents=True, exist_ok=True)
     access = (f"accept the dataset's terms at {DATASET_URL} with your account, then log in with `hf auth login` "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import errors
 from ..records import Sample
 from .canonical import InputError
 
@@ -72,7 +73,7 @@ def _decode(path: Path, mtime_ns: int, size: int, max_image_pixels: int) -> Load
     return LoadedImage(image=rgb, sha256=hashlib.sha256(data).hexdigest(), data=data)
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(errors.InputError):
     """More pixels than the caller's limit; nothing was decoded."""
 
     def __init__(self, width: int | None, height: int | None, limit: int) -> None:
@@ -81,7 +82,7 @@ class ImageTooLarge(ValueError):
         self.width, self.height, self.limit = width, height, limit
 
 
-class ImageUnreadable(ValueError):
+class ImageUnreadable(errors.InputError):
     """Bytes that are not a decodable image (empty, unknown format, truncated, corrupt)."""
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
 from ..prompts import Template
 from ..records import RowError, Sample
 from .canonical import InputError, parse_id, sample_from_dict
@@ -38,13 +39,13 @@ def resolve_data_path(path: str | Path, root: str | Path | None = None) -> Path:
     if path.is_dir():
         found = split_file(path)
         if found is None:
-            raise ValueError(f"--data {path}: a folder must contain data.jsonl (official split layout)")
+            raise UsageError(f"--data {path}: a folder must contain data.jsonl (official split layout)")
         return found
     if path.is_file():
         return path
     if is_split_name(path.as_posix()):
         return resolve_split(path.as_posix(), root)
-    raise ValueError(f"--data {path}: no such file (nor a split name of the released data: "
+    raise UsageError(f"--data {path}: no such file (nor a split name of the released data: "
                      f"{', '.join(SPLITS)})")
 
 
@@ -113,7 +114,7 @@ def allowed_roots(base_dir: Path, image_roots: Sequence[str | Path] = ()) -> tup
     for root in image_roots:
         real = Path(os.path.realpath(Path(root).expanduser()))
         if not real.is_dir():
-            raise ValueError(f"--image-root {root}: not a directory")
+            raise UsageError(f"--image-root {root}: not a directory")
         roots.append(real)
     return tuple(dict.fromkeys(roots))
 

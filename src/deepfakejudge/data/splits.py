@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import InputError, UsageError
+
 DATASET_ID = "MBZUAI/DeepfakeJudge-Dataset"
 DATASET_URL = f"https://huggingface.co/datasets/{DATASET_ID}"
 
@@ -104,10 +106,10 @@ def resolve_split(name: str, root: str | Path | None = None) -> Path:
     """The data file of split `name`; a ValueError naming the folder and the fix when absent."""
     name = name.strip("/")
     if name in GROUPS:
-        raise ValueError(f"--data {name}: names several splits; use one of {', '.join(GROUPS[name])}")
+        raise UsageError(f"--data {name}: names several splits; use one of {', '.join(GROUPS[name])}")
     found = find_split(name, root)
     if found is None:
         base = data_root(root)
-        raise ValueError(f"--data {name}: the split is not under {base} (looked for "
+        raise InputError(f"--data {name}: the split is not under {base} (looked for "
                          f"{' or '.join(str(base / r) for r in SPLITS[name])}); {fetch_hint([name], root)}")
     return found

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
+from ..errors import UsageError
 from ..judge.common import (
     Prepared,
     distribution_at,
@@ -83,9 +84,9 @@ class Detector:
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.template.kind != "detect":
-            raise ValueError(f"Detector needs a detect template, got a {self.template.kind} one")
+            raise UsageError(f"Detector needs a detect template, got a {self.template.kind} one")
         if self.mode == "score-only" and not self.backend.capabilities.choice_probs:
-            raise ValueError(
+            raise UsageError(
                 f"--mode score-only: backend '{self.backend.name}' cannot read next-token "
                 "probabilities; use --mode generate"
             )
@@ -142,7 +143,7 @@ class Detector:
         except ValueError as exc:
             # No first-token fallback: if "real" is split as "re"+"al", P("re") also holds every
             # other word starting with "re" ("retouched"), so it is not P("real").
-            raise ValueError(
+            raise UsageError(
                 f"--mode score-only: this model's tokenizer cannot give 'real' and 'fake' one "
                 f"next token each after {self.answer_prefix!r}, so p_fake cannot be read from one "
                 f"forward pass ({exc}); use --mode generate"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import MissingExtra
 from .scoring import DetectionScore
 
 
@@ -14,7 +15,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtra(
             "--png needs matplotlib; install it with: pip install 'deepfakejudge[plots]'"
         ) from exc
     matplotlib.use("Agg")  # files only: never open a window, works without a display

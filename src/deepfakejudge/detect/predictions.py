@@ -22,6 +22,7 @@ from typing import Any
 
 from ..data import load_records
 from ..data.jsonl import read_jsonl
+from ..errors import InputError, UsageError
 from ..parsing import parse_prediction
 from ..records import LABELS, RowError, Sample
 from ..results import summary_path
@@ -117,7 +118,7 @@ def _text(obj: dict[str, Any], key: str) -> str | None:
 def read_predictions(path: str | Path) -> PredictionFile:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--pred {path}: no such file")
+        raise InputError(f"--pred {path}: no such file")
     rows: list[Prediction] = []
     problems: list[RowError] = []
     run_errors: list[RowError] = []
@@ -195,7 +196,7 @@ def resolve_gold(pred: PredictionFile, data: str | Path | None) -> Gold:
         return load_gold(pred.data)
     if pred.rows and all(r.label is not None for r in pred.rows):
         return gold_from_rows(pred)
-    raise ValueError(
+    raise UsageError(
         f"--data: {pred.path} has no gold labels (no run summary naming the data, no `label` in "
         "every row); pass --data with the gold set"
     )

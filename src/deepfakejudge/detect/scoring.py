@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InputError
 from ..metrics import (
     PARSED_ONLY,
     POLICIES,
@@ -156,7 +157,7 @@ def score_predictions(
         scored_items = []
     scored_items = [(r.id, r.prediction, r.p_fake) for r in scored] + scored_items
     if not scored_items:
-        raise ValueError(
+        raise InputError(
             f"--pred {pred.path}: no row can be scored against {gold.name} "
             f"({len(pred.rows)} usable rows, {len(problems)} problems); check that the ids match the gold set"
         )

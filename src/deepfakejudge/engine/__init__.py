@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from ..backends.base import Backend
+from ..errors import UsageError
 from ..records import Sample
 
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -72,4 +73,4 @@ def open_engine(name: str, work: Work, options: Any = None):
         from .ray_engine import RayEngine, RayOptions
 
         return RayEngine(work, options or RayOptions())
-    raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {name!r}")
+    raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, got {name!r}")

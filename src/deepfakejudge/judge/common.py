@@ -11,6 +11,7 @@ from ..backends.base import Backend, BackendError, ChatRequest, Generation, Gene
 from ..backends.budget import PromptTooLong, longest_field
 from ..data import InputError, LoadedImage, open_image
 from ..data.images import MAX_IMAGE_PIXELS
+from ..errors import UsageError
 from ..records import RowError, Sample
 from ..results import MODEL_ERROR_FIELD
 
@@ -148,7 +149,7 @@ def generate_answers(
     the original only if it parses, so a re-ask never turns a greedy answer into another one.
     """
     if config.reasks < 0:
-        raise ValueError(f"--reasks must be >= 0, got {config.reasks}")
+        raise UsageError(f"--reasks must be >= 0, got {config.reasks}")
     out = list(backend.generate_each(requests, config))
     for attempt in range(1, config.reasks + 1):
         todo = [i for i, g in enumerate(out) if isinstance(g, Generation) and find(g.text) is None]

@@ -7,6 +7,7 @@ from typing import Iterable, Iterator, Sequence
 
 from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
+from ..errors import UsageError
 from ..parsing import find_choice
 from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
@@ -64,7 +65,7 @@ class PairwiseJudge:
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.template.kind != "pairwise":
-            raise ValueError(f"PairwiseJudge needs a pairwise template, got a {self.template.kind} one")
+            raise UsageError(f"PairwiseJudge needs a pairwise template, got a {self.template.kind} one")
 
     @property
     def protocol(self) -> str:

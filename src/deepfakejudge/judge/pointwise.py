@@ -7,6 +7,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 
 from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
+from ..errors import UsageError
 from ..parsing import find_score, parse_reasoning
 from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import SCORES, PointwiseVerdict, RowError, Sample
@@ -28,7 +29,7 @@ MODES: tuple[str, ...] = ("generate", "score-only")
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def expected_value(probs: Sequence[float]) -> float:
@@ -61,7 +62,7 @@ class PointwiseJudge:
     def __post_init__(self) -> None:
         check_mode(self.mode)
         if self.template.kind != "pointwise":
-            raise ValueError(f"PointwiseJudge needs a pointwise template, got a {self.template.kind} one")
+            raise UsageError(f"PointwiseJudge needs a pointwise template, got a {self.template.kind} one")
 
     @property
     def protocol(self) -> str:

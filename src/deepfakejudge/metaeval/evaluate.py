@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from ..metrics import (
     bootstrap_ci,
     bootstrap_cis,
@@ -267,7 +268,7 @@ def evaluate_pairwise(pred: str, gold: str, templates: tuple[Template, ...] = ()
                                       len(agree) - len(both)))
         if pointwise_pred is not None:
             if pointwise_gold is None:
-                raise ValueError("--pointwise-pred needs --pointwise-gold (the rows the pointwise judge scored), "
+                raise UsageError("--pointwise-pred needs --pointwise-gold (the rows the pointwise judge scored), "
                                  "to find each pair's two responses")
             derived = _derived_choices(samples, pointwise_pred, pointwise_gold, templates, problems)
             n_none = sum(c is None for c in derived)

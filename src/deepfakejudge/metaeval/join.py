@@ -16,6 +16,7 @@ from typing import Any
 
 from ..data import load_records
 from ..data.jsonl import read_jsonl
+from ..errors import InputError
 from ..prompts import Template
 from ..records import Sample
 
@@ -41,7 +42,7 @@ def read_predictions(path: str | Path) -> tuple[dict[str, Prediction], list[str]
     Never modifies the file."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--pred {path}: no such file")
+        raise InputError(f"--pred {path}: no such file")
     preds: dict[str, Prediction] = {}
     problems: list[str] = []
     counts = {"malformed": 0, "duplicates": 0, "errors": 0}

@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from ..errors import InputError
+
 Kind = Literal[
     "pointwise", "pairwise", "detect",
     "bootstrap-generate", "bootstrap-refine", "bootstrap-paraphrase", "bootstrap-evaluate", "bootstrap-levels",
@@ -97,7 +99,7 @@ def template_text(raw: bytes, name: str) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"--template {name}: not UTF-8 text (byte {exc.start})") from exc
+        raise InputError(f"--template {name}: not UTF-8 text (byte {exc.start})") from exc
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -110,11 +112,11 @@ def load_template(path: str | Path, kind: Kind) -> Template:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"--template {path}: cannot read the file ({exc.strerror})") from exc
+        raise InputError(f"--template {path}: cannot read the file ({exc.strerror})") from exc
     text = template_text(raw, str(path))
     missing = [name for name in PLACEHOLDERS[kind] if "{" + name + "}" not in text]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"--template {path}: a {kind} template must contain "
             + ", ".join("{" + n + "}" for n in PLACEHOLDERS[kind])
             + f"; missing {', '.join('{' + n + '}' for n in missing)}"

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import InputError
 from . import Kind, Template, load_template, template_text
 
 REPOSITORY = "KjAeRsTuIsK/DeepfakeJudge"
@@ -50,7 +51,7 @@ DOWNLOAD_TIMEOUT = 15.0
 NAME = "official"
 
 
-class OfficialPromptMissing(ValueError):
+class OfficialPromptMissing(InputError):
     """The authors' prompt file is needed and no valid copy can be found or downloaded."""
 
 

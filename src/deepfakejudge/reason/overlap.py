@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .models import BertScorer, BertScores, Unavailable
+from ..errors import MissingExtra
+from .models import BertScorer, BertScores
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ def bleu3(candidates: Sequence[str], references: Sequence[str]) -> Bleu3:
     try:
         from sacrebleu.metrics import BLEU
     except ImportError as exc:
-        raise Unavailable("sacrebleu is not installed; pip install 'deepfakejudge[reason]'") from exc
+        raise MissingExtra("sacrebleu is not installed; pip install 'deepfakejudge[reason]'") from exc
     if len(candidates) != len(references) or not candidates:
         raise ValueError(f"bleu3: need as many candidates as references (> 0), got {len(candidates)} and {len(references)}")
     corpus = BLEU(max_ngram_order=3)

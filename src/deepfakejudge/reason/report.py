@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..detect.predictions import Gold, PredictionFile
+from ..errors import InputError, MissingExtra
 from ..judge import PointwiseJudge
 from ..records import RowError, Sample
 from .judge_score import judge_scores
-from .models import BertScoreSetting, Unavailable, bert_scorer, sentence_encoder
+from .models import BertScoreSetting, bert_scorer, sentence_encoder
 from .overlap import bertscore, bleu3
 from .reference import ReferenceCheck, check_many
 from .text import explanation
@@ -127,7 +128,7 @@ def _mean(values: list[float]) -> float | None:
 def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name: str | None = None) -> ReasonReport:
     items, problems = reason_items(pred, gold)
     if not items:
-        raise ValueError(
+        raise InputError(
             f"--pred {pred.path}: no explanation can be scored against {gold.name} "
             f"({len(pred.rows)} usable rows, {len(problems)} problems); check the ids and the `response` field"
         )
@@ -149,7 +150,7 @@ def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name
             bleu_sig, bleu_s_sig = b.signature, b.sentence_signature
             for k, v in zip(with_ref, b.sentences):
                 per[k]["bleu3"] = v
-        except Unavailable as exc:
+        except MissingExtra as exc:
             bleu = bleu_s = Metric(None, 0, str(exc))
 
     bert = bert_raw = Metric(None, 0, "no item has a gold rationale")
@@ -164,7 +165,7 @@ def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name
             for k, head, raw in zip(with_ref, scores.headline, scores.raw):
                 per[k]["bertscore_f1"] = head
                 per[k]["bertscore_f1_raw"] = raw
-        except Unavailable as exc:
+        except MissingExtra as exc:
             bert = bert_raw = Metric(None, 0, str(exc))
 
     judge, judge_unparsable = Metric(None, 0, config.judge_missing), 0
@@ -188,7 +189,7 @@ def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name
             components = _component_means(checks)
             for k, c in enumerate(checks):
                 per[k]["reference"] = c.brief()
-        except Unavailable as exc:
+        except MissingExtra as exc:
             reference = Metric(None, 0, str(exc))
     return ReasonReport(
         name=name or pred.path.stem, pred=str(pred.path), gold=gold.name, n=len(items), bleu3=bleu,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -33,18 +35,18 @@ class ServeSettings:
         for name in ("max_body_bytes", "max_image_pixels", "max_text_chars", "max_new_tokens", "max_logprobs", "max_batch",
                      "max_pixels_in_flight", "decode_workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.batch_window_ms < 0:
-            raise ValueError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
+            raise UsageError(f"--batch-window-ms must be >= 0, got {self.batch_window_ms}")
         if self.admission_wait_s < 0:
-            raise ValueError(f"--admission-wait must be >= 0 seconds, got {self.admission_wait_s}")
+            raise UsageError(f"--admission-wait must be >= 0 seconds, got {self.admission_wait_s}")
         if not self.body_timeout_s > 0:
-            raise ValueError(f"--body-timeout must be > 0 seconds, got {self.body_timeout_s}")
+            raise UsageError(f"--body-timeout must be > 0 seconds, got {self.body_timeout_s}")
         if self.max_pixels_in_flight < self.max_image_pixels:
-            raise ValueError(f"--max-pixels-in-flight ({self.max_pixels_in_flight}) must be at least --max-image-pixels "
+            raise UsageError(f"--max-pixels-in-flight ({self.max_pixels_in_flight}) must be at least --max-image-pixels "
                              f"({self.max_image_pixels}), else the largest allowed image could never be admitted")
         if self.allowed_root is not None and not self.allowed_root.is_dir():
-            raise ValueError(f"--allowed-root {self.allowed_root}: not a directory")
+            raise UsageError(f"--allowed-root {self.allowed_root}: not a directory")
 
 
 class ApiError(Exception):

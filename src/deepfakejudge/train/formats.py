@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, UsageError
 from ..prompts import Template
 from ..records import RowError, Sample
 from .examples import build_examples
@@ -82,7 +83,7 @@ def update_dataset_info(out: Path, name: str) -> Path:
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{info_path}: not valid JSON ({exc.msg}); fix or remove it") from exc
+            raise InputError(f"{info_path}: not valid JSON ({exc.msg}); fix or remove it") from exc
     info[name] = llamafactory_entry(out)
     info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return info_path
@@ -94,11 +95,11 @@ def convert(samples: Iterable[Sample], template: Template, out: str | Path, to: 
     dataset_info.json path for LLaMA-Factory). ms-swift rows name images absolutely, or relative
     to `relative_to`; LLaMA-Factory rows relative to the output file's folder (its `media_dir`)."""
     if to not in FORMATS:
-        raise ValueError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
+        raise UsageError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     out = Path(out)
     if to == "llamafactory":
         if relative_to is not None:
-            raise ValueError("--relative-to: LLaMA-Factory resolves images against the dataset folder; "
+            raise UsageError("--relative-to: LLaMA-Factory resolves images against the dataset folder; "
                              "the option applies to --to msswift only")
         root: Path | None = out.parent
     else:

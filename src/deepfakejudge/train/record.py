@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import PixelBudget
+from ..errors import InputError
 from ..prompts import Template
 
 RUN_FILE = "dfj_train.json"
@@ -53,9 +54,9 @@ def read_record(folder: str | Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg}); the training run record is damaged") from exc
+        raise InputError(f"{path}: not valid JSON ({exc.msg}); the training run record is damaged") from exc
     if record.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {record.get('format')!r} is not {FORMAT!r}; written by another version")
+        raise InputError(f"{path}: format {record.get('format')!r} is not {FORMAT!r}; written by another version")
     return record
 
 
@@ -69,11 +70,11 @@ def load_trained_judge(folder: str | Path) -> TrainedJudge | None:
     try:
         text = template_path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ValueError(f"{template_path}: missing ({exc.strerror}); the training run record is incomplete") from exc
+        raise InputError(f"{template_path}: missing ({exc.strerror}); the training run record is incomplete") from exc
     template = Template(kind=record["kind"], text=text, name=str(template_path),
                         official=bool(record["template"].get("official", False)))
     if template.sha256 != record["template"]["sha256"]:
-        raise ValueError(
+        raise InputError(
             f"{template_path}: its sha256 {template.sha256[:12]}… differs from the recorded "
             f"{record['template']['sha256'][:12]}…; the file was edited after training"
         )
