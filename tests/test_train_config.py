@@ -25,7 +25,7 @@ def test_defaults_are_the_released_recipe():
     assert c.warmup_ratio == 0.05
     assert (c.min_pixels, c.max_pixels) == (3136, 1003520)
     assert c.max_length == 4096
-    assert c.dtype == "auto"  # bf16 on GPU, fp32 on CPU (train.sft._precision)
+    assert c.dtype == "auto"  # bf16 on GPU, fp32 on CPU (runtime.resolve_dtype)
     assert load_config("pairwise", REQUIRED).max_length == 2048
 
 

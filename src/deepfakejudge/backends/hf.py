@@ -14,11 +14,12 @@ it would be one-hot.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..errors import MissingExtra, UsageError
+from ..runtime import resolve_device, resolve_dtype
 from .base import (
     Backend,
     BackendError,
@@ -35,39 +36,7 @@ from .stopping import AnswerStop, check_answer_kind, cut_at
 from .vision_attention import set_grouped_vision_attention
 from .vision_cache import VisionCache
 
-DTYPES = ("float32", "bfloat16", "float16")
 VISION_ATTENTION = ("auto", "grouped", "loop")
-_DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
-
-
-def resolve_device(device: str):
-    """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:N' checked against this machine."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not _DEVICE_RE.fullmatch(device):
-        raise ValueError(f"device: unknown device '{device}'; use auto, cpu, cuda or cuda:N")
-    resolved = torch.device(device)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: '{device}' requested but no CUDA device is available; use --device cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device: '{device}' does not exist ({torch.cuda.device_count()} CUDA devices)")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device) -> Any:
-    """'auto' -> bfloat16 on GPU (float16 where bf16 is unsupported), float32 on CPU."""
-    import torch
-
-    if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
 
 
 def model_classes() -> dict[str, Any]:
@@ -151,13 +120,13 @@ class HFBackend(Backend):
             # transformers says "couldn't connect" / "not a valid model identifier" in a long
             # traceback; the user needs the model name, the reason and what to do.
             reason = str(exc).strip().splitlines()[0]
-            raise ValueError(
+            raise UsageError(
                 f"model '{options.model}': cannot be loaded ({reason}). Pass a local checkpoint "
                 "folder, or a Hugging Face id that is in the local cache or reachable online."
             ) from exc
         classes = model_classes()
         if model_type not in classes:
-            raise ValueError(
+            raise UsageError(
                 f"model '{options.model}': architecture '{model_type}' is not supported by the hf "
                 f"backend (supported: {', '.join(classes)})"
             )
@@ -307,11 +276,11 @@ class HFBackend(Backend):
         import torch
 
         if config.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
+            raise UsageError(f"max_new_tokens: must be >= 1, got {config.max_new_tokens}")
         if config.temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {config.temperature}")
+            raise UsageError(f"temperature: must be >= 0, got {config.temperature}")
         if config.top_logprobs < 0:
-            raise ValueError(f"top_logprobs: must be >= 0, got {config.top_logprobs}")
+            raise UsageError(f"top_logprobs: must be >= 0, got {config.top_logprobs}")
         if not requests:
             return []
         hf_config = self._decoding_config(config)
@@ -473,14 +442,14 @@ class HFBackend(Backend):
         # token): one next-token distribution cannot tell those apart.
         firsts = [ids[n] if len(ids) > n else None for ids in full]
         if None in firsts or len(set(firsts)) != len(firsts):
-            raise ValueError(
+            raise UsageError(
                 f"choices: {list(choices)} do not start with distinct tokens after the prefix "
                 f"{prefix[-20:]!r}; their probabilities cannot be told apart from one next token"
             )
         multi = [c for c, ids in zip(choices, full) if len(ids) - n != 1]
         if multi:
             tokens = [self.processor.tokenizer.convert_ids_to_tokens(ids[n:]) for ids in full]
-            raise ValueError(
+            raise UsageError(
                 f"choices: {multi} are not single tokens after the prefix {prefix[-20:]!r} "
                 f"(tokens after the shared context: {tokens}); choice probabilities read one "
                 "next token per choice; use --mode generate"
@@ -563,7 +532,7 @@ def folder_fingerprint(path: str | None) -> str | None:
 
 def _vision_attention(options: LoadOptions) -> str:
     if options.vision_attention not in VISION_ATTENTION:
-        raise ValueError(f"vision_attention: {options.vision_attention!r} is not one of {', '.join(VISION_ATTENTION)}")
+        raise UsageError(f"vision_attention: {options.vision_attention!r} is not one of {', '.join(VISION_ATTENTION)}")
     return options.vision_attention
 
 
@@ -571,7 +540,7 @@ def _load_adapter(model: Any, adapter: str) -> Any:
     try:
         from peft import PeftModel
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtra(
             "loading a LoRA adapter needs peft: pip install 'deepfakejudge[lora]'"
         ) from e
     # Kept unmerged: exact LoRA arithmetic, and the base weights stay as loaded.

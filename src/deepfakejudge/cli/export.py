@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
+from ..errors import UsageError
 from .options import emit
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--parity-samples", type=int, default=8, help="how many rows (default 8)")
     g.add_argument("--tolerance", type=float, default=None,
                    help="max absolute probability difference (default 1e-3 float32, 5e-2 bf16/fp16)")
-    g.add_argument("--device", default="auto", help="device for the parity check: auto | cpu | cuda")
+    g.add_argument("--device", default="auto", help="device for the parity check: auto | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object on stdout")
     p.set_defaults(run=run)
 
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train.export import export
     if args.parity_samples < 1:
-        raise ValueError(f"--parity-samples must be >= 1, got {args.parity_samples}")
+        raise UsageError(f"--parity-samples must be >= 1, got {args.parity_samples}")
     outcome = export(args.adapter, args.out, base=args.base, dtype=args.dtype, parity_data=args.parity_data,
                      parity_n=args.parity_samples, tolerance=args.tolerance, device=args.device,
                      overwrite=args.overwrite, check=not args.no_parity)

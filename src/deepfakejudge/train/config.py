@@ -15,25 +15,24 @@ naming the key, never silently ignored.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from .. import runtime
 from ..backends.base import MAX_PIXELS, MIN_PIXELS, PixelBudget
 from ..errors import InputError, MissingExtra, UsageError
 
 Kind = Literal["pointwise", "pairwise"]
 KINDS: tuple[str, ...] = ("pointwise", "pairwise")
 DEFAULT_MAX_LENGTH: dict[str, int] = {"pointwise": 4096, "pairwise": 2048}
-DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("auto", *runtime.DTYPES)
 # What of the end of the assistant turn the loss covers: `<|im_end|>` and the newline the chat
 # template puts after it (ms-swift >= 3.11), or `<|im_end|>` alone (ms-swift before 3.11, and this
 # project before it matched current ms-swift).
 END_OF_TURN: tuple[str, ...] = ("im_end_newline", "im_end")
 SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant", "constant_with_warmup")
-_DEVICE = re.compile(r"auto|cpu|cuda")
 
 # The paper's learning rate. It is unusually low for LoRA (1e-4..2e-4 is common): kept as the
 # default for parity with the released judges.
@@ -111,10 +110,11 @@ class TrainConfig:
     min_pixels: int = setting(MIN_PIXELS, "image budget, default {default}", flag="--min-pixels")
     max_pixels: int = setting(MAX_PIXELS, "image budget, default {default}", flag="--max-pixels")
     # runtime
-    device: str = setting("auto", "auto | cpu | cuda (default {default}; pick GPUs with CUDA_VISIBLE_DEVICES or "
-                                  "accelerate launch)", flag="--device")
-    dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16 "
-                                 "(default {default})", flag="--dtype")
+    device: str = setting("auto", f"{runtime.DEVICE_HELP} (default {{default}}; cuda:N trains on GPU N alone; "
+                                  "several GPUs: accelerate launch, choose them with CUDA_VISIBLE_DEVICES)",
+                          flag="--device")
+    dtype: str = setting("auto", "auto (bf16 on GPU, fp16 on a GPU without bf16, fp32 on CPU) | float32 | bfloat16 "
+                                 "| float16 (default {default})", flag="--dtype")
     # transformers 5's name for gradient checkpointing.
     gradient_checkpointing: bool = setting(True, "recompute activations in backward to save memory",
                                            sft="activation_checkpointing")
@@ -307,7 +307,8 @@ def validate(c: TrainConfig) -> None:
     need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
     need(c.max_grad_norm > 0, "max_grad_norm", "must be > 0")
     need(c.max_length is not None and c.max_length >= 16, "max_length", "must be >= 16 tokens")
-    need(c.device is not None and _DEVICE.fullmatch(c.device) is not None, "device", "use auto, cpu or cuda (choose GPUs with CUDA_VISIBLE_DEVICES or accelerate launch)")
+    need(runtime.DEVICE_PATTERN.fullmatch(c.device) is not None, "device",
+         "use auto, cpu, cuda or cuda:N (several GPUs: accelerate launch; choose them with CUDA_VISIBLE_DEVICES)")
     need(c.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
     need(c.logging_steps >= 1, "logging_steps", "must be >= 1")
     need(c.save_steps >= 1, "save_steps", "must be >= 1")

@@ -23,6 +23,8 @@ from typing import Any
 
 from ..backends.base import LoadOptions, PixelBudget
 from ..backends.processor import is_local_model
+from ..errors import InputError, MissingExtra, UsageError
+from ..runtime import resolve_device
 from .record import RUN_FILE, TEMPLATE_FILE, load_trained_judge
 
 PROCESSOR_FILES = (
@@ -59,7 +61,7 @@ class ExportOutcome:
 def adapter_base(adapter: Path, base: str | None) -> str:
     """`base` if given, else the run record's base, else adapter_config.json's."""
     if not (adapter / "adapter_config.json").is_file():
-        raise ValueError(f"--adapter {adapter}: no adapter_config.json; pass the folder `dfj train` wrote (--out)")
+        raise InputError(f"--adapter {adapter}: no adapter_config.json; pass the folder `dfj train` wrote (--out)")
     if base:
         return base
     trained = load_trained_judge(adapter)
@@ -68,7 +70,7 @@ def adapter_base(adapter: Path, base: str | None) -> str:
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     found = config.get("base_model_name_or_path")
     if not found:
-        raise ValueError(f"--adapter {adapter}: the base model is not recorded; pass --base")
+        raise UsageError(f"--adapter {adapter}: the base model is not recorded; pass --base")
     return found
 
 
@@ -110,23 +112,23 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     try:
         from peft import PeftModel
     except ImportError as exc:
-        raise ImportError("dfj export needs peft: pip install 'deepfakejudge[train]'") from exc
+        raise MissingExtra("dfj export needs peft: pip install 'deepfakejudge[train]'") from exc
 
     from ..backends.hf import model_classes
 
     adapter, out = Path(adapter), Path(out)
     base = adapter_base(adapter, base)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out}: exists and is not empty; choose a new folder or pass --overwrite")
+        raise UsageError(f"--out {out}: exists and is not empty; choose a new folder or pass --overwrite")
     if out.resolve() == adapter.resolve():
-        raise ValueError("--out must differ from --adapter")
+        raise UsageError("--out must differ from --adapter")
     is_local_model(base)
     model_type = AutoConfig.from_pretrained(base).model_type
     classes = model_classes()
     if model_type not in classes:
-        raise ValueError(f"base '{base}': architecture '{model_type}' is not supported (supported: {', '.join(classes)})")
+        raise UsageError(f"base '{base}': architecture '{model_type}' is not supported (supported: {', '.join(classes)})")
     if dtype not in ("auto", *TOLERANCE):
-        raise ValueError(f"--dtype must be auto, {', '.join(TOLERANCE)}; got {dtype!r}")
+        raise UsageError(f"--dtype must be auto, {', '.join(TOLERANCE)}; got {dtype!r}")
     # "auto": the checkpoint's own dtype (bf16 for the released Qwen2.5-VL models).
     model = classes[model_type].from_pretrained(base, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -164,7 +166,7 @@ def parity_check(base: str, adapter: str | Path, merged: str | Path, samples: li
             backend.close()
         if any(r is None for r in rows):
             bad = [getattr(v, "where", "") or getattr(v, "id", "") for v, r in zip(verdicts, rows) if r is None]
-            raise ValueError(f"parity: no score distribution for {bad[:3]}; pass --parity-data with usable rows")
+            raise InputError(f"parity: no score distribution for {bad[:3]}; pass --parity-data with usable rows")
         return rows, info["device"], info["dtype"]
 
     # Both run in the export's dtype, the precision the tolerance is stated for.
@@ -188,7 +190,7 @@ def parity_samples(adapter: Path, data: str | None, n: int) -> tuple[list[Any], 
 
     trained = load_trained_judge(adapter)
     if trained is None and data is None:
-        raise ValueError(f"--adapter {adapter}: has no {RUN_FILE}; pass --parity-data D (and --kind) or --no-parity")
+        raise UsageError(f"--adapter {adapter}: has no {RUN_FILE}; pass --parity-data D (and --kind) or --no-parity")
     kind = trained.kind if trained else "pointwise"
     template = trained.template if trained else default_template(kind)
     budget = trained.budget if trained else PixelBudget()
@@ -197,7 +199,7 @@ def parity_samples(adapter: Path, data: str | None, n: int) -> tuple[list[Any], 
     needed = ("response",) if kind == "pointwise" else ("response_a", "response_b")
     usable = [s for s in dataset.samples if all(getattr(s, f) for f in needed)][:n]
     if not usable:
-        raise ValueError(f"--parity-data {source}: no usable {kind} rows")
+        raise InputError(f"--parity-data {source}: no usable {kind} rows")
     return usable, template, kind, budget
 
 
@@ -205,7 +207,8 @@ def export(adapter: str | Path, out: str | Path, base: str | None = None, dtype:
            parity_data: str | None = None, parity_n: int = 8, tolerance: float | None = None,
            device: str = "auto", overwrite: bool = False, check: bool = True) -> ExportOutcome:
     adapter, out = Path(adapter), Path(out)
-    if check:  # fail on a bad --parity-data before the (long) merge
+    if check:  # fail on a bad --device or --parity-data before the (long) merge
+        device = str(resolve_device(device))  # the rule judging and training use (runtime)
         samples, template, kind, budget = parity_samples(adapter, parity_data, parity_n)
     base, saved_dtype, copied = merge_adapter(adapter, out, base, dtype, overwrite)
     parity = None

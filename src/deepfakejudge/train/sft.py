@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import InputError, MissingExtra, UsageError
 from ..prompts import resolve_template
+from ..runtime import resolve_device, resolve_dtype
 from ..prompts.official import released_judge
 from .config import TrainConfig, batch_plan, config_fields, with_batch_plan
 from .prepare import PreparedData, prepare_examples
@@ -135,23 +136,41 @@ def _check_out(config: TrainConfig, resume: bool) -> Path | None:
     return checkpoints[-1]
 
 
-def _precision(config: TrainConfig) -> tuple[Any, bool, bool]:
-    """(model dtype, bf16 mixed precision, fp16 mixed precision)."""
+def training_runtime(config: TrainConfig) -> tuple[Any, Any, bool, bool]:
+    """(device, model dtype, bf16 mixed precision, fp16 mixed precision), by the rule judging and
+    export use (`runtime`): `auto` is bf16 on GPU, fp16 on a GPU without bf16, fp32 on CPU."""
     import torch
 
-    on_gpu = config.device != "cpu" and torch.cuda.is_available()
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device: 'cuda' requested but no CUDA device is available; use --device cpu")
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if on_gpu else "float32"
-    if dtype in ("bfloat16", "float16") and not on_gpu:
-        raise UsageError(f"dtype: {dtype} training needs a GPU; use float32 (or auto) on CPU")
-    return getattr(torch, dtype), dtype == "bfloat16", dtype == "float16"
+    device = resolve_device(config.device)
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if device.index is not None and world > 1:
+        raise UsageError(
+            f"device: '{config.device}' picks one GPU, but this is one of {world} processes (accelerate launch, "
+            "torchrun), each on its own GPU; use --device cuda (or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    dtype = resolve_dtype(config.dtype, device)
+    if dtype in (torch.bfloat16, torch.float16) and device.type != "cuda":
+        raise UsageError(f"dtype: {config.dtype} training needs a GPU; use float32 (or auto) on CPU")
+    return device, dtype, dtype == torch.bfloat16, dtype == torch.float16
 
 
-def _load_model(config: TrainConfig, dtype: Any) -> Any:
+def pin_device(args: Any, device: Any) -> None:
+    """Train on GPU N alone for `--device cuda:N`.
+
+    Workaround: transformers' TrainingArguments (5.24) puts a single process on cuda:0 and runs
+    DataParallel over every visible GPU. Its device is a cached property: setting the cached value
+    (and the current CUDA device, which accelerate's "cuda" follows) moves the run to GPU N.
+    """
+    if device.type != "cuda" or device.index is None:
+        return
     import torch
+
+    torch.cuda.set_device(device)
+    args.__dict__["_setup_devices"] = device  # functools.cached_property keeps its value here
+    args._n_gpu = 1
+
+
+def _load_model(config: TrainConfig, device: Any, dtype: Any) -> Any:
     from transformers import AutoConfig
 
     from ..backends.hf import model_classes
@@ -164,7 +183,7 @@ def _load_model(config: TrainConfig, dtype: Any) -> Any:
                          f"(supported: {', '.join(classes)})")
     model = classes[model_type].from_pretrained(config.base, dtype=dtype, attn_implementation="sdpa")
     # Grouped vision attention on GPU only, as HFBackend's "auto" (backends/vision_attention.py).
-    set_grouped_vision_attention(model, config.device != "cpu" and torch.cuda.is_available())
+    set_grouped_vision_attention(model, device.type == "cuda")
     return model
 
 
@@ -189,8 +208,7 @@ def _encode_visual(trainer: Any, processor: Any, data: PreparedData, config: Tra
     return info
 
 
-def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
-    import torch
+def _sft_config(config: TrainConfig, device: Any, bf16: bool, fp16: bool) -> Any:
     from trl import SFTConfig
 
     # Each setting that TRL takes as it is names its SFTConfig argument in its declaration (`sft`).
@@ -202,7 +220,7 @@ def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
         use_cpu=config.device == "cpu",
         logging_first_step=True,
         save_strategy="steps",
-        dataloader_pin_memory=config.device != "cpu" and torch.cuda.is_available(),
+        dataloader_pin_memory=device.type == "cuda",
         report_to="none",
         # The collator builds complete sequences and the length check ran before training:
         # nothing for TRL to prepare or truncate, and no columns for it to drop.
@@ -215,13 +233,13 @@ def _sft_config(config: TrainConfig, bf16: bool, fp16: bool) -> Any:
 def data_parallel_devices(config: TrainConfig) -> int:
     """Devices that each take a per-device batch: the launcher's processes (torchrun and accelerate
     set WORLD_SIZE), or, in one process on several GPUs, the GPUs (the Trainer then runs
-    DataParallel); 1 on CPU."""
+    DataParallel); 1 on CPU and for one GPU named by `cuda:N`."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE") or 1)
     if world > 1:
         return world
-    if config.device != "cpu" and torch.cuda.is_available():
+    if config.device in ("auto", "cuda") and torch.cuda.is_available():
         return max(1, torch.cuda.device_count())
     return 1
 
@@ -275,15 +293,16 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     config, plan = plan_batch(config)
     checkpoint = _check_out(config, resume)
     _log(plan.describe())
-    dtype, bf16, fp16 = _precision(config)
+    device, dtype, bf16, fp16 = training_runtime(config)
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
     data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn)
     _report_data(data, config)
 
     # The training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained shard the
     # weights as they load (zero3_init_flag) instead of materialising the model on every rank.
-    args = _sft_config(config, bf16, fp16)
-    model = _load_model(config, dtype)
+    args = _sft_config(config, device, bf16, fp16)
+    pin_device(args, device)
+    model = _load_model(config, device, dtype)
     vision_without_grad(model)
     visual = VisualStore()  # filled below, once the model is on its device
     lora = LoraConfig(
