@@ -264,8 +264,28 @@ def test_scale_out_doc_commands_parse():
     for block in blocks:
         joined = block.replace("\\\n", " ")
         commands += [line.split("#", 1)[0].split() for line in joined.splitlines() if line.startswith("dfj ")]
-    assert len(commands) == 4
     parser = build_parser()
-    for argv in commands:
-        args = parser.parse_args(argv[1:])
-        assert args.engine == "ray", argv
+    parsed = [parser.parse_args(argv[1:]) for argv in commands]
+    assert sum(getattr(args, "engine", None) == "ray" for args in parsed) == 4  # the Ray section's four
+
+
+def test_replicas_hold_the_openai_client(ray_address, tiny_model_dir, data, tmp_path, capsys):
+    """--backend openai: each replica is a client of the same server; rows equal the local client's."""
+    from serving import NAME, Server, free_port
+
+    server = Server(tiny_model_dir, free_port(), tmp_path / "server.log", "--insecure-no-key")
+    try:
+        argv = ["judge", "pointwise", "--model", NAME, "--backend", "openai", "--base-url", server.url + "/v1",
+                "--no-cache", "--data", str(data), "--mode", "score-only", "--batch-size", "2", "--limit", "16",
+                "--image-workers", "0", "--max-pixels", str(16 * 28 * 28), "--allow-errors", "--json"]
+        assert main(argv + ["--out", str(tmp_path / "local.jsonl")]) == 0
+        before = server.health()["requests"].get("chat", 0)
+        assert main(argv + ["--out", str(tmp_path / "ray.jsonl"), *RAY]) == 0
+        served = server.health()["requests"].get("chat", 0) - before
+    finally:
+        server.stop()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    same_rows(by_id(tmp_path / "ray.jsonl"), by_id(tmp_path / "local.jsonl"))
+    assert summary["backend"]["backend"] == "openai" and summary["engine"]["gpus_per_replica"] == 0.0
+    assert all(v > 0 for v in summary["engine"]["items_per_replica"].values())
+    assert served >= 15  # the 15 good rows of the first 16 went to the server from the replicas

@@ -22,6 +22,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
+from ..errors import MissingExtra, UsageError
 from ..judge.common import SORT_POOL_BATCHES, batched
 from ..records import Sample
 from . import Work
@@ -40,7 +41,7 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise ImportError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
+        raise MissingExtra(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
     return ray
 
 
@@ -73,10 +74,10 @@ def plan_replicas(options: RayOptions, nodes: Sequence[Mapping[str, float]]) -> 
     with the largest node's CPUs (torch uses them all). Raises ValueError when the replicas do
     not fit on the cluster (Ray would otherwise wait for resources forever)."""
     if options.replicas is not None and options.replicas < 1:
-        raise ValueError(f"--replicas must be >= 1, got {options.replicas}")
+        raise UsageError(f"--replicas must be >= 1, got {options.replicas}")
     for name, value in (("--gpus-per-replica", options.gpus_per_replica), ("--cpus-per-replica", options.cpus_per_replica)):
         if value is not None and value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+            raise UsageError(f"{name} must be >= 0, got {value}")
     total_gpu = sum(n.get("GPU", 0.0) for n in nodes)
     total_cpu = sum(n.get("CPU", 0.0) for n in nodes)
     largest_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
@@ -96,7 +97,7 @@ def plan_replicas(options: RayOptions, nodes: Sequence[Mapping[str, float]]) -> 
             replicas = 1
     fits = sum(min(_fit(n.get("GPU", 0.0), gpus), _fit(n.get("CPU", 0.0), cpus)) for n in nodes)
     if fits < replicas:
-        raise ValueError(
+        raise UsageError(
             f"--replicas {replicas} with --gpus-per-replica {gpus:g} and --cpus-per-replica {cpus:g} do not fit on "
             f"the Ray cluster ({len(nodes)} node(s), {total_gpu:g} GPU(s), {total_cpu:g} CPU(s) in all; {fits} such "
             f"replica(s) fit): ask for fewer or smaller replicas, or add nodes")
@@ -175,7 +176,7 @@ class RayEngine:
 
     def __init__(self, work: Work, options: RayOptions):
         if options.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
+            raise UsageError(f"--batch-size must be >= 1, got {options.batch_size}")
         self.ray = import_ray()  # before any data or model: a missing extra fails first
         self.work = work
         self.options = options
@@ -243,14 +244,15 @@ class RayEngine:
         load: Counter[int] = Counter()
         alive = set(range(len(self.actors)))
 
-        def feed(i: int) -> None:
-            while load[i] < IN_FLIGHT and todo:
+        def feed(i: int, depth: int = IN_FLIGHT) -> None:
+            while load[i] < depth and todo:
                 k, chunk = todo.popleft()
                 pending[self.actors[i].run.remote(k, chunk)] = (i, k, chunk)
                 load[i] += 1
 
-        for i in sorted(alive):
-            feed(i)
+        for depth in range(1, IN_FLIGHT + 1):  # round robin: a short run still uses every replica
+            for i in sorted(alive):
+                feed(i, depth)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             i, k, chunk = pending.pop(ref)
