@@ -114,8 +114,9 @@ def test_detect_generate_rows_equal_local(ray_address, tiny_model_dir, data, tmp
     assert summary["engine"]["chunk_size"] == 12 and sum(summary["engine"]["items_per_replica"].values()) == 24
 
 
-def test_killed_replica_loses_and_duplicates_nothing(ray_address, tiny_model_dir, data, local_pointwise, tmp_path,
-                                                     monkeypatch, capsys):
+@pytest.mark.parametrize("no_restart", [False, True], ids=["restarted", "gone"])
+def test_killed_replica_loses_and_duplicates_nothing(no_restart, ray_address, tiny_model_dir, data, local_pointwise,
+                                                     tmp_path, monkeypatch, capsys):
     import deepfakejudge.cli.judge as cli_judge
 
     engines: list[RayEngine] = []
@@ -141,7 +142,7 @@ def test_killed_replica_loses_and_duplicates_nothing(ray_address, tiny_model_dir
 
         def update(self, n):
             if not killed:
-                ray.kill(engines[0].actors[0], no_restart=False)
+                ray.kill(engines[0].actors[0], no_restart=no_restart)
                 killed.append(n)
 
     monkeypatch.setattr(RayEngine, "start", recording_start)
@@ -150,8 +151,10 @@ def test_killed_replica_loses_and_duplicates_nothing(ray_address, tiny_model_dir
     assert main(pointwise_argv(tiny_model_dir, data, out, *RAY)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert killed
-    # Ray restarted replica 0 (a new process answered for it) and re-ran what it held.
-    assert summary["engine"]["restarts_seen"] == {"0": 1}
+    if no_restart:  # replica 0 is gone for good: the chunks it held moved to replica 1
+        assert summary["engine"]["chunks_moved"] >= 1 and summary["engine"]["restarts_seen"] == {}
+    else:  # Ray restarted replica 0 (a new process answered for it) and re-ran what it held
+        assert summary["engine"]["restarts_seen"] == {"0": 1} and summary["engine"]["chunks_moved"] == 0
     same_rows(by_id(out), local_pointwise)
     assert sum(summary["engine"]["items_per_replica"].values()) == N + 2
 

@@ -22,6 +22,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
+from ..backends.base import BackendUnavailable
 from ..errors import MissingExtra, UsageError
 from ..judge.common import SORT_POOL_BATCHES, batched
 from ..records import Sample
@@ -264,7 +265,7 @@ class RayEngine:
                 todo.appendleft((k, chunk))
                 self.moved += 1
                 if not alive:
-                    raise RuntimeError(
+                    raise BackendUnavailable(
                         f"all {len(self.actors)} Ray replicas died, each after {MAX_RESTARTS} restarts (see the "
                         "Ray logs for why); the rows written so far are kept: run the same command again to "
                         "resume") from None
