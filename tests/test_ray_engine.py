@@ -292,3 +292,20 @@ def test_replicas_hold_the_openai_client(ray_address, tiny_model_dir, data, tmp_
     assert summary["backend"]["backend"] == "openai" and summary["engine"]["gpus_per_replica"] == 0.0
     assert all(v > 0 for v in summary["engine"]["items_per_replica"].values())
     assert served >= 15  # the 15 good rows of the first 16 went to the server from the replicas
+
+
+def test_unreachable_ray_address_is_refused_at_once():
+    """Ray would retry an address nothing answers on for minutes; the engine says so at once."""
+    import socket
+
+    from deepfakejudge.engine.ray_engine import _check_reachable
+    from deepfakejudge.errors import UsageError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=rf"--ray-address \(or RAY_ADDRESS\) 127.0.0.1:{port}: no Ray cluster answers"):
+        _check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 5
+    _check_reachable("ray://head:10001")  # Ray Client addresses are left to Ray

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from ..backends.base import BackendUnavailable
 from ..errors import MissingExtra, UsageError
 from ..judge.common import SORT_POOL_BATCHES, batched
 from ..records import Sample
-from . import Work
+
+if TYPE_CHECKING:  # annotations only: engine/__init__ imports this module
+    from . import Work
 
 INSTALL_HINT = "install it with: pip install 'deepfakejudge[ray]'"
 
@@ -110,6 +113,19 @@ def _cause(exc: Exception) -> Exception:
     so the CLI reports it and exits as it does for the local engine."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, Exception) else exc
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is refused at once: Ray itself retries for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return  # ray://, auto: left to Ray
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(
+            f"--ray-address (or RAY_ADDRESS) {address}: no Ray cluster answers there ({exc}); start one with "
+            f"`ray start --head --port {port}` on that node, or give the head node's address") from None
 
 
 def _cluster_errors_to_stderr(ray) -> None:
@@ -200,6 +216,8 @@ class RayEngine:
         if not ray.is_initialized():
             address = self.options.address or os.environ.get("RAY_ADDRESS") or None
             extra = {} if address else {"include_dashboard": False}  # a local cluster for this run only
+            if address:
+                _check_reachable(address)
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **extra)
             self._owns_ray = True
         self.address = ray.get_runtime_context().gcs_address
