@@ -4,8 +4,8 @@ rows are sent as written. What the model is sent is observed on a recording Open
 server on 127.0.0.1, not taken from the summary.
 
 The project holds no copy of the authors' text, so tests serve stand-in files of the same shape
-(CRLF line ends, literal braces) and point the pinned hashes at them (`PINNED_SHA256` is a module
-constant; monkeypatching it is how a test stands in for the real file). Where the real files sit
+(CRLF line ends, literal braces) and point the pinned hashes at them (`prompts.template.PINNED_SHA256` is
+a module constant; monkeypatching it is how a test stands in for the real file). Where the real files sit
 beside the clone, one test checks them with the real hashes.
 """
 
@@ -25,6 +25,7 @@ from PIL import Image
 from deepfakejudge.cli import main
 from deepfakejudge.prompts import load_template, resolve_template
 from deepfakejudge.prompts import official
+from deepfakejudge.prompts import template as template_core
 from deepfakejudge.prompts.official import OfficialPromptMissing, official_template, released_judge, released_kind
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepfakejudge-official"
@@ -126,7 +127,7 @@ def closed_port_url() -> str:
 def prompts(monkeypatch, tmp_path):
     """The stand-ins served over HTTP, pinned as the official files; an empty user cache."""
     server = FileServer({f"/raw/{kind}/prompt.txt": raw for kind, raw in STAND_IN.items()})
-    monkeypatch.setattr(official, "PINNED_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in STAND_IN.items()})
+    monkeypatch.setattr(template_core, "PINNED_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in STAND_IN.items()})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv(official.URL_ENV, server.url)
     monkeypatch.delenv(official.FOLDER_ENV, raising=False)
@@ -240,7 +241,7 @@ def test_the_real_files_have_the_pinned_hashes_and_fill_in_text_mode(tmp_path, m
     folder = tmp_path / "official"
     for kind in ("pointwise", "pairwise"):
         raw = (REFERENCE / f"{kind}_prompt.txt").read_bytes()
-        assert hashlib.sha256(raw).hexdigest() == official.PINNED_SHA256[kind]
+        assert hashlib.sha256(raw).hexdigest() == template_core.PINNED_SHA256[kind]
         (folder / kind).mkdir(parents=True)
         (folder / kind / "prompt.txt").write_bytes(raw)
     monkeypatch.setenv(official.FOLDER_ENV, str(folder))

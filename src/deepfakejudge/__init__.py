@@ -3,8 +3,7 @@
 Implements the system of "Pixels Don't Lie (But Your Detector Might)" (DeepfakeJudge, CVPR 2026).
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .data import load_records
 from .judge import PairwiseJudge, PointwiseJudge
 from .parsing import parse_choice, parse_prediction, parse_score

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from ._version import __version__
 from .records import PairwiseVerdict, PointwiseVerdict, RowError
 
 
@@ -148,8 +149,6 @@ def _git_state() -> tuple[str | None, bool | None]:
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
-    from . import __version__
-
     commit, dirty = _git_state()
     info = {
         "deepfakejudge": __version__,

@@ -17,9 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ..data.canonical import InputError
 from .agreement import agreement_report
-from .app import AppContext, request_user
 from .assignment import assign, check_share
 from .db import Annotation, Annotator, Dataset, Item
+from .deps import AppContext, request_user
 from .exchange import collect_ratings, export_rows, import_rows
 from .review import FILTERS, PAGE_SIZE, read_results, review_entries
 from .store import User, add_annotator, new_token, set_setting

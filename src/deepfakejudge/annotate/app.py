@@ -10,33 +10,17 @@ containing HTML or JavaScript shows as text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import MissingExtra
-from .db import Store
-from .store import User, user_for_token
-from .taxonomy import Taxonomy
+from .deps import AppContext
 
-COOKIE = "dfj_token"
 MAX_BODY = 1 << 20  # 1 MiB for JSON saves
 MAX_UPLOAD = 64 << 20  # 64 MiB for an import
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 STATIC = Path(__file__).with_name("static")
-TEMPLATES = Path(__file__).with_name("templates")
-
-
-@dataclass
-class AppContext:
-    store: Store
-    taxonomy: Taxonomy
-    results: tuple[Path, ...] = ()
-    double_share: float = 0.2
-    seed: int = 0
-    secure_cookie: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LimitsMiddleware:
@@ -92,16 +76,6 @@ class LimitsMiddleware:
 
 class BodyTooLarge(Exception):
     pass
-
-
-def request_user(request: Any) -> User | None:
-    token = request.cookies.get(COOKIE)
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        token = auth[7:].strip()
-    ctx: AppContext = request.app.state.ctx
-    with ctx.store.read() as session:
-        return user_for_token(session, token)
 
 
 def create_app(ctx: AppContext) -> Any:

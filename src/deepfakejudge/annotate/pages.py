@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from .agreement import agreement_report
 from .api import assignments, ctx_of, need_admin, need_user
-from .app import COOKIE, TEMPLATES
 from .db import STATUSES, Annotation, Annotator, Dataset, Item
+from .deps import COOKIE, TEMPLATES
 from .exchange import collect_ratings
 from .review import FILTERS, PAGE_SIZE, read_results, review_entries
 from .store import user_for_token

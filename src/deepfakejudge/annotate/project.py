@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from ..errors import InputError, UsageError
 from .agreement import agreement_report
-from .app import AppContext
+from .deps import AppContext
 from .assignment import AssignReport, assign, check_share
 from .db import Dataset, Store
 from .exchange import ExportReport, ImportReport, collect_ratings, export_rows, import_rows, write_jsonl

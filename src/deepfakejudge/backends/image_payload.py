@@ -47,6 +47,7 @@ from PIL import Image
 
 from ..errors import InputError, UsageError
 from .base import ChatRequest, PixelBudget
+from .resize import qwen_resize
 
 log = logging.getLogger("deepfakejudge.backends.image_payload")
 
@@ -70,10 +71,8 @@ def default_workers() -> int:
 def png_data_url(image: Image.Image, budget: PixelBudget, level: int = PNG_LEVEL) -> bytes:
     """A PNG data URL (ASCII bytes) of `image` resized (bicubic, as Qwen's image processor) to
     the budget with Qwen's rule."""
-    from .openai import smart_resize  # the one resize rule (openai imports this module)
-
     rgb = image.convert("RGB")
-    height, width = smart_resize(rgb.height, rgb.width, budget)
+    height, width = qwen_resize(rgb.height, rgb.width, budget.min_pixels, budget.max_pixels)
     if (width, height) != rgb.size:
         rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()

@@ -8,11 +8,11 @@ import os
 import sys
 from typing import Sequence
 
-from .. import __version__
 from ..backends.base import BackendUnavailable
 from ..errors import USER_ERRORS, missing_extra
 from . import annotate, bootstrap, data, demo, detect, export, judge, meta_eval, reason, reproduce, serve, train
 from .options import expand_split_names
+from .parser import dfj_parser
 
 # In the order of the workflow: try it, judge, benchmark detectors, make data, train, evaluate,
 # reproduce the paper, serve.
@@ -20,15 +20,8 @@ COMMANDS = (demo, judge, detect, reason, bootstrap, train, export, meta_eval, re
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dfj",
-        description="DeepfakeJudge: judge deepfake detectors' explanations with VLM judges.",
-    )
-    parser.add_argument("--version", action="version", version=f"deepfakejudge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(sub)
-    return parser
+    """The whole `dfj` parser (cli/parser.py builds it)."""
+    return dfj_parser(COMMANDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import MissingExtra, UsageError
 from ..prompts.official import released_kind
 from . import judge as judge_cli
+from .parser import dfj_parser
 
 RELEASED = {
     "pointwise": "MBZUAI/Qwen-2.5-VL-Instruct-3B-Pointwise-DFJ",
@@ -191,9 +192,7 @@ def run(args: argparse.Namespace) -> int:
         limit = args.limit if args.limit is not None else (TINY_LIMIT if meaningless else None)
         if limit is not None:
             argv += ["--limit", str(limit)]
-        from . import build_parser
-
-        sub_args = build_parser().parse_args(argv)
+        sub_args = dfj_parser([judge_cli]).parse_args(argv)
         result = judge_cli.judge_command(sub_args)
         status = max(status, 1 if result.errors else 0)
         judged[kind] = result.out

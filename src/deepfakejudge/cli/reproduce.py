@@ -222,9 +222,10 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 
 
 def _sub_args(argv: list[str]) -> argparse.Namespace:
-    from . import build_parser
+    from . import detect, judge  # the commands reproduce runs
+    from .parser import dfj_parser
 
-    return build_parser().parse_args(argv)
+    return dfj_parser([judge, detect]).parse_args(argv)
 
 
 def run_judge(args: argparse.Namespace, kind: str, model: str, data: Path, out: Path,

@@ -27,16 +27,14 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import InputError
-from . import Kind, Template, load_template, template_text
+from . import template as core
+from .template import Kind, Template, load_template, template_text
 
 REPOSITORY = "KjAeRsTuIsK/DeepfakeJudge"
 COMMIT = "ef7046374ed66583acc2a11fee99471febd761bd"
 FILES: dict[str, str] = {"pointwise": "pointwise/prompt.txt", "pairwise": "pairwise/prompt.txt"}
-# SHA-256 of the raw files at COMMIT (CRLF line ends, as stored in the repository).
-PINNED_SHA256: dict[str, str] = {
-    "pointwise": "0b33ef73c8cda74891bab9548a32f76ef8edc2ca5d26a1527c0e6727b72e172b",
-    "pairwise": "046059c0b12fb79224af77a74216886b495e78723eb48e24d492ef5046b9390c",
-}
+# The SHA-256 of the raw files at COMMIT (CRLF line ends, as stored in the repository) is
+# `template.PINNED_SHA256`: any loaded file with that hash is marked official.
 RELEASED_JUDGES: dict[str, Kind] = {
     f"MBZUAI/Qwen-2.5-VL-Instruct-{size}-{title}-DFJ": kind  # type: ignore[misc]
     for size in ("3B", "7B")
@@ -130,7 +128,7 @@ def official_template(kind: Kind, path: str | Path | None = None) -> Template:
     cached = cache_dir() / FILES[kind]
     if cached.is_file():
         raw = cached.read_bytes()
-        if _sha(raw) == PINNED_SHA256[kind]:
+        if _sha(raw) == core.PINNED_SHA256[kind]:
             return _template(kind, raw, _name(kind), official=True)
         tried.append(f"the cached copy {cached} is damaged (sha256 differs; delete it)")
     raw = _download(kind, tried)
@@ -160,10 +158,10 @@ def _read(path: Path, what: str) -> bytes:
 
 def _check(kind: str, raw: bytes, what: str) -> None:
     got = _sha(raw)
-    if got != PINNED_SHA256[kind]:
+    if got != core.PINNED_SHA256[kind]:
         raise OfficialPromptMissing(
             f"{what}: sha256 {got[:12]}… is not the authors' {kind} prompt at {REPOSITORY}@{COMMIT[:12]} "
-            f"({PINNED_SHA256[kind][:12]}…); use the unmodified raw file (CRLF line ends), or pass it as "
+            f"({core.PINNED_SHA256[kind][:12]}…); use the unmodified raw file (CRLF line ends), or pass it as "
             "--template PATH to use it anyway as a non-official template"
         )
 
