@@ -169,3 +169,25 @@ def test_cli_validate_lists_every_problem_and_stats_counts(folder, capsys):
     assert stats["rows"] == 3 and stats["errors"] == 1 and stats["images"] == 2
     assert stats["score"] == {"1": 0, "2": 1, "3": 0, "4": 1, "5": 0}
     assert stats["artifact_category"] == {"texture": 1, "anatomy": 1}
+
+
+def test_dataset_stats_counts_by_hand(tmp_path):
+    from deepfakejudge.data import Dataset, dataset_stats
+    from deepfakejudge.records import Artifact, RowError, Sample
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    samples = (
+        Sample(id="1", image=a, label="fake", source="sd", artifacts=(Artifact("texture"), Artifact("anatomy")),
+               response="r", score=2),
+        Sample(id="2", image=a, label="fake", source="sd", artifacts=(Artifact("texture"),), response="r", score=5),
+        Sample(id="3", image=b, label="real", response_a="x", response_b="y", preferred="B"),
+    )
+    stats = dataset_stats(Dataset(tmp_path / "d.jsonl", samples, (RowError("d.jsonl:4", "label", "bad"),)))
+    assert stats.to_dict() == {
+        "data": str(tmp_path / "d.jsonl"), "rows": 3, "errors": 1, "images": 2,
+        "label": {"fake": 2, "real": 1}, "source": {"sd": 2, "(none)": 1},
+        "score": {"1": 0, "2": 1, "3": 0, "4": 0, "5": 1}, "pointwise_rows": 2, "pairwise_rows": 1,
+        "preferred": {"B": 1}, "artifact_category": {"texture": 2, "anatomy": 1},
+    }
+    assert list(stats.to_dict()["artifact_category"]) == ["texture", "anatomy"]  # most common first
+    assert dataset_stats(Dataset(tmp_path / "e.jsonl", samples[2:], ())).score == {}  # no scored row

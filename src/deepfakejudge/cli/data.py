@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 
 from ..data import InputError, load_records, open_image
 from ..data.images import MAX_IMAGE_PIXELS
+from ..data.stats import dataset_stats
 from ..errors import UsageError
 from ..prompts import load_template
 from .options import add_data_root_option, add_image_root_option, emit, progress
@@ -105,20 +105,7 @@ def _over_budget(samples, limit: int | None, tokenizer: str | None) -> list[str]
 
 def stats(args: argparse.Namespace) -> int:
     dataset = load_records(args.data, templates=_templates(args.template), image_roots=args.image_root)
-    samples = dataset.samples
-    summary = {
-        "data": str(dataset.path),
-        "rows": len(samples),
-        "errors": len(dataset.errors),
-        "images": len({s.image for s in samples}),
-        "label": dict(Counter(s.label for s in samples)),
-        "source": dict(Counter(s.source or "(none)" for s in samples).most_common()),
-        "score": {str(k): sum(s.score == k for s in samples) for k in range(1, 6)} if any(s.score for s in samples) else {},
-        "pointwise_rows": sum(s.response is not None for s in samples),
-        "pairwise_rows": sum(s.response_a is not None and s.response_b is not None for s in samples),
-        "preferred": dict(Counter(s.preferred for s in samples if s.preferred)),
-        "artifact_category": dict(Counter(a.category for s in samples for a in s.artifacts).most_common()),
-    }
+    summary = dataset_stats(dataset).to_dict()
     lines = [f"{dataset.path}: {summary['rows']} rows ({summary['errors']} unreadable), {summary['images']} images"]
     for key in ("label", "source", "score", "preferred", "artifact_category"):
         if summary[key]:
