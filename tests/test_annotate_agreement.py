@@ -71,7 +71,10 @@ def test_score_agreement_hand_computed():
     sklearn = pytest.importorskip("sklearn.metrics")
     assert report["kappa_quadratic"] == pytest.approx(
         sklearn.cohen_kappa_score(first, second, weights="quadratic", labels=[1, 2, 3, 4, 5]))
-    assert report["alpha_ordinal"] is not None and -1 <= report["alpha_ordinal"] <= 1
+    # ordinal alpha: δ²(c, k) = (n_c + … + n_k − (n_c + n_k)/2)², so δ²(3, 4) = (2 − 1)² = 1 and
+    # δ²(1, 2) = (4 − 2)² = 4 → Σ o·δ² = 2·1 + 2·4 = 10; Σ n_c n_k δ² over ordered pairs
+    # = 2·(12 + 16 + 25 + 84.5 + 12 + 27 + 121.5 + 1 + 12.5 + 4.5) = 632; alpha = 1 − 7·10/632 = 281/316.
+    assert report["alpha_ordinal"] == pytest.approx(281 / 316)
 
 
 def test_preference_agreement_hand_computed():

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,6 +143,55 @@ def test_load_32_concurrent_clients_are_batched(server):
           f"({len(flat) / elapsed:.1f} req/s); {batches} batches, mean batch size {mean:.2f}, "
           f"max {after['max_batch_size']}")
     assert items == 224 and mean > 1.0 and after["failed_items"] == before["failed_items"]
+
+
+def test_requests_queued_behind_a_busy_model_form_full_batches(tiny_backend, test_images, monkeypatch):
+    """The batching rule, observed without timing: while the model works on one request, 20 more
+    queue; then they run as batches of --max-batch (8, 8, 4), each request getting its own answer."""
+    from deepfakejudge.backends.base import ChatRequest, GenerationConfig
+    from deepfakejudge.backends.hf import HFBackend
+    from deepfakejudge.serve.batcher import Batcher
+
+    sizes = []
+    original = HFBackend.generate
+
+    def counting(self, requests, config):
+        sizes.append(len(requests))
+        return original(self, requests, config)
+
+    monkeypatch.setattr(HFBackend, "generate", counting)
+    config = GenerationConfig(max_new_tokens=2)
+    requests = [ChatRequest(text=f"request {i}: real or fake?", image=test_images["tiny"]) for i in range(21)]
+
+    async def scenario():
+        batcher = Batcher(tiny_backend, window=0.0, max_batch=8)
+        batcher.start()
+        gate = threading.Event()
+        busy = batcher.loop.run_in_executor(batcher._model_thread, gate.wait)  # the model is working
+        try:
+            first = asyncio.ensure_future(batcher.generate(requests[0], config))
+            for _ in range(500):  # until the collector has sent the first request to the model
+                if batcher.stats.batches == 1:
+                    break
+                await asyncio.sleep(0.01)
+            rest = [asyncio.ensure_future(batcher.generate(r, config)) for r in requests[1:]]
+            for _ in range(500):
+                if batcher.queued == 20:
+                    break
+                await asyncio.sleep(0.01)
+            assert (batcher.stats.batches, batcher.queued) == (1, 20)
+        finally:
+            gate.set()  # never leave the model thread blocked
+        await busy
+        answers = await asyncio.gather(first, *rest)
+        stats = batcher.stats.as_dict()
+        await batcher.stop()
+        return answers, stats
+
+    answers, stats = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    assert sizes == [1, 8, 8, 4]
+    assert stats == {"batches": 4, "items": 21, "mean_batch_size": 5.25, "max_batch_size": 8, "failed_items": 0}
+    assert len(answers) == 21 and all(a.text is not None for a in answers)
 
 
 def _chat(image_url, text="Is it real?", **over):
