@@ -187,3 +187,39 @@ def test_generate_throughput_runs_every_path_with_equal_scores(tmp_path):
         assert r["seconds"] > 0 and len(r["runs_s"]) == 1
         assert r["ours_speedup"] == pytest.approx(r["seconds"] / runs[(ending, "ours")]["seconds"], rel=0.02)
     assert "ours is x faster" in proc.stdout
+
+
+def test_one_parity_recomputed_here(tmp_path):
+    """The judge table's central claim recomputed by the test rather than read from the script's
+    `parity_ok`: on the benchmark's own requests, the cached, batched, grouped-attention score path
+    (ours_score_warm) gives the choice probabilities of a plain transformers forward run on each
+    request alone, within the stated tolerance."""
+    import math
+
+    import common
+    import torch
+
+    from deepfakejudge.records import SCORES
+
+    args = judge_throughput.parse_args(["--tiny"])
+    processor = common.build_processor(str(tmp_path))
+    bench = judge_throughput.Bench(args, common.Device("cpu"), "tiny", processor,
+                                   {"matmul_tflops": 1.0, "copy_gbps": 1.0}, tmp_path)
+    bench.prepare(common.TINY_WORKLOADS["A"])
+    backend, requests = bench.backend, bench.score_requests
+    bench.ours(True)
+    backend.vision_cache.clear()
+    backend.choice_probs(requests, SCORES)  # fills the vision cache
+    warm = backend.choice_probs(requests, SCORES)
+    assert backend.vision_cache.stats()["entries"] == len(requests) == 4
+    bench.ours(False)  # the reference: transformers' own vision attention, one request, no cache
+    tol = judge_throughput.TOLERANCE["float32"]
+    for request, got in zip(requests, warm):
+        context, ids = backend.heal(request.prefix, SCORES)
+        with torch.inference_mode():
+            logits = bench.model(**processor([request], tails=[context])).logits[0, -1].float()
+        want = torch.softmax(logits, dim=-1)[ids].tolist()
+        assert max(abs(math.log(got[c]) - math.log(w)) for c, w in zip(SCORES, want)) <= tol["logprob"]
+        renorm = [got[c] / sum(got.values()) for c in SCORES]
+        assert max(abs(x - w / sum(want)) for x, w in zip(renorm, want)) <= tol["prob"]
+    backend.close()
