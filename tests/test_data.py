@@ -121,6 +121,7 @@ def test_msswift_rows_with_default_templates(folder):
         ("messages[user].content", True), ("images", True)]
 
 
+@pytest.mark.reference
 @pytest.mark.skipif(not OFFICIAL.is_dir(), reason="shared/reference not beside the clone")
 def test_msswift_rows_built_with_the_official_template(folder):
     template = load_template(OFFICIAL / "pointwise_prompt.txt", "pointwise")

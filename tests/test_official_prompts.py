@@ -236,6 +236,7 @@ def test_base_models_keep_the_projects_rubric_named_as_such(prompts):
     assert resolve_template("official", "pairwise").official
 
 
+@pytest.mark.reference
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="the authors' files are not beside this clone")
 def test_the_real_files_have_the_pinned_hashes_and_fill_in_text_mode(tmp_path, monkeypatch):
     folder = tmp_path / "official"

@@ -50,6 +50,7 @@ def test_hash_follows_content(tmp_path):
     assert load_template(a, "pointwise").sha256 == load_template(a, "pointwise").sha256
 
 
+@pytest.mark.reference
 @needs_official
 def test_official_templates_load_and_fill_without_keyerror():
     pw = load_template(OFFICIAL / "pointwise_prompt.txt", "pointwise")
