@@ -406,11 +406,11 @@ def test_bootstrap_asks_a_released_evaluator_with_the_authors_prompt(prompts):
     from deepfakejudge.bootstrap import RolePrompts
     from deepfakejudge.cli.bootstrap import evaluator_template
 
-    args = argparse.Namespace(evaluator_template=None, evaluator=POINTWISE_ID, evaluator_adapter=None)
+    args = argparse.Namespace(evaluator_template=None, evaluator_model=POINTWISE_ID, evaluator_adapter=None)
     assert evaluator_template(args) == "official"
     prompts_ = RolePrompts.load(None, evaluator_template(args))
     assert prompts_.evaluate.official and prompts_.evaluator_kind == "judge"
-    args = argparse.Namespace(evaluator_template=None, evaluator="Qwen/Qwen2.5-VL-7B-Instruct", evaluator_adapter=None)
+    args = argparse.Namespace(evaluator_template=None, evaluator_model="Qwen/Qwen2.5-VL-7B-Instruct", evaluator_adapter=None)
     assert evaluator_template(args) is None  # a base model keeps the reference-guided evaluator prompt
 
 

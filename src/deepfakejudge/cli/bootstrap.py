@@ -7,14 +7,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..backends import BACKENDS, Backend, GenerationConfig
-from ..backends.base import MAX_PIXELS, MIN_PIXELS
+from ..backends import Backend, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS
 from ..errors import UsageError
 from ..prompts import Template
-from .options import add_image_root_option, add_remote_options, backend_from_args, emit, progress, replica_lines
+from .options import (
+    MODEL_OPTIONS,
+    add_image_root_option,
+    add_model_options,
+    backend_from_args,
+    emit,
+    model_option,
+    progress,
+    replica_lines,
+)
 
 ROLE_SIDES = ("generator", "evaluator")
+# Each role's own model options; the rest (device, pixel budget, server settings, cache) are shared.
+ROLE_OWN = ("model", "backend", "adapter")
+ROLE_OPTIONS = (*ROLE_OWN, "base-url", "api-key-env")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "a report. Resumable: rerun the same command after a kill.",
     )
     for side in ROLE_SIDES:
-        g = p.add_argument_group(side)
-        g.add_argument(f"--{side}", required=True, metavar="MODEL",
-                       help="local checkpoint folder, Hugging Face id, or the name a server knows the model by")
-        g.add_argument(f"--{side}-backend", default="hf", choices=sorted(BACKENDS), help="how it is run (default: hf)")
-        g.add_argument(f"--{side}-base-url", action="append", default=None, metavar="URL",
-                       help="OpenAI-compatible endpoint (default: --base-url); repeat it for several servers of the model")
-        g.add_argument(f"--{side}-api-key-env", default=None, metavar="NAME", help="environment variable with its API "
-                       "key (default: --api-key-env)")
-        g.add_argument(f"--{side}-adapter", default=None, help="LoRA adapter folder on top of the model (hf backend)")
+        # Each role's model as --{side}-model (or --{side}), --{side}-backend, ...; the server
+        # settings not given per role are the shared ones below.
+        g = add_model_options(p, f"{side}-", names=ROLE_OPTIONS, aliases={"model": f"--{side}"},
+                              fallback=("base-url", "api-key-env"), title=f"{side}: ")["model"]
         g.add_argument(f"--{side}-max-new-tokens", type=int, default=384 if side == "generator" else 256,
                        help="generation length limit")
     e = p.add_argument_group("evaluator prompt")
@@ -49,18 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--evaluator-mode", choices=("generate", "score-only"), default="generate",
                    help="generate: score with a justification, the feedback for refinement (default); score-only: one "
                         "forward pass reading the 1..5 distribution, no justification (the refiner gets the score only)")
-    m = p.add_argument_group("local models (hf backend)")
-    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    m.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-    m.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default {MIN_PIXELS})")
-    m.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default {MAX_PIXELS})")
-    m.add_argument("--vision-cache-mb", type=int, default=1024, help="visual embeddings kept per image (default 1024)")
-    m.add_argument("--max-prompt-tokens", type=int, default=None,
-                   help="refuse prompts longer than this many tokens before any model call (default: the model's "
-                        "context length; remote: 128000)")
     # An evaluator answer without a score would cost the whole unit (rejected): two seeded re-asks
     # are cheap next to that. Judging keeps 0, so that its results stay greedy.
-    add_remote_options(p, reasks=2)
+    add_model_options(p, names=[n for n in MODEL_OPTIONS if n not in ROLE_OWN], reasks=2, title="both roles: ")
     loop = p.add_argument_group("the loop")
     loop.add_argument("--tolerance", type=int, default=0,
                       help="accept when |evaluator score - intended level| <= N (default 0: exact; the paper says "
@@ -104,21 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def role_args(args: argparse.Namespace, side: str) -> argparse.Namespace:
-    """The options `backend_from_args` reads, for one side."""
-    ns = argparse.Namespace(**vars(args))
-    ns.model = getattr(args, side)
-    ns.backend = getattr(args, f"{side}_backend")
-    ns.adapter = getattr(args, f"{side}_adapter")
-    ns.base_url = getattr(args, f"{side}_base_url") or args.base_url
-    ns.api_key_env = getattr(args, f"{side}_api_key_env") or args.api_key_env
-    return ns
-
-
-def identity(ns: argparse.Namespace) -> dict[str, str | None]:
-    """What names the model (part of the run's fingerprint); not the server's address, which may
-    change between a run and its resumption."""
-    return {"backend": ns.backend, "model": ns.model, "adapter": ns.adapter}
+def identity(args: argparse.Namespace, side: str) -> dict[str, str | None]:
+    """What names one role's model (part of the run's fingerprint); not the server's address, which
+    may change between a run and its resumption."""
+    return {k: model_option(args, k, f"{side}-") for k in ("backend", "model", "adapter")}
 
 
 def evaluator_template(args: argparse.Namespace) -> str | Template | None:
@@ -126,12 +112,12 @@ def evaluator_template(args: argparse.Namespace) -> str | Template | None:
         return args.evaluator_template
     from ..train.record import find_trained_judge
 
-    trained = find_trained_judge(args.evaluator_adapter, args.evaluator)
+    trained = find_trained_judge(args.evaluator_adapter, args.evaluator_model)
     if trained is None:
         from ..prompts.official import released_kind
 
         # A released judge is asked with the prompt it was trained on, never the reference prompt.
-        return "official" if released_kind(args.evaluator_adapter) or released_kind(args.evaluator) else None
+        return "official" if released_kind(args.evaluator_adapter) or released_kind(args.evaluator_model) else None
     if trained.kind != "pointwise":
         raise UsageError(f"--evaluator: {trained.path} is a {trained.kind} judge; the evaluator must rate 1..5 (pointwise)")
     return trained.template
@@ -182,23 +168,22 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         errors = dry_run(config, prompts)
         return 1 if errors and not args.allow_errors else 0
-    sides = {side: role_args(args, side) for side in ROLE_SIDES}
 
     def open_backends() -> tuple[Backend, Backend]:
-        generator = backend_from_args(sides["generator"])
-        if identity(sides["evaluator"]) == identity(sides["generator"]) and args.generator_backend != "openai":
+        generator = backend_from_args(args, "generator-")
+        if identity(args, "evaluator") == identity(args, "generator") and args.generator_backend != "openai":
             # One local model plays both roles: load it once. (A server gets a client per role, so
             # that both roles' calls of a step are in flight together.)
             return generator, generator
         try:
-            return generator, backend_from_args(sides["evaluator"])
+            return generator, backend_from_args(args, "evaluator-")
         except BaseException:
             generator.close()
             raise
 
     result = run_bootstrap(
         config, prompts, open_backends,
-        identity={side: identity(ns) for side, ns in sides.items()},
+        identity={side: identity(args, side) for side in ROLE_SIDES},
         progress=lambda n: progress(n, "bootstrap"),
     )
     s, st = result.summary, result.stats

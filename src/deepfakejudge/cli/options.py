@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,61 +27,138 @@ TEMPLATE_HELP = ("judge prompt: a template FILE with the released placeholders (
                  "one), else 'default'")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="local checkpoint folder or Hugging Face model id")
-    g.add_argument("--backend", default="hf", choices=sorted(BACKENDS), help="how the model is run (default: hf)")
-    g.add_argument("--adapter", default=None, help="LoRA adapter folder to apply on top of --model")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-    # Default None: the budget a trained --adapter recorded wins over the built-in one (see pixel_budget).
-    g.add_argument("--min-pixels", type=int, default=None, help=f"image pixel budget, lower end (default: the adapter's training budget, else {MIN_PIXELS})")
-    g.add_argument("--max-pixels", type=int, default=None, help=f"image pixel budget, upper end (default: the adapter's training budget, else {MAX_PIXELS})")
-    g.add_argument("--max-prompt-tokens", type=int, default=None,
-                   help="refuse prompts longer than this many tokens (text plus image) before any model call, as an "
-                        "error row naming the field (default: the model's context length; remote: 128000)")
-    g.add_argument("--vision-cache-mb", type=int, default=1024,
-                   help="keep visual embeddings of up to this many MB so each image is encoded once (hf backend; 0: off)")
-    g.add_argument("--decoding", default="checkpoint", choices=DECODINGS,
-                   help="checkpoint: the model's generation_config.json, as model.generate uses it and the released "
-                        "judges were run (Qwen: top_k=1, repetition_penalty=1.05); greedy: plain argmax, no "
-                        "repetition penalty (hf backend; a remote server applies its own defaults)")
-    add_remote_options(p)
+@dataclass(frozen=True)
+class ModelOption:
+    """One option of a model: its flag without the prefix, its argparse settings, its default and
+    help. `{p}` in the help stands for the prefix, so that it names the right sibling flags."""
+
+    name: str
+    group: str  # "model", "remote" or "cache"
+    default: Any
+    help: str
+    default_help: str | None = None  # how --help states the default; None: it is in `help`
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+MODEL_OPTIONS: dict[str, ModelOption] = {o.name: o for o in (
+    ModelOption("model", "model", None, "local checkpoint folder, Hugging Face model id, or the name a server knows "
+                "the model by", kwargs={"metavar": "MODEL"}),
+    ModelOption("backend", "model", "hf", "how the model is run", "hf"),  # choices: BACKENDS when registered
+    ModelOption("adapter", "model", None, "LoRA adapter folder to apply on top of --{p}model"),
+    ModelOption("device", "model", "auto", "auto | cpu | cuda | cuda:N", "auto"),
+    ModelOption("dtype", "model", "auto", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16", "auto"),
+    # Default None: the budget a trained adapter recorded wins over the built-in one (see pixel_budget).
+    ModelOption("min-pixels", "model", None, "image pixel budget, lower end",
+                f"{MIN_PIXELS}; dfj judge: a trained adapter's own budget", {"type": int}),
+    ModelOption("max-pixels", "model", None, "image pixel budget, upper end",
+                f"{MAX_PIXELS}; dfj judge: a trained adapter's own budget", {"type": int}),
+    ModelOption("max-prompt-tokens", "model", None,
+                "refuse prompts longer than this many tokens (text plus image) before any model call, as an error row "
+                "naming the field", "the model's context length; remote: 128000", {"type": int}),
+    ModelOption("vision-cache-mb", "model", 1024,
+                "keep visual embeddings of up to this many MB so each image is encoded once (hf backend; 0: off)",
+                "1024", {"type": int}),
+    ModelOption("decoding", "model", "checkpoint",
+                "checkpoint: the model's generation_config.json, as model.generate uses it and the released judges "
+                "were run (Qwen: top_k=1, repetition_penalty=1.05); greedy: plain argmax, no repetition penalty (hf "
+                "backend; a remote server applies its own defaults)", "checkpoint", {"choices": DECODINGS}),
+    ModelOption("base-url", "remote", None,
+                "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat it for several servers of the same "
+                "model: each request goes to the least-loaded one that is up (see docs/remote-and-serve.md)",
+                kwargs={"action": "append", "metavar": "URL"}),
+    ModelOption("api-key-env", "remote", "OPENAI_API_KEY",
+                "environment variable holding the API key (the key itself is never recorded)", "OPENAI_API_KEY",
+                {"metavar": "NAME"}),
+    ModelOption("concurrency", "remote", 8, "requests in flight at once", "8", {"type": int}),
+    ModelOption("timeout", "remote", 120.0, "seconds per HTTP request", "120", {"type": float}),
+    ModelOption("max-retries", "remote", 5,
+                "retries on 429/5xx/timeouts/dropped connections, exponential backoff with jitter", "5", {"type": int}),
+    ModelOption("top-logprobs", "remote", 20,
+                "alternatives asked for when reading choice probabilities (OpenAI's maximum is 20; vLLM allows up to "
+                "its --max-logprobs)", "20", {"type": int}),
+    ModelOption("prefill", "remote", "auto",
+                "continue a prefilled assistant message (needed by --{p}mode score-only); auto: on for vLLM, SGLang "
+                "and dfj serve, detected from /v1/models", "auto", {"choices": ("auto", "on", "off")}),
+    ModelOption("image-transport", "remote", "png",
+                "png: images resized here to the pixel budget, sent as lossless PNG, exact with any server; original: "
+                "the files' own bytes (~5x less data for JPEG), exact only when the server resizes with the same "
+                "--{p}min-pixels/--{p}max-pixels (see docs/remote-and-serve.md)", "png",
+                {"choices": ("png", "original")}),
+    ModelOption("image-workers", "remote", None,
+                "processes preparing images, each image once per run (0: in this process)", "one per core",
+                {"type": int, "metavar": "N"}),
+    ModelOption("cache", "cache", None,
+                "SQLite request cache: a rerun costs no model call for what it holds",
+                "for --{p}backend openai: $DFJ_CACHE or ~/.cache/deepfakejudge/requests.sqlite; local backends: off "
+                "unless given", {"metavar": "PATH"}),
+    ModelOption("no-cache", "cache", False, "do not read or write the request cache", kwargs={"action": "store_true"}),
+    ModelOption("reasks", "cache", 0, "ask again, sampled, at most N times when an output has no parsable answer",
+                kwargs={"type": int}),
+)}
+
+GROUP_TITLES = {"model": "model", "remote": "remote model (--{p}backend openai)", "cache": "request cache and re-asks"}
+REMOTE_OPTIONS = tuple(n for n, o in MODEL_OPTIONS.items() if o.group != "model")
+
+
+def add_model_options(p: argparse.ArgumentParser, prefix: str = "", *, names: Iterable[str] | None = None,
+                      required: bool = True, aliases: dict[str, str] | None = None, fallback: Iterable[str] = (),
+                      reasks: int = 0, title: str | None = None) -> dict[str, argparse._ArgumentGroup]:
+    """Register the options of one model as `--{prefix}model`, `--{prefix}backend`, `--{prefix}base-url`,
+    ...; `backend_from_args(args, prefix)` builds the backend from them. `names`: only these options
+    (default: all); `required`: --{prefix}model must be given; `aliases`: another flag for an option,
+    kept for existing command lines ({"model": "--judge"}), listed first; `fallback`: options that,
+    left out, take the unprefixed option of the same name (dfj bootstrap's roles share --base-url);
+    `reasks`: the command's default number of re-asks; `title`: the groups' title prefix. Returns the
+    argument groups made, by kind ("model", "remote", "cache")."""
+    aliases, fallback = aliases or {}, set(fallback)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in (MODEL_OPTIONS if names is None else names):
+        o = MODEL_OPTIONS[name]
+        if o.group not in groups:
+            groups[o.group] = p.add_argument_group((title or "") + GROUP_TITLES[o.group].replace("{p}", prefix))
+        default = reasks if name == "reasks" else o.default
+        stated = str(reasks) if name == "reasks" else o.default_help
+        help_text = o.help.replace("{p}", prefix)
+        if name in fallback:
+            help_text += f" (default: --{name})"
+            default = None
+        elif stated is not None:
+            help_text += f" (default: {stated.replace('{p}', prefix)})"
+        flags = [f"--{prefix}{name}"]
+        if name in aliases:
+            flags.insert(0, aliases[name])
+        kwargs = dict(o.kwargs)
+        if name == "backend":
+            kwargs["choices"] = sorted(BACKENDS)  # as registered now (tests add a scripted backend)
+        if name == "model":
+            kwargs["required"] = required
+        if "choices" not in kwargs and kwargs.get("action") != "store_true":
+            kwargs.setdefault("metavar", name.upper().replace("-", "_"))  # the same with any prefix
+        if kwargs.get("action") != "store_true" or name in fallback:
+            kwargs["default"] = default
+        groups[o.group].add_argument(*flags, dest=model_dest(prefix, name), help=help_text, **kwargs)
+    return groups
 
 
 def add_remote_options(p: argparse.ArgumentParser, reasks: int = 0) -> None:
-    """--backend openai settings, the request cache and re-asks: every model command gets them.
-    `reasks`: the command's default number of re-asks."""
-    r = p.add_argument_group("remote model (--backend openai)")
-    r.add_argument("--base-url", action="append", default=None, metavar="URL",
-                   help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat it for several servers of "
-                        "the same model: each request goes to the least-loaded one that is up (see "
-                        "docs/remote-and-serve.md)")
-    r.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="NAME",
-                   help="environment variable holding the API key (default OPENAI_API_KEY; the key itself is never recorded)")
-    r.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
-    r.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default 120)")
-    r.add_argument("--max-retries", type=int, default=5,
-                   help="retries on 429/5xx/timeouts/dropped connections, exponential backoff with jitter (default 5)")
-    r.add_argument("--top-logprobs", type=int, default=20,
-                   help="alternatives asked for when reading choice probabilities (default 20, OpenAI's maximum; "
-                        "vLLM allows up to its --max-logprobs)")
-    r.add_argument("--prefill", choices=("auto", "on", "off"), default="auto",
-                   help="continue a prefilled assistant message (needed by --mode score-only); auto: on for vLLM, "
-                        "SGLang and dfj serve, detected from /v1/models")
-    r.add_argument("--image-transport", choices=("png", "original"), default="png",
-                   help="png (default): images resized here to the pixel budget, sent as lossless PNG, exact with any "
-                        "server; original: the files' own bytes (~5x less data for JPEG), exact only when the server "
-                        "resizes with the same --min-pixels/--max-pixels (see docs/remote-and-serve.md)")
-    r.add_argument("--image-workers", type=int, default=None, metavar="N",
-                   help="processes preparing images, each image once per run (default: one per core; 0: in this process)")
-    c = p.add_argument_group("request cache and re-asks")
-    c.add_argument("--cache", default=None, metavar="PATH",
-                   help="SQLite request cache: a rerun costs no model call for what it holds (default for --backend "
-                        "openai: $DFJ_CACHE or ~/.cache/deepfakejudge/requests.sqlite; local backends: off unless given)")
-    c.add_argument("--no-cache", action="store_true", help="do not read or write the request cache")
-    c.add_argument("--reasks", type=int, default=reasks,
-                   help=f"ask again, sampled, at most N times when an output has no parsable answer (default {reasks})")
+    """--backend openai settings, the request cache and re-asks (for a command that forwards them,
+    as dfj reproduce does). `reasks`: the command's default number of re-asks."""
+    add_model_options(p, names=REMOTE_OPTIONS, reasks=reasks)
+
+
+def model_dest(prefix: str, name: str) -> str:
+    """The attribute `--{prefix}{name}` is parsed into."""
+    return (prefix + name).replace("-", "_")
+
+
+def model_option(args: argparse.Namespace, name: str, prefix: str = "") -> Any:
+    """The value of `--{prefix}{name}`. Not given (None, or not an option of the command): the
+    unprefixed option of that name (shared by roles), else the option's default."""
+    for p in dict.fromkeys((prefix, "")):
+        value = getattr(args, model_dest(p, name), None)
+        if value is not None:
+            return value
+    return MODEL_OPTIONS[name].default
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -186,32 +265,37 @@ def expand_split_names(args: argparse.Namespace) -> None:
             setattr(args, name, str(resolve_data_path(value, root)))
 
 
-def backend_from_args(args: argparse.Namespace) -> Backend:
+def backend_from_args(args: argparse.Namespace, prefix: str = "") -> Backend:
+    """The backend the `--{prefix}...` options name (see add_model_options), behind the request
+    cache when one is in use."""
+    def opt(name: str) -> Any:
+        return model_option(args, name, prefix)
+
     options = LoadOptions(
-        model=args.model,
-        adapter=args.adapter,
-        device=args.device,
-        dtype=args.dtype,
-        budget=pixel_budget(args),
-        vision_cache_mb=args.vision_cache_mb,
-        max_prompt_tokens=getattr(args, "max_prompt_tokens", None),
-        decoding=getattr(args, "decoding", "checkpoint"),
+        model=opt("model"),
+        adapter=opt("adapter"),
+        device=opt("device"),
+        dtype=opt("dtype"),
+        budget=pixel_budget(args, prefix=prefix),
+        vision_cache_mb=opt("vision-cache-mb"),
+        max_prompt_tokens=opt("max-prompt-tokens"),
+        decoding=opt("decoding"),
         remote=RemoteOptions(
-            base_url=base_urls(args.base_url),
-            api_key_env=args.api_key_env,
-            concurrency=args.concurrency,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            top_logprobs=args.top_logprobs,
-            prefill=args.prefill,
-            image_transport=getattr(args, "image_transport", "png"),
-            image_workers=getattr(args, "image_workers", None),
+            base_url=base_urls(opt("base-url")),
+            api_key_env=opt("api-key-env"),
+            concurrency=opt("concurrency"),
+            timeout=opt("timeout"),
+            max_retries=opt("max-retries"),
+            top_logprobs=opt("top-logprobs"),
+            prefill=opt("prefill"),
+            image_transport=opt("image-transport"),
+            image_workers=opt("image-workers"),
         ),
     )
-    path = cache_path(args)
+    path = cache_path(args, prefix)
     cache = RequestCache(path) if path is not None else None  # a bad --cache fails before a model loads
     try:
-        backend = load_backend(args.backend, options)
+        backend = load_backend(opt("backend"), options)
     except BaseException:
         if cache is not None:
             cache.close()
@@ -228,22 +312,20 @@ def base_urls(values: str | list[str] | None) -> str | tuple[str, ...] | None:
     return None if not urls else urls[0] if len(urls) == 1 else tuple(urls)
 
 
-def cache_path(args: argparse.Namespace) -> Path | None:
+def cache_path(args: argparse.Namespace, prefix: str = "") -> Path | None:
     """The request cache to use: --cache, else the default one for remote backends; None with --no-cache."""
-    if args.no_cache:
+    if model_option(args, "no-cache", prefix):
         return None
-    if args.cache is not None:
-        return Path(args.cache)
-    return default_cache_path() if args.backend == "openai" else None
+    if model_option(args, "cache", prefix) is not None:
+        return Path(model_option(args, "cache", prefix))
+    return default_cache_path() if model_option(args, "backend", prefix) == "openai" else None
 
 
-def pixel_budget(args: argparse.Namespace, trained: PixelBudget | None = None) -> PixelBudget:
+def pixel_budget(args: argparse.Namespace, trained: PixelBudget | None = None, prefix: str = "") -> PixelBudget:
     """--min-pixels/--max-pixels when given, else a trained judge's recorded budget, else the default."""
     fallback = trained or PixelBudget()
-    return PixelBudget(
-        fallback.min_pixels if args.min_pixels is None else args.min_pixels,
-        fallback.max_pixels if args.max_pixels is None else args.max_pixels,
-    )
+    low, high = model_option(args, "min-pixels", prefix), model_option(args, "max-pixels", prefix)
+    return PixelBudget(fallback.min_pixels if low is None else low, fallback.max_pixels if high is None else high)
 
 
 def progress(total: int, desc: str) -> tqdm:

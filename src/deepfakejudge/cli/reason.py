@@ -8,11 +8,11 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..backends import BACKENDS, LoadOptions, PixelBudget, RemoteOptions, load_backend
-from ..backends.base import MAX_PIXELS, MIN_PIXELS
 from ..errors import MissingExtra, UsageError
 from ..judge import MODES
-from .options import add_engine_options, base_urls, emit, engine_from_args
+from .options import add_engine_options, add_model_options, backend_from_args, emit, engine_from_args
+
+JUDGE = "judge-"  # the prefix of the judge's model options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,24 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--name", action="append", default=[], help="detector name per --pred, in order (default: file stem)")
     s.add_argument("--gold", required=True, help="gold records: label, artifacts (bbox + expression), rationale")
     _text_model_options(s)
+    # The judge's model: every model option under --judge- (--judge-backend, --judge-base-url,
+    # --judge-cache, ...); --judge, --device, --min-pixels and --max-pixels are the older names.
+    groups = add_model_options(s, JUDGE, required=False, title="DFJ judge: ", aliases={
+        "model": "--judge", "device": "--device", "min-pixels": "--min-pixels", "max-pixels": "--max-pixels"})
+    groups["model"].description = "pointwise judge; without --judge the DFJ score is reported missing"
     g = s.add_argument_group("DFJ judge score")
-    g.add_argument("--judge", default=None, metavar="M",
-                   help="pointwise judge model (path or hub id); without it the DFJ score is reported missing")
-    g.add_argument("--judge-backend", default="hf", choices=sorted(BACKENDS))
-    g.add_argument("--judge-adapter", default=None, help="LoRA adapter for --judge")
-    g.add_argument("--judge-base-url", action="append", default=None, metavar="URL",
-                   help="OpenAI-compatible endpoint for --judge-backend openai (repeat it for several servers)")
-    g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", metavar="NAME",
-                   help="environment variable holding the API key for --judge-backend openai")
     g.add_argument("--judge-mode", choices=MODES, default="generate")
     g.add_argument("--judge-max-new-tokens", type=int, default=512)
     g.add_argument("--judge-template", default=None, metavar="FILE|official|default",
                    help="the judge's prompt (default: the authors' prompt when --judge is a released DFJ judge, "
                         "else the project's own rubric; see dfj judge --help)")
-    g.add_argument("--device", default="auto", help="device for the judge (auto | cpu | cuda | cuda:N)")
-    g.add_argument("--min-pixels", type=int, default=MIN_PIXELS)
-    g.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=int, default=8, help="items per judge call (default 8)")
     add_engine_options(s)
     s.add_argument("--no-reference-check", action="store_true", help="skip the reference-guided check")
     s.add_argument("--details", default=None, metavar="PATH",
@@ -83,9 +77,9 @@ def _judge_template(args: argparse.Namespace):
     prompt is an error (exit 2), never judged with another prompt."""
     from ..prompts import resolve_template
 
-    if args.judge is None:
+    if args.judge_model is None:
         return None
-    return resolve_template(args.judge_template, "pointwise", model=args.judge, adapter=args.judge_adapter)
+    return resolve_template(args.judge_template, "pointwise", model=args.judge_model, adapter=args.judge_adapter)
 
 
 def _judge_engine(args: argparse.Namespace, template):
@@ -93,19 +87,12 @@ def _judge_engine(args: argparse.Namespace, template):
     --engine ray a missing Ray is an error here, not a missing column."""
     from ..engine import Work
 
-    if args.judge is None:
+    if args.judge_model is None:
         return None
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    work = Work(partial(_judge_backend, args), partial(_judge_batches, args, template))
-    return engine_from_args(args, work, backend=args.judge_backend, device=args.device)
-
-
-def _judge_backend(args: argparse.Namespace):
-    options = LoadOptions(model=args.judge, adapter=args.judge_adapter, device=args.device,
-                          budget=PixelBudget(args.min_pixels, args.max_pixels),
-                          remote=RemoteOptions(base_url=base_urls(args.judge_base_url), api_key_env=args.judge_api_key_env))
-    return load_backend(args.judge_backend, options)
+    work = Work(partial(backend_from_args, args, JUDGE), partial(_judge_batches, args, template))
+    return engine_from_args(args, work, backend=args.judge_backend, device=args.judge_device)
 
 
 def _judge_batches(args: argparse.Namespace, template, backend, samples):
@@ -114,7 +101,8 @@ def _judge_batches(args: argparse.Namespace, template, backend, samples):
     from ..judge import PointwiseJudge
 
     judge = PointwiseJudge(backend, template=template, mode=args.judge_mode,
-                           generation=GenerationConfig(max_new_tokens=args.judge_max_new_tokens))
+                           generation=GenerationConfig(max_new_tokens=args.judge_max_new_tokens,
+                                                       reasks=args.judge_reasks))
     return judge.iter_batches(samples, args.batch_size)
 
 
@@ -138,7 +126,7 @@ def score(args: argparse.Namespace) -> int:
         # path, missing extra) makes its column "n/a" with the reason; the rest is still scored.
         judge.close()
         judge = None
-        judge_missing = f"cannot load the judge {args.judge} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        judge_missing = f"cannot load the judge {args.judge_model} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         print(f"dfj reason: warning: {judge_missing}", file=sys.stderr)
     config = ReasonConfig(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
                           bertscore_baseline=args.bertscore_baseline,
@@ -159,7 +147,7 @@ def score(args: argparse.Namespace) -> int:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         Path(args.csv).write_text(csv_text(reports), encoding="utf-8")
     summary = reports[0].to_dict() if len(reports) == 1 else {"detectors": [r.to_dict() for r in reports]}
-    summary["judge"] = args.judge
+    summary["judge"] = args.judge_model
     summary["judge_template"] = None if template is None else template.provenance()
     if judge is not None and judge.info() is not None:
         summary["judge_engine"] = judge.info()  # --engine ray: replicas and what each judged
