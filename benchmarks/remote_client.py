@@ -182,6 +182,7 @@ def today_backend_class():
 
     from PIL import Image
 
+    from deepfakejudge.backends.http import HttpTransport
     from deepfakejudge.backends.openai import OpenAIBackend, smart_resize
 
     def encode_level6(image, budget) -> str:
@@ -193,7 +194,7 @@ def today_backend_class():
         rgb.save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
-    class TodayBackend(OpenAIBackend):
+    class TodayTransport(HttpTransport):
         async def _make_client(self, headers, transport):
             # One client whose pool holds every connection, as before (the lanes all are it).
             import asyncio
@@ -208,6 +209,9 @@ def today_backend_class():
             for _ in range(n):
                 self._lanes.put_nowait(client)
             return client
+
+    class TodayBackend(OpenAIBackend):
+        http_class = TodayTransport
 
         async def _image_url(self, request):  # on the event loop, as before
             if request.image is None:

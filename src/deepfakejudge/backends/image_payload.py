@@ -80,6 +80,11 @@ def png_data_url(image: Image.Image, budget: PixelBudget, level: int = PNG_LEVEL
     return b"data:image/png;base64," + base64.b64encode(buffer.getvalue())
 
 
+def encode_image(image: Image.Image, budget: PixelBudget) -> str:
+    """A PNG data URL of `image` resized (bicubic, as Qwen's image processor) to the budget."""
+    return png_data_url(image, budget).decode("ascii")
+
+
 def original_data_url(data: bytes) -> bytes:
     """A data URL of the file's own bytes; only its header is read, for the MIME type."""
     with Image.open(io.BytesIO(data)) as img:

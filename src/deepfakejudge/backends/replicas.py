@@ -3,7 +3,7 @@
 vLLM or SGLang replicas, or several `dfj serve`, each serving the same model. Every request
 goes to the least-loaded replica that is in: the fewest requests in flight, then the fewest
 sent. A replica that fails a request (connection refused or dropped, a timeout, a 5xx, a 429)
-is taken out, and the request is tried again at once on another (`OpenAIBackend._call`). A
+is taken out, and the request is tried again at once on another (`http.HttpTransport.call`). A
 replica that is out is probed with `GET {base_url}/models` after a delay that doubles while it
 stays down (capped, and never before its Retry-After), and is put back when the probe gets an
 answer. With every replica out, a request waits for one to come back (at most its backoff

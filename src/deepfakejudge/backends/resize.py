@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from ..errors import InputError
+from .base import PixelBudget
 
 FACTOR = 28  # Qwen2-VL: 14 px patches merged 2x2, so sides are multiples of 28
 MAX_RATIO = 200  # Qwen2-VL refuses a longer side over 200 times the shorter one
@@ -39,3 +40,9 @@ def qwen_resize(height: int, width: int, min_pixels: int, max_pixels: int, facto
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
+
+
+def smart_resize(height: int, width: int, budget: PixelBudget, factor: int = FACTOR) -> tuple[int, int]:
+    """`qwen_resize` under a `PixelBudget`: (height, width) rounded to multiples of `factor`
+    with the pixel count inside the budget, aspect ratio kept as closely as possible."""
+    return qwen_resize(height, width, budget.min_pixels, budget.max_pixels, factor)
