@@ -678,6 +678,28 @@ def test_cli_dry_run_prints_prompts_and_calls_nothing(tmp_path, capsys):
     assert code == 1 and "field 'rationale'" in captured.err and "missing.png" in captured.err
 
 
+def test_the_dry_run_plan_is_data_and_prints_nothing(tmp_path, capsys):
+    """The library gathers the prompts and bounds; only `dfj bootstrap --dry-run` prints them."""
+    from deepfakejudge.bootstrap import plan_dry_run
+
+    data = make_data(tmp_path, n=2, bad=True)
+    cfg = config(tmp_path, data, settings=Settings(rounds=3, tolerance=0, paraphrases=4, recheck=True,
+                                                   paraphrase_retries=1))
+    plan = plan_dry_run(cfg, RolePrompts.load())
+    assert capsys.readouterr() == ("", "")
+    assert not (tmp_path / "run").exists()
+    titles = [p.title for p in plan.prompts]
+    # Two good images (the bad rows are errors): 4 generated levels each and level 5 gold, then one
+    # example of each other role after the first image.
+    assert sum(t.startswith("generate · ") for t in titles) == 8 and sum(t.startswith("gold · ") for t in titles) == 2
+    assert [t.split(" · ")[0] for t in titles[5:8]] == ["evaluate", "refine", "paraphrase"]
+    assert plan.images == 2 and plan.units == 10
+    # Each bad row once, named by its line: bad JSON (3), the missing image (4, found when opened), no rationale (5).
+    assert sorted((e.where.rsplit(":", 1)[1], e.field) for e in plan.errors) == [
+        ("3", "<row>"), ("4", "image"), ("5", "rationale")]
+    assert plan.calls == call_bounds(2, cfg.settings)  # like-train layout: the test image is paraphrased too
+
+
 def test_cli_runs_through_the_backend_registry(tmp_path, capsys, monkeypatch):
     from deepfakejudge.backends import BACKENDS
 

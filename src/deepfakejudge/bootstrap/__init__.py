@@ -16,7 +16,7 @@ from .prompts import (
     parse_prompt_overrides,
     verdict,
 )
-from .run import BootstrapConfig, BootstrapResult, call_bounds, dry_run, run_bootstrap
+from .run import BootstrapConfig, BootstrapResult, DryRunPlan, ShownPrompt, call_bounds, plan_dry_run, run_bootstrap
 from .state import Action, Settings, Unit
 
 __all__ = [
@@ -26,14 +26,16 @@ __all__ = [
     "BootstrapConfig",
     "BootstrapResult",
     "CallSettings",
+    "DryRunPlan",
     "Engine",
     "RolePrompts",
     "Settings",
+    "ShownPrompt",
     "Unit",
     "call_bounds",
-    "dry_run",
     "parse_explanation",
     "parse_prompt_overrides",
+    "plan_dry_run",
     "run_bootstrap",
     "verdict",
 ]

@@ -1,5 +1,6 @@
 """One bootstrap run: read the annotated images, replay the journal, drive the engine, write the
-outputs, the report and the summary. `dry_run` prints the prompts instead of calling anything.
+outputs, the report and the summary. `plan_dry_run` gathers the prompts a run would send instead
+of calling anything (the CLI prints them).
 
 Run folder (`--out DIR`): `journal.jsonl` (the state), the outputs (see `outputs`),
 `errors.jsonl` (bad input rows, unreadable images, failed model calls: one row each),
@@ -8,11 +9,10 @@ Run folder (`--out DIR`): `journal.jsonl` (the state), the outputs (see `outputs
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..backends.base import Backend
 from ..backends.cache import CachedBackend
@@ -265,12 +265,33 @@ def call_bounds(images: int, settings: Settings) -> tuple[int, int]:
     return low, high
 
 
-def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = None) -> int:
-    """Print the first-round prompts of every selected unit (and one example of each other role);
-    no model is loaded and nothing is written. Returns the number of input errors."""
-    out = out or sys.stdout
+@dataclass(frozen=True)
+class ShownPrompt:
+    """One prompt of a dry run: what it is (role, image, level) and its text."""
+
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class DryRunPlan:
+    """What a run would send, without sending it: the first-round prompts of every selected unit
+    (one example of each other role), the input errors, and the bounds on model calls."""
+
+    prompts: tuple[ShownPrompt, ...]
+    errors: tuple[RowError, ...]
+    images: int  # images that opened
+    test_images: int
+    units: int
+    calls: tuple[int, int]  # (fewest, most) model calls, as `call_bounds`
+
+
+def plan_dry_run(config: BootstrapConfig, prompts: RolePrompts) -> DryRunPlan:
+    """The first-round prompts of every selected unit (and one example of each other role); no
+    model is loaded and nothing is written."""
     samples, errors = select_samples(config)
     mode = config.calls.evaluator_mode
+    shown: list[ShownPrompt] = []
     shown_roles = False
     opened: list[str] = []
     for sample in samples:
@@ -282,37 +303,31 @@ def dry_run(config: BootstrapConfig, prompts: RolePrompts, out: TextIO | None = 
         opened.append(sample.id)
         for level in sorted(LEVELS, reverse=True):
             if level == 5 and config.settings.level5 == "gold":
-                _show(out, f"gold · {sample.id} · level 5 · the annotated rationale, rated, never generated",
-                      gold_response(sample))
+                shown.append(ShownPrompt(
+                    f"gold · {sample.id} · level 5 · the annotated rationale, rated, never generated",
+                    gold_response(sample)))
                 continue
-            _show(out, f"generate · {sample.id} · level {level} · image {sample.image}",
-                  prompts.generate_text(sample, level, size))
+            shown.append(ShownPrompt(f"generate · {sample.id} · level {level} · image {sample.image}",
+                                     prompts.generate_text(sample, level, size)))
         if not shown_roles:
             shown_roles = True
             level = 3
             draft = f"<reasoning>[the level-{level} explanation]</reasoning> <answer>{'real' if sample.label == 'real' else 'fake'}</answer>"
-            _show(out, f"evaluate · {sample.id} · level {level} · image {sample.image} · {prompts.evaluator_kind}"
-                  + (" · score-only prefix" if mode == "score-only" else ""),
-                  prompts.evaluate_text(sample, draft, size))
-            _show(out, f"refine · {sample.id} · level {level} · image {sample.image} · e.g. after a rating of 5",
-                  prompts.refine_text(sample, level, size, f"[the level-{level} explanation]", 5, "[the evaluator's justification]"))
-            _show(out, f"paraphrase · {sample.id} · level {level} · variant 1 · text only",
-                  prompts.paraphrase_text(sample, level, f"[the accepted level-{level} explanation]", 1))
-    for e in errors:
-        print(str(e), file=sys.stderr)
+            shown.append(ShownPrompt(
+                f"evaluate · {sample.id} · level {level} · image {sample.image} · {prompts.evaluator_kind}"
+                + (" · score-only prefix" if mode == "score-only" else ""),
+                prompts.evaluate_text(sample, draft, size)))
+            shown.append(ShownPrompt(
+                f"refine · {sample.id} · level {level} · image {sample.image} · e.g. after a rating of 5",
+                prompts.refine_text(sample, level, size, f"[the level-{level} explanation]", 5,
+                                    "[the evaluator's justification]")))
+            shown.append(ShownPrompt(f"paraphrase · {sample.id} · level {level} · variant 1 · text only",
+                                     prompts.paraphrase_text(sample, level, f"[the accepted level-{level} explanation]", 1)))
     images = len(opened)
-    units = images * len(LEVELS)
     n_test = sum(part == "test" for part in split_of(opened, config.test_fraction, config.seed).values())
     unparaphrased = n_test if config.test_layout == "released" else 0  # the released test layout keeps none
     low, high = call_bounds(images - unparaphrased, config.settings)
     if unparaphrased:
         low, high = (a + b for a, b in zip((low, high), call_bounds(unparaphrased, replace(config.settings, paraphrases=0))))
-    print(f"# dry run: {images} images ({n_test} test), {units} units; {low} to {high} model calls "
-          f"({len(errors)} input error(s)); nothing was sent", file=out)
-    return len(errors)
-
-
-def _show(out: TextIO, title: str, text: str) -> None:
-    print(f"===== {title} =====", file=out)
-    print(text.rstrip("\n"), file=out)
-    print(file=out)
+    return DryRunPlan(prompts=tuple(shown), errors=tuple(errors), images=images, test_images=n_test,
+                      units=images * len(LEVELS), calls=(low, high))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backends import Backend, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS
@@ -21,6 +22,9 @@ from .options import (
     progress,
     replica_lines,
 )
+
+if TYPE_CHECKING:
+    from ..bootstrap import DryRunPlan
 
 ROLE_SIDES = ("generator", "evaluator")
 # Each role's own model options; the rest (device, pixel budget, server settings, cache) are shared.
@@ -160,14 +164,15 @@ def build(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bootstrap import dry_run, run_bootstrap
+    from ..bootstrap import plan_dry_run, run_bootstrap
     from ..data import resolve_data_path
 
     config, prompts = build(args)
     resolve_data_path(config.data)  # a wrong --data fails before a model loads
     if args.dry_run:
-        errors = dry_run(config, prompts)
-        return 1 if errors and not args.allow_errors else 0
+        plan = plan_dry_run(config, prompts)
+        print_dry_run(plan)
+        return 1 if plan.errors and not args.allow_errors else 0
 
     def open_backends() -> tuple[Backend, Backend]:
         generator = backend_from_args(args, "generator-")
@@ -213,6 +218,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"dfj bootstrap: {s['errors']} error(s), listed in {result.out / 'errors.jsonl'}", file=sys.stderr)
         return 1
     return 0
+
+
+def print_dry_run(plan: DryRunPlan) -> None:
+    """The prompts a run would send, on stdout; input errors on stderr; then the call bounds."""
+    for shown in plan.prompts:
+        print(f"===== {shown.title} =====")
+        print(shown.text.rstrip("\n"))
+        print()
+    for error in plan.errors:
+        print(str(error), file=sys.stderr)
+    low, high = plan.calls
+    print(f"# dry run: {plan.images} images ({plan.test_images} test), {plan.units} units; {low} to {high} "
+          f"model calls ({len(plan.errors)} input error(s)); nothing was sent")
 
 
 def _uncounted(usage: dict) -> str:
