@@ -274,11 +274,13 @@ def test_score_without_gold_says_how_to_fix_it(tmp_path, capsys):
 SMALL = ["--max-pixels", str(16 * 28 * 28), "--device", "cpu"]
 
 
-def test_detect_run_then_score_on_examples(tiny_model_dir, tmp_path, capsys):
+def test_detect_run_then_score_on_examples(tiny_model_dir, tmp_path, capsys, sent_to_model):
     out = tmp_path / "det.jsonl"
     argv = ["detect", "run", "--model", str(tiny_model_dir), "--data", str(EXAMPLES / "detect.jsonl"),
             "--out", str(out), "--max-new-tokens", "8", "--json", *SMALL]
     assert main(argv) == 0
+    # The detector's question, the same for every image (the template has no placeholders), as sent.
+    assert [r.text for r in sent_to_model] == [default_template("detect").text] * 14
     summary = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [json.loads(line)["id"] for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()]
