@@ -11,11 +11,11 @@ from pathlib import Path
 from ..backends import GenerationConfig
 from ..data import load_records
 from ..errors import UsageError
-from ..judge import MODES
 from ..judge.compare import agreement, agreement_lines, compare_judges
 from ..judge.protocol import protocol as task_protocol
 from ..judge.runner import RunResult, run_judge
 from ..prompts import SCORE_PREFIX, resolve_template
+from ..tasks import MAX_NEW_TOKENS, MODES
 from .options import (
     add_engine_options,
     add_model_options,
@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-stop-at-answer", action="store_true",
                    help="generate mode: write each output to its end instead of stopping at the answer tag")
     g.add_argument("--template", default=None, help="detection prompt file (default: the project's own)")
-    g.add_argument("--max-new-tokens", type=int, default=512, help="generation length limit (generate mode)")
+    g.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS["detect"],
+                   help=f"generation length limit (generate mode; default {MAX_NEW_TOKENS['detect']})")
     r.set_defaults(run=run)
 
     s = verbs.add_parser("score", help="Real/Fake F1, accuracy, CIs, per source and kind, p_fake metrics")

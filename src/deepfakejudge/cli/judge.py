@@ -11,11 +11,12 @@ from ..backends import GenerationConfig
 from ..data import load_records
 from ..engine import Work
 from ..errors import UsageError
-from ..judge import MODES, PairwiseJudge, PointwiseJudge
+from ..judge import PairwiseJudge, PointwiseJudge
 from ..judge.compare import agreement, agreement_lines, compare_judges
 from ..judge.protocol import protocol as task_protocol
 from ..judge.runner import RunResult, judge_counts, run_judge
 from ..prompts import resolve_template
+from ..tasks import MAX_NEW_TOKENS, MODES
 from ..train.record import RUN_FILE, TrainedJudge, find_trained_judge
 from .options import (
     TEMPLATE_HELP,
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="generate mode: write each output to its end instead of stopping at the answer tag "
                             "(the answer read is then the last tag, not the first)")
         g.add_argument("--template", default=None, help=TEMPLATE_HELP)
-        g.add_argument("--max-new-tokens", type=int, default=512 if kind == "pointwise" else 128,
+        g.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS[kind],
                        help="generation length limit in generate mode")
         if kind == "pairwise":
             g.add_argument("--one-order", action="store_true",

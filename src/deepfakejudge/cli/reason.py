@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import MissingExtra, UsageError
-from ..judge import MODES
+from ..tasks import MAX_NEW_TOKENS, MODES
 from .options import add_engine_options, add_model_options, backend_from_args, emit, engine_from_args
 
 JUDGE = "judge-"  # the prefix of the judge's model options
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     groups["model"].description = "pointwise judge; without --judge the DFJ score is reported missing"
     g = s.add_argument_group("DFJ judge score")
     g.add_argument("--judge-mode", choices=MODES, default="generate")
-    g.add_argument("--judge-max-new-tokens", type=int, default=512)
+    g.add_argument("--judge-max-new-tokens", type=int, default=MAX_NEW_TOKENS["pointwise"])
     g.add_argument("--judge-template", default=None, metavar="FILE|official|default",
                    help="the judge's prompt (default: the authors' prompt when --judge is a released DFJ judge, "
                         "else the project's own rubric; see dfj judge --help)")

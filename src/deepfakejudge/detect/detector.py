@@ -14,25 +14,15 @@ this is an approximation of generate (protocol "score-only-no-reasoning", judge/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
-from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
+from ..backends.base import BackendError, ChatRequest
+from ..data.images import LoadedImage
 from ..errors import UsageError
-from ..judge.common import (
-    Prepared,
-    distribution_at,
-    generate_answers,
-    judge_batches,
-    model_error,
-    normalise,
-    prompt_length,
-)
-from ..judge.protocol import protocol
-from ..judge.pointwise import Mode, check_mode
+from ..judge.base import Task
+from ..judge.common import Prepared, distribution_at, generate_answers, model_error, normalise
 from ..parsing import find_prediction
-from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import RowError, Sample
 
 CHOICES: tuple[str, ...] = ("real", "fake")
@@ -69,22 +59,16 @@ def p_fake_at_answer(generation, start: int, end: int) -> tuple[float, float] | 
 
 
 @dataclass
-class Detector:
+class Detector(Task):
     """Run a VLM as a real/fake detector over samples (only `image` is used; `label` is not
-    shown to the model)."""
+    shown to the model). Score-only reads p_fake after an empty reasoning (protocol
+    "score-only-no-reasoning", judge/protocol.py)."""
 
-    backend: Backend
-    template: Template = field(default_factory=lambda: default_template("detect"))
-    mode: Mode = "generate"
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    answer_prefix: str = SCORE_PREFIX["detect"]
-    max_image_pixels: int = MAX_IMAGE_PIXELS
-    stop_at_answer: bool = True  # generate mode: stop each output at its answer tag
+    kind = "detect"
+    answer = "prediction"
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.template.kind != "detect":
-            raise UsageError(f"Detector needs a detect template, got a {self.template.kind} one")
+        super().__post_init__()
         if self.mode == "score-only" and not self.backend.capabilities.choice_probs:
             raise UsageError(
                 f"--mode score-only: backend '{self.backend.name}' cannot read next-token "
@@ -92,9 +76,7 @@ class Detector:
             )
 
     def request(self, image: LoadedImage) -> ChatRequest:
-        prefix = self.answer_prefix if self.mode == "score-only" else ""
-        return ChatRequest(text=self.template.fill(), image=image.image, prefix=prefix, image_key=image.sha256,
-                           image_bytes=image.data or None)
+        return self.chat(self.template.fill(), image)
 
     def detect(self, samples: Iterable[Sample], batch_size: int = 8) -> list[DetectVerdict | RowError]:
         """One entry per sample, in order."""
@@ -103,13 +85,7 @@ class Detector:
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[DetectVerdict | RowError]]:
-        length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.image))
-        return judge_batches(samples, batch_size, (), self.max_image_pixels, self._detect, length)
-
-    @property
-    def protocol(self) -> str:
-        """"score-only-no-reasoning" for score-only with the reasoning format (judge/protocol.py)."""
-        return protocol("detect", self.mode, self.template.text, self.answer_prefix)
+        return self.batches(samples, batch_size, (), self._detect, lambda p: self.request(p.image))
 
     def _detect(self, items: Sequence[Prepared]) -> list[DetectVerdict | RowError]:
         requests = [self.request(item.image) for item in items]
@@ -119,8 +95,7 @@ class Detector:
                 for item, p in zip(items, self._choice_probs(requests))
             ]
         out: list[DetectVerdict | RowError] = []
-        config = replace(self.generation, stop_at_answer="prediction" if self.stop_at_answer else None)
-        for item, gen in zip(items, generate_answers(self.backend, requests, config, find_prediction)):
+        for item, gen in zip(items, generate_answers(self.backend, requests, self.generate_config(), find_prediction)):
             if isinstance(gen, BackendError):
                 out.append(model_error(item, gen))
                 continue

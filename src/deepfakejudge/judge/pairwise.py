@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
-from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
-from ..errors import UsageError
+from ..backends.base import BackendError, ChatRequest
+from ..data.images import LoadedImage
 from ..parsing import find_choice
-from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
-from .common import (
-    Prepared,
-    call_isolated,
-    distribution_at,
-    generate_answers,
-    judge_batches,
-    model_error,
-    normalise,
-    prompt_length,
-)
-from .protocol import protocol
-from .pointwise import Mode, check_mode
+from .base import Task
+from .common import Prepared, call_isolated, distribution_at, generate_answers, model_error, normalise
 
 _SWAP = {"A": "B", "B": "A"}
 
@@ -47,30 +35,16 @@ def combine(sample_id: str, orders: Sequence[PairwiseOrder]) -> PairwiseVerdict:
 
 
 @dataclass
-class PairwiseJudge:
+class PairwiseJudge(Task):
     """Pick the better of two explanations (`response_a`, `response_b`) with a VLM judge.
 
     With `both_orders` (the default) every pair is judged as (A, B) and as (B, A) in one batch;
     the verdict's `p_a` is the mean of the two passes, which cancels the judge's position bias.
+    Score-only with an answer-only format is exact (protocol "score-only-exact", judge/protocol.py).
     """
 
-    backend: Backend
-    template: Template = field(default_factory=lambda: default_template("pairwise"))
-    mode: Mode = "generate"
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128))
-    answer_prefix: str = SCORE_PREFIX["pairwise"]
-    max_image_pixels: int = MAX_IMAGE_PIXELS
-    stop_at_answer: bool = True
-
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.template.kind != "pairwise":
-            raise UsageError(f"PairwiseJudge needs a pairwise template, got a {self.template.kind} one")
-
-    @property
-    def protocol(self) -> str:
-        """"score-only-exact" for score-only with an answer-only format (see judge/protocol.py)."""
-        return protocol("pairwise", self.mode, self.template.text, self.answer_prefix)
+    kind = "pairwise"
+    answer = "choice"
 
     def request(self, sample: Sample, image: LoadedImage, swapped: bool) -> ChatRequest:
         if sample.prompt is not None:  # an official ms-swift row: its own text, as written
@@ -78,9 +52,7 @@ class PairwiseJudge:
         else:
             a, b = (sample.response_b, sample.response_a) if swapped else (sample.response_a, sample.response_b)
             text = self.template.fill(ground_truth_label=sample.label, response_a=a or "", response_b=b or "")
-        prefix = self.answer_prefix if self.mode == "score-only" else ""
-        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
-                           image_bytes=image.data or None)
+        return self.chat(text, image)
 
     def compare(
         self, samples: Iterable[Sample], both_orders: bool = True, batch_size: int = 8
@@ -94,9 +66,8 @@ class PairwiseJudge:
         def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict | RowError]:
             return self._judge(items, both_orders)
 
-        length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.sample, p.image, False))
         required = ("response_a", "response_b", "prompt") + (("prompt_swapped",) if both_orders else ())
-        return judge_batches(samples, batch_size, required, self.max_image_pixels, judge, length)
+        return self.batches(samples, batch_size, required, judge, lambda p: self.request(p.sample, p.image, False))
 
     def judge_prepared(self, items: Sequence[Prepared], both_orders: bool = True) -> list[PairwiseVerdict | RowError]:
         """Judge pairs whose image is already decoded (`dfj serve`): one entry per item."""
@@ -134,8 +105,7 @@ class PairwiseJudge:
                 out.append((choice, dist[0] if dist else None, None))
             return out
         out = []
-        config = replace(self.generation, stop_at_answer="choice" if self.stop_at_answer else None)
-        for gen in generate_answers(self.backend, requests, config, find_choice):
+        for gen in generate_answers(self.backend, requests, self.generate_config(), find_choice):
             if isinstance(gen, BackendError):
                 out.append(gen)
                 continue

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator, Literal, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
-from ..backends.base import Backend, BackendError, ChatRequest, GenerationConfig
-from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
-from ..errors import UsageError
+from ..backends.base import BackendError, ChatRequest
+from ..data.images import LoadedImage
 from ..parsing import find_score, parse_reasoning
-from ..prompts import SCORE_PREFIX, Template, default_template
 from ..records import SCORES, PointwiseVerdict, RowError, Sample
-from .common import (
-    Prepared,
-    call_isolated,
-    distribution_at,
-    generate_answers,
-    judge_batches,
-    model_error,
-    normalise,
-    prompt_length,
-)
-from .protocol import protocol
-
-Mode = Literal["generate", "score-only"]
-MODES: tuple[str, ...] = ("generate", "score-only")
-
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+from .base import Task
+from .common import Prepared, call_isolated, distribution_at, generate_answers, model_error, normalise
 
 
 def expected_value(probs: Sequence[float]) -> float:
@@ -37,7 +18,7 @@ def expected_value(probs: Sequence[float]) -> float:
 
 
 @dataclass
-class PointwiseJudge:
+class PointwiseJudge(Task):
     """Score candidate explanations 1..5 with a VLM judge.
 
     mode "generate": greedy generation of `<reasoning>…</reasoning><score>N</score>`; the score
@@ -51,29 +32,18 @@ class PointwiseJudge:
     never read) and batches are regrouped by prompt length.
     """
 
-    backend: Backend
-    template: Template = field(default_factory=lambda: default_template("pointwise"))
-    mode: Mode = "generate"
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    score_prefix: str = SCORE_PREFIX["pointwise"]
-    max_image_pixels: int = MAX_IMAGE_PIXELS
-    stop_at_answer: bool = True
-
-    def __post_init__(self) -> None:
-        check_mode(self.mode)
-        if self.template.kind != "pointwise":
-            raise UsageError(f"PointwiseJudge needs a pointwise template, got a {self.template.kind} one")
+    kind = "pointwise"
+    answer = "score"
 
     @property
-    def protocol(self) -> str:
-        return protocol("pointwise", self.mode, self.template.text, self.score_prefix)
+    def score_prefix(self) -> str:
+        """The prefilled text before the score digit (`answer_prefix`, by its pointwise name)."""
+        return self.answer_prefix
 
     def request(self, sample: Sample, image: LoadedImage) -> ChatRequest:
         text = sample.prompt if sample.prompt is not None else self.template.fill(
             ground_truth_label=sample.label, candidate_response=sample.response or "")
-        prefix = self.score_prefix if self.mode == "score-only" else ""
-        return ChatRequest(text=text, image=image.image, prefix=prefix, image_key=image.sha256,
-                           image_bytes=image.data or None)
+        return self.chat(text, image)
 
     def score(self, samples: Iterable[Sample], batch_size: int = 8) -> list[PointwiseVerdict | RowError]:
         """Judge every sample; the result has one entry per sample, in order."""
@@ -82,8 +52,7 @@ class PointwiseJudge:
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[PointwiseVerdict | RowError]]:
-        length = None if self.mode == "score-only" else lambda p: prompt_length(self.request(p.sample, p.image))
-        return judge_batches(samples, batch_size, ("response",), self.max_image_pixels, self._judge, length)
+        return self.batches(samples, batch_size, ("response",), self._judge, lambda p: self.request(p.sample, p.image))
 
     def judge_prepared(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
         """Judge items whose image is already decoded (`dfj serve`): one entry per item."""
@@ -97,8 +66,7 @@ class PointwiseJudge:
                 model_error(item, d) if isinstance(d, BackendError) else self._from_probs(item.sample.id, d)
                 for item, d in zip(items, dists)
             ]
-        config = replace(self.generation, stop_at_answer="score" if self.stop_at_answer else None)
-        generations = generate_answers(self.backend, requests, config, find_score)
+        generations = generate_answers(self.backend, requests, self.generate_config(), find_score)
         out: list[PointwiseVerdict | RowError] = []
         for item, gen in zip(items, generations):
             if isinstance(gen, BackendError):

@@ -35,10 +35,10 @@ from ..backends.budget import PromptTooLong
 from ..data.images import LoadedImage
 from ..judge import PairwiseJudge, PointwiseJudge
 from ..judge.common import Prepared
-from ..judge.pointwise import MODES
 from ..prompts import resolve_template
 from ..records import LABELS, RowError, Sample
 from ..results import MODEL_ERROR_FIELD, verdict_row
+from ..tasks import MAX_NEW_TOKENS, MODES
 from .admission import PixelGate, Ticket
 from .batcher import BatchedBackend, Batcher
 from .inputs import (
@@ -230,8 +230,7 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
             texts[name] = value
         if sum(len(t) for t in texts.values()) > settings.max_text_chars:
             raise ApiError(413, f"responses exceed the limit of {settings.max_text_chars} characters (--max-text-chars)")
-        default_tokens = 512 if kind == "pointwise" else 128  # as the official inference scripts
-        max_new = data.get("max_new_tokens", default_tokens)
+        max_new = data.get("max_new_tokens", MAX_NEW_TOKENS[kind])
         if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= settings.max_new_tokens:
             raise ApiError(400, f"max_new_tokens must be an integer from 1 to {settings.max_new_tokens} (--max-new-tokens)",
                            "max_new_tokens")
