@@ -161,11 +161,20 @@ def test_reference_check_ranks_the_example_ladders(encoder):
     assert all(inv.levels[0] > inv.levels[1] and inv.scores[0] <= inv.scores[1] for inv in result.inversions)
 
 
-def test_ladder_cli(capsys):
+def test_ladder_cli(capsys, encoder):
     assert main(["reason", "ladder", "--data", str(EXAMPLES / "pointwise.jsonl"), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["images"] == 14 and s["results"][0]["metric"] == "reference_score"
     assert s["results"][0]["mean_spearman"] >= 0.9
+    # The CLI only formats: the library's report is the same object, and its table is what dfj prints.
+    from deepfakejudge.data import load_records
+    from deepfakejudge.reason.ladder import ladder_report
+
+    dataset = load_records(EXAMPLES / "pointwise.jsonl")
+    report = ladder_report(str(dataset.path), dataset.samples, encoder)
+    assert json.loads(json.dumps(report.to_dict())) == s
+    assert main(["reason", "ladder", "--data", str(EXAMPLES / "pointwise.jsonl")]) == 0
+    assert capsys.readouterr().out == report.markdown(str(EXAMPLES / "pointwise.jsonl")) + "\n"
 
 
 # -- dfj reason score: by hand, missing metrics, bad input ------------------------------------------

@@ -175,7 +175,7 @@ def _write_details(path: Path, reports) -> None:
 def ladder(args: argparse.Namespace) -> int:
     from ..data import load_records
     from ..reason import bert_scorer, bertscore_f1, bleu3, sentence_encoder
-    from ..reason.ladder import overlap_ladders, reference_ladder
+    from ..reason.ladder import ladder_report
 
     dataset = load_records(args.data)
     for e in dataset.errors:
@@ -184,44 +184,15 @@ def ladder(args: argparse.Namespace) -> int:
         encoder = sentence_encoder(args.similarity_model, args.text_device)
     except MissingExtra as exc:
         raise MissingExtra(f"--similarity-model: {exc}") from exc
-    result, checks = reference_ladder(dataset.samples, encoder)
-    results = [result]
-    missing = {}
+    bert, missing = None, {}
     if args.compare_overlap:
-        scorer = None
         try:
             scorer = bert_scorer(args.bertscore_model, args.bertscore_layers, args.text_device,
                                  args.bertscore_baseline)
+            bert = partial(bertscore_f1, scorer)
         except MissingExtra as exc:
             missing["bertscore_f1"] = str(exc)
-        bert = (lambda c, r: bertscore_f1(scorer, c, r)) if scorer is not None else None
-        results += overlap_ladders(dataset.samples, bleu3, bert)
-    summary = {"data": str(dataset.path), "images": len(result.per_image),
-               "results": [r.to_dict() for r in results], "missing": missing,
-               "checks": {k: c.brief() for k, c in checks.items()}}
-    lines = [f"Ladder: {len(result.per_image)} images of {args.data}; Spearman rho between intended level and metric.", ""]
-    from ..tables import markdown_table, num
-
-    lines.append(markdown_table(["metric", "mean rho", "images ranked perfectly", "inverted pairs"],
-                                [[r.metric, num(r.mean_rho, 3),
-                                  f"{sum(v is not None and v > 0.999 for v in r.per_image.values())}/{len(r.per_image)}",
-                                  len(r.inversions)] for r in results]))
-    for name, why in missing.items():
-        lines.append(f"- {name} n/a: {why}")
-    if result.inversions:
-        lines += ["", "Where the reference check fails (higher level scored at or below a lower one):", ""]
-        rows = []
-        for inv in result.inversions:
-            hi, lo = checks[inv.higher], checks[inv.lower]
-            rows.append([inv.image, f"L{inv.levels[0]} {num(inv.scores[0], 2)} vs L{inv.levels[1]} {num(inv.scores[1], 2)}",
-                         _components(hi), _components(lo)])
-        lines.append(markdown_table(["image", "scores", "higher level: components", "lower level: components"], rows))
-    emit(summary, args.json, lines)
+    report = ladder_report(str(dataset.path), dataset.samples, encoder, overlap=args.compare_overlap, bleu=bleu3,
+                           bertscore=bert, missing=missing)
+    emit(report.to_dict(), args.json, [report.markdown(args.data)])
     return 0
-
-
-def _components(c) -> str:
-    comp = c.components
-    return (f"label {comp['label']:.0f}, recall {comp['recall']:.2f}, precision {comp['precision']:.2f} "
-            f"({c.unsupported}/{c.claims} unsupported), commitment {comp['commitment']:.2f}, "
-            f"spatial {comp['spatial']:.2f}")

@@ -19,6 +19,7 @@ from scipy.stats import spearmanr
 
 from ..parsing import parse_prediction
 from ..records import Sample
+from ..tables import markdown_table, num
 from .models import SentenceEncoder
 from .reference import ReferenceCheck, check_many
 from .text import explanation
@@ -93,3 +94,65 @@ def overlap_ladders(samples: Sequence[Sample], bleu: Callable, bertscore: Callab
         f = dict(zip((s.id for s in flat), bertscore(cands, refs)))
         out.append(rank_agreement("bertscore_f1", groups, lambda s: f.get(s.id, 0.0)))
     return out
+
+
+@dataclass(frozen=True)
+class LadderReport:
+    """The reference check's ladder (first result) and, when asked, the overlap metrics' on the
+    same rows; `missing`: metrics that could not be run, with the reason."""
+
+    data: str  # the data file, as read
+    results: tuple[LadderResult, ...]
+    checks: dict[str, ReferenceCheck]
+    missing: dict[str, str]
+
+    @property
+    def images(self) -> int:
+        return len(self.results[0].per_image)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "images": self.images, "results": [r.to_dict() for r in self.results],
+                "missing": self.missing, "checks": {k: c.brief() for k, c in self.checks.items()}}
+
+    def markdown(self, data_name: str | None = None) -> str:
+        """The summary table (mean rho, images ranked perfectly, inverted pairs per metric), the
+        missing metrics, and where the reference check inverts two levels, with its components."""
+        lines = [f"Ladder: {self.images} images of {data_name or self.data}; Spearman rho between intended level "
+                 "and metric.", ""]
+        lines.append(markdown_table(["metric", "mean rho", "images ranked perfectly", "inverted pairs"],
+                                    [[r.metric, num(r.mean_rho, 3), f"{perfect(r)}/{len(r.per_image)}",
+                                      len(r.inversions)] for r in self.results]))
+        lines += [f"- {name} n/a: {why}" for name, why in self.missing.items()]
+        reference = self.results[0]
+        if reference.inversions:
+            lines += ["", "Where the reference check fails (higher level scored at or below a lower one):", ""]
+            rows = [[inv.image, f"L{inv.levels[0]} {num(inv.scores[0], 2)} vs L{inv.levels[1]} {num(inv.scores[1], 2)}",
+                     components(self.checks[inv.higher]), components(self.checks[inv.lower])]
+                    for inv in reference.inversions]
+            lines.append(markdown_table(["image", "scores", "higher level: components", "lower level: components"], rows))
+        return "\n".join(lines)
+
+
+def perfect(result: LadderResult) -> int:
+    """Images whose ladder the metric ranks exactly in order (rho = 1)."""
+    return sum(v is not None and v > 0.999 for v in result.per_image.values())
+
+
+def components(c: ReferenceCheck) -> str:
+    """The reference check's components in one cell."""
+    comp = c.components
+    return (f"label {comp['label']:.0f}, recall {comp['recall']:.2f}, precision {comp['precision']:.2f} "
+            f"({c.unsupported}/{c.claims} unsupported), commitment {comp['commitment']:.2f}, "
+            f"spatial {comp['spatial']:.2f}")
+
+
+def ladder_report(data: str, samples: Sequence[Sample], encoder: SentenceEncoder, *, overlap: bool = False,
+                  bleu: Callable | None = None, bertscore: Callable | None = None,
+                  missing: dict[str, str] | None = None) -> LadderReport:
+    """The reference check's ladder on `samples` and, with `overlap`, BLEU-3 (`bleu`) and
+    BERTScore F1 (`bertscore`, None when its model is `missing`) on the same rows."""
+    reference, checks = reference_ladder(samples, encoder)
+    results = [reference]
+    if overlap:
+        results += overlap_ladders(samples, bleu, bertscore)
+    return LadderReport(data, tuple(results), checks, dict(missing or {}))
