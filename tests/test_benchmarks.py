@@ -183,7 +183,7 @@ def test_generate_throughput_runs_every_path_with_equal_scores(tmp_path):
     runs = {(r["ending"], r["path"]): r for r in result["runs"]}
     assert set(runs) == {(e, p) for e in ("ends-at-tag", "writes-on") for p in ("naive_bs1", "hf_batched", "ours")}
     assert all(r["scores_match"] for r in runs.values()) and result["parity_all_ok"] is True
-    for (ending, path_name), r in runs.items():
+    for (ending, _path_name), r in runs.items():
         assert r["seconds"] > 0 and len(r["runs_s"]) == 1
         assert r["ours_speedup"] == pytest.approx(r["seconds"] / runs[(ending, "ours")]["seconds"], rel=0.02)
     assert "ours is x faster" in proc.stdout

@@ -69,7 +69,7 @@ def test_demo_falls_back_to_a_tiny_model_offline_and_ends_with_the_reference_ver
     for image, rows in tables.items():
         assert [int(r[0]) for r in rows] == [5, 4, 3, 2, 1], image
         assert all(r[4] is None for r in rows)  # no judge column
-        for level, ref, bleu, verdict, _ in rows:
+        for level, ref, bleu, _verdict, _ in rows:
             row = by_id[(image, int(level))]
             assert float(ref) == pytest.approx(row["reference_score"], abs=0.006)
             assert float(bleu) == pytest.approx(row["bleu3"], abs=0.0006)

@@ -114,8 +114,9 @@ def test_a_missing_optional_module_reads_as_a_missing_extra(rows, monkeypatch, c
 
 
 def test_every_mapped_extra_exists_in_pyproject():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     from deepfakejudge.errors import EXTRA_OF_MODULE
 

@@ -23,8 +23,7 @@ import pytest
 from PIL import Image
 
 from deepfakejudge.cli import main
-from deepfakejudge.prompts import load_template, resolve_template
-from deepfakejudge.prompts import official
+from deepfakejudge.prompts import load_template, official, resolve_template
 from deepfakejudge.prompts import template as template_core
 from deepfakejudge.prompts.official import OfficialPromptMissing, official_template, released_judge, released_kind
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from deepfakejudge.cli import main
-from deepfakejudge.records import Artifact, Box, Sample
 from deepfakejudge.reason import bleu3, check, default_minilm_path, explanation, sentence_encoder, sentences
 from deepfakejudge.reason.spatial import locations
 from deepfakejudge.reason.stance import hedged, stance
+from deepfakejudge.records import Artifact, Box, Sample
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

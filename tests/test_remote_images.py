@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,8 +17,15 @@ import pytest
 from PIL import Image
 
 from deepfakejudge import PairwiseJudge, PointwiseJudge
-from deepfakejudge.backends import BackendError, ChatRequest, GenerationConfig, LoadOptions, PixelBudget, RemoteOptions
-from deepfakejudge.backends import image_payload
+from deepfakejudge.backends import (
+    BackendError,
+    ChatRequest,
+    GenerationConfig,
+    LoadOptions,
+    PixelBudget,
+    RemoteOptions,
+    image_payload,
+)
 from deepfakejudge.backends.image_payload import PayloadCache, json_body, png_data_url
 from deepfakejudge.backends.openai import OpenAIBackend
 from deepfakejudge.cli import main

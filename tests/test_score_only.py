@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import TEST_MAX_PIXELS
 from PIL import Image
 from scipy.stats import spearmanr
 from sklearn.metrics import confusion_matrix
@@ -22,8 +23,6 @@ from deepfakejudge.cli import main
 from deepfakejudge.judge.protocol import protocol
 from deepfakejudge.parsing import find_score
 from deepfakejudge.prompts import SCORE_PREFIX, default_template
-
-from conftest import TEST_MAX_PIXELS
 
 SMALL = ["--max-pixels", str(TEST_MAX_PIXELS), "--device", "cpu"]
 

@@ -119,7 +119,7 @@ def test_every_config_has_a_docs_command_and_every_docs_command_parses():
 def test_the_docs_give_the_multi_node_command_as_typed():
     multi = [(p, c) for p, c in launch_lines() if "--num_machines" in c]
     assert any("multi_gpu.yaml" in c for _, c in multi) and any("deepspeed" in c for _, c in multi)
-    for path, command in multi:
+    for _path, command in multi:
         args = parse_launch(command)
         assert int(args.num_machines) == 2 and int(args.num_processes) == 16, command
         assert args.machine_rank == 0 and args.main_process_ip == "10.0.0.1" and args.main_process_port == 29500

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deepfakejudge.backends.base import ChatRequest, LoadOptions, PixelBudget
+from deepfakejudge.backends.base import ChatRequest, LoadOptions
 from deepfakejudge.backends.hf import HFBackend, model_classes
 from deepfakejudge.backends.processor import ImageTextProcessor
 from deepfakejudge.backends.vision_attention import (

@@ -115,6 +115,6 @@ def parse_reasoning(text: str | None) -> str | None:
     if not text:
         return None
     last = None
-    for last in _REASONING_BODY.finditer(text):
+    for last in _REASONING_BODY.finditer(text):  # noqa: B007 - the loop leaves the last match in `last`
         pass
     return last.group("body").strip() if last else None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ._version import __version__
-from .records import PairwiseVerdict, PointwiseVerdict, RowError
+from .records import PointwiseVerdict, RowError
 
 
 def row_key(row: dict[str, Any]) -> str:

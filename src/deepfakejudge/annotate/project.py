@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from ..errors import InputError, UsageError
 from .agreement import agreement_report
-from .deps import AppContext
 from .assignment import AssignReport, assign, check_share
 from .db import Dataset, Store
+from .deps import AppContext
 from .exchange import ExportReport, ImportReport, collect_ratings, export_rows, import_rows, write_jsonl
 from .store import LoadReport, add_annotator, get_setting, load_dataset, new_token, set_setting
 from .taxonomy import load_taxonomy

@@ -1,4 +1,4 @@
-"""Image + text inputs for Qwen2-VL / Qwen2.5-VL without torchvision.
+r"""Image + text inputs for Qwen2-VL / Qwen2.5-VL without torchvision.
 
 `Qwen2_5_VLProcessor.from_pretrained` (and `AutoProcessor`) also builds a video processor, which
 needs torchvision; torchvision cannot be installed beside every torch build, and judges never see
@@ -7,7 +7,7 @@ and the PIL image processor (`Qwen2VLImageProcessorPil`), with the pixel budget 
 
 Token boundaries matter: the rendered prompt and the assistant prefix are tokenised separately
 and concatenated, because the model generated its answer token by token after
-`<|im_start|>assistant\\n`; it never saw the prefix merged with the prompt's last newline.
+`<|im_start|>assistant\n`; it never saw the prefix merged with the prompt's last newline.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def set_grouped_vision_attention(model: Any, enabled: bool = True) -> int:
                 del module.forward, module._dfj_plans, module._dfj_rotary
                 setattr(module, _MARK, False)
             continue
-        module._dfj_rotary = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb_vision")
+        module._dfj_rotary = sys.modules[type(module).__module__].apply_rotary_pos_emb_vision
         module._dfj_plans = plans
         module.forward = types.MethodType(_forward, module)
         setattr(module, _MARK, True)

@@ -1,4 +1,4 @@
-"""Turn finished units into training data: pointwise and pairwise records, split by image.
+r"""Turn finished units into training data: pointwise and pairwise records, split by image.
 
 Written into the run folder, rebuilt from the state on every run (so they always match the
 journal):
@@ -14,7 +14,7 @@ journal):
                                                   or ms-swift itself
     rejected.jsonl                                units that never aligned, with the reason
 
-A pointwise record's `target` is `<reasoning>feedback</reasoning>\\n<score>k</score>`: the
+A pointwise record's `target` is `<reasoning>feedback</reasoning>\n<score>k</score>`: the
 evaluator's justification of the accepted explanation, or, where it gave none (score-only mode),
 the level's description. Variant 0 is the accepted explanation, 1..P its kept paraphrases.
 

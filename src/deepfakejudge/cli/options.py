@@ -19,7 +19,6 @@ from ..backends.cache import CachedBackend, RequestCache, default_cache_path
 from ..data.images import MAX_IMAGE_PIXELS
 from ..errors import UsageError
 
-
 TEMPLATE_HELP = ("judge prompt: a template FILE with the released placeholders (read in text mode: CRLF -> LF), "
                  "'official' (the authors' prompt of the released judges, fetched and checked; see "
                  "docs/paper-protocol.md) or 'default' (the project's own rubric). Default: 'official' when the "

@@ -63,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
             f"dfj serve needs FastAPI, uvicorn and python-multipart ({exc.name} is missing); "
             "install them with: pip install 'deepfakejudge[serve]'"
         ) from exc
-    from ..serve import ServeSettings
-
     from ..prompts import resolve_template
     from ..prompts.official import released_kind
+    from ..serve import ServeSettings
 
     if args.template is None and (released_kind(args.adapter) or released_kind(args.model)):
         args.template = "official"  # a released judge is served with the prompt it was trained on

@@ -1,7 +1,7 @@
 """DFJ-Detect: run a VLM as a real/fake detector, read other detectors' prediction files, score
 them (F1, accuracy, CIs, per source and kind, p_fake ranking and calibration) and compare."""
 
-from .detector import CHOICES, DetectVerdict, Detector, detect_counts
+from .detector import CHOICES, Detector, DetectVerdict, detect_counts
 from .predictions import Gold, Prediction, PredictionFile, load_gold, read_predictions, resolve_gold
 from .scoring import (
     DetectionScore,

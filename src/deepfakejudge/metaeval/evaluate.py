@@ -35,8 +35,8 @@ from ..metrics import (
     pointwise_agreement,
 )
 from ..prompts import Template
-from ..tables import markdown_table
 from ..records import Sample
+from ..tables import markdown_table
 from .join import Joined, choice_value, join, score_value
 
 SCORE_LEVELS = (1, 2, 3, 4, 5)

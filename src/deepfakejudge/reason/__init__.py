@@ -2,6 +2,7 @@
 rationale, the DFJ judge score, and a reference-guided check against the gold annotations
 (label, evidence recall, unsupported claims, spatial consistency) that needs no VLM."""
 
+from ..errors import MissingExtra
 from .models import (
     BertScorer,
     BertScores,
@@ -12,7 +13,6 @@ from .models import (
     resolve_baseline,
     sentence_encoder,
 )
-from ..errors import MissingExtra
 from .overlap import Bleu3, bertscore, bertscore_f1, bleu3
 from .reference import ReferenceCheck, check
 from .report import Metric, ReasonConfig, ReasonReport, csv_text, markdown, reason_items, score_reasoning

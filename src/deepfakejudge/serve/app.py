@@ -348,7 +348,7 @@ async def _form_fields(request: Request, body: bytes, settings: ServeSettings, t
     for key, value in form.multi_items():
         if key == "image" and isinstance(value, UploadFile):
             data_bytes = await value.read()
-            image = await in_worker(lambda: decode_image(data_bytes, settings, "image", ticket))
+            image = await in_worker(lambda data_bytes=data_bytes: decode_image(data_bytes, settings, "image", ticket))
         elif isinstance(value, str):
             data[key] = value
     if "both_orders" in data:

@@ -1,4 +1,4 @@
-"""Training batches built with the inference processor, and the length check that guarantees no
+r"""Training batches built with the inference processor, and the length check that guarantees no
 sequence is ever cut.
 
 A training sequence is the rendered prompt (system turn, user turn with the image expanded to its

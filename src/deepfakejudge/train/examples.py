@@ -1,4 +1,4 @@
-"""Dataset rows -> supervised examples: the judge prompt (user turn) and the answer to learn.
+r"""Dataset rows -> supervised examples: the judge prompt (user turn) and the answer to learn.
 
 The prompt is filled from the template exactly as the judges fill it at inference
 (`PointwiseJudge.request` / `PairwiseJudge.request` in the given A/B order), and it is rendered
@@ -8,7 +8,7 @@ identical by construction; `tests/test_train_examples.py` checks it token by tok
 The answer is, in order of preference:
 - the row's own `target` (the assistant turn of an official ms-swift row, or a canonical row's
   `target` field): the full judge answer, which must parse to the row's gold score / preference;
-- pointwise: `<reasoning>{rationale}</reasoning>\\n<score>{score}</score>` from the row's
+- pointwise: `<reasoning>{rationale}</reasoning>\n<score>{score}</score>` from the row's
   `rationale` and gold `score`;
 - pairwise: `<answer>{preferred}</answer>`.
 A row that lacks what its kind needs is a `RowError` naming the missing field.

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..errors import InputError, MissingExtra, UsageError
 from ..prompts import resolve_template
-from ..runtime import resolve_device, resolve_dtype
 from ..prompts.official import released_judge
+from ..runtime import resolve_device, resolve_dtype
 from .config import TrainConfig, batch_plan, config_fields, with_batch_plan
 from .prepare import PreparedData, prepare_examples
 from .record import RUN_FILE, read_record, write_record
