@@ -123,3 +123,16 @@ def test_every_mapped_extra_exists_in_pyproject():
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     extras = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     assert set(EXTRA_OF_MODULE.values()) <= set(extras)
+
+
+def test_a_damaged_json_file_is_one_line_naming_it(tmp_path, capsys):
+    from deepfakejudge.cli import main
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": ', encoding="utf-8")
+    assert main(["export", "--adapter", str(adapter), "--out", str(tmp_path / "merged"), "--no-parity"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{adapter / 'adapter_config.json'} line 1: not valid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "merged").exists()

@@ -170,12 +170,13 @@ def test_requests_queued_behind_a_busy_model_form_full_batches(tiny_backend, tes
         busy = batcher.loop.run_in_executor(batcher._model_thread, gate.wait)  # the model is working
         try:
             first = asyncio.ensure_future(batcher.generate(requests[0], config))
-            for _ in range(500):  # until the collector has sent the first request to the model
+            # Up to 30 s: the loops end as soon as the state is reached; a loaded CI machine is slow.
+            for _ in range(3000):  # until the collector has sent the first request to the model
                 if batcher.stats.batches == 1:
                     break
                 await asyncio.sleep(0.01)
             rest = [asyncio.ensure_future(batcher.generate(r, config)) for r in requests[1:]]
-            for _ in range(500):
+            for _ in range(3000):
                 if batcher.queued == 20:
                     break
                 await asyncio.sleep(0.01)

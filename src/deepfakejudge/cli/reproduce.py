@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS
+from ..data.jsonl import read_json_file
 from ..errors import InputError, UsageError
 from .options import add_data_root_option, add_remote_options, emit
 
@@ -191,7 +192,7 @@ def guard_runs(out: Path, runs: dict[str, str], overwrite: bool) -> None:
     """Results under --out were made by the model recorded in runs.json: resuming them with another
     model would mix two judges in one file."""
     path = out / "runs.json"
-    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    recorded = read_json_file(path, f"--out {out}") if path.is_file() else {}
     if not overwrite:
         clash = {k: (recorded[k], v) for k, v in runs.items() if k in recorded and recorded[k] != v}
         if clash:

@@ -41,3 +41,16 @@ def read_jsonl(path: Path) -> Iterator[Line]:
                 yield Line(lineno, where, None, RowError(where, "<row>", f"must be a JSON object, got {type(obj).__name__}"))
                 continue
             yield Line(lineno, where, obj, None)
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """One JSON document the user or an earlier run wrote; a damaged one is an InputError naming
+    the file, the place and what to do (`what` says which option or run it belongs to)."""
+    from ..errors import InputError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what}: {path} is not UTF-8 text (byte {exc.start}); restore or remove it") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{what}: {path} line {exc.lineno}: not valid JSON ({exc.msg}); restore or remove it") from exc

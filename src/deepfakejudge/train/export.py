@@ -23,6 +23,7 @@ from typing import Any
 
 from ..backends.base import LoadOptions, PixelBudget
 from ..backends.processor import is_local_model
+from ..data.jsonl import read_json_file
 from ..errors import InputError, MissingExtra, UsageError
 from ..runtime import resolve_device
 from .record import RUN_FILE, TEMPLATE_FILE, load_trained_judge
@@ -67,7 +68,7 @@ def adapter_base(adapter: Path, base: str | None) -> str:
     trained = load_trained_judge(adapter)
     if trained is not None:
         return trained.base
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json_file(adapter / "adapter_config.json", f"--adapter {adapter}")
     found = config.get("base_model_name_or_path")
     if not found:
         raise UsageError(f"--adapter {adapter}: the base model is not recorded; pass --base")
