@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from serving import RecordingChatServer
 
 from deepfakejudge.cli import main
 from deepfakejudge.prompts import load_template, official, resolve_template
@@ -69,52 +70,6 @@ class FileServer:
         self.server.server_close()
 
 
-class RecordingModel:
-    """An OpenAI-compatible chat server on 127.0.0.1 that records every request body and answers
-    with a fixed judge output."""
-
-    def __init__(self, answer: str):
-        self.bodies = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, body):
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send({"data": [{"id": "m", "object": "model", "owned_by": "vllm"}]})
-
-            def do_POST(self):
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self._send({"choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": answer}}]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self) -> list[str]:
-        """The user text of every request, in order."""
-        out = []
-        for body in self.bodies:
-            (user,) = [m for m in body["messages"] if m["role"] == "user"]
-            content = user["content"]
-            out.append(content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] == "text"))
-        return out
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,7 +94,7 @@ def model():
     servers = []
 
     def make(answer):
-        servers.append(RecordingModel(answer))
+        servers.append(RecordingChatServer(answer))
         return servers[-1]
 
     yield make

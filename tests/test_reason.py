@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from serving import RecordingChatServer
 
 from deepfakejudge.cli import main
 from deepfakejudge.reason import bleu3, check, default_minilm_path, explanation, sentence_encoder, sentences
@@ -207,46 +208,6 @@ def test_reason_score_by_hand_and_missing_metrics(tmp_path, capsys):
     assert s["bleu3"]["value"] == pytest.approx(1.0)
 
 
-class ScriptedJudgeServer:
-    """An OpenAI-compatible server on 127.0.0.1 answering every chat request with one pointwise
-    judge output, and counting the requests it served."""
-
-    def __init__(self, answer: str):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.requests = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, body):
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send({"data": [{"id": "judge", "object": "model", "owned_by": "vllm"}]})
-
-            def do_POST(self):
-                outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self._send({"choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": answer}}]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_reason_score_judge_options_reach_a_remote_judge_with_the_request_cache(tmp_path, capsys):
     """`dfj reason score` takes the judge's whole model option set under --judge-: a remote judge
     on a local server, its request cache (a rerun is answered from it: no request reaches the
@@ -255,7 +216,7 @@ def test_reason_score_judge_options_reach_a_remote_judge_with_the_request_cache(
     gold = write_gold(tmp_path, gold_rows)
     pred = write_jsonl(tmp_path / "pred.jsonl", [
         {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>fake</answer>"} for g in gold_rows])
-    server = ScriptedJudgeServer("<reasoning>clear artifacts</reasoning>\n<score>4</score>")
+    server = RecordingChatServer("<reasoning>clear artifacts</reasoning>\n<score>4</score>", model_id="judge")
     try:
         argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--no-reference-check",
                 "--bertscore-model", str(default_minilm_path()), "--json",
@@ -265,16 +226,16 @@ def test_reason_score_judge_options_reach_a_remote_judge_with_the_request_cache(
         assert main(argv) == 0
         first = json.loads(capsys.readouterr().out)
         assert first["dfj_score"]["value"] == pytest.approx(4.0) and first["dfj_score"]["n"] == 3
-        assert len(server.requests) == 3 and {r["max_tokens"] for r in server.requests} == {64}
+        assert len(server.bodies) == 3 and {r["max_tokens"] for r in server.bodies} == {64}
         assert (tmp_path / "requests.sqlite").is_file()
         # The same run again: every judge call is answered from the cache, none reaches the server.
         assert main(argv) == 0
         second = json.loads(capsys.readouterr().out)
-        assert len(server.requests) == 3
+        assert len(server.bodies) == 3
         assert second["dfj_score"] == first["dfj_score"]
         # --judge-no-cache: asked again.
         assert main(argv + ["--judge-no-cache"]) == 0
-        assert json.loads(capsys.readouterr().out)["dfj_score"] == first["dfj_score"] and len(server.requests) == 6
+        assert json.loads(capsys.readouterr().out)["dfj_score"] == first["dfj_score"] and len(server.bodies) == 6
     finally:
         server.close()
 

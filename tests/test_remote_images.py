@@ -9,12 +9,12 @@ import base64
 import hashlib
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from serving import RecordingChatServer
 
 from deepfakejudge import PairwiseJudge, PointwiseJudge
 from deepfakejudge.backends import (
@@ -37,50 +37,11 @@ ANSWER = "<reasoning>fine</reasoning><score>4</score>"
 BUDGET = PixelBudget(3136, 64 * 28 * 28)
 
 
-class Recorder:
-    """A loopback chat-completions server that keeps each request's image URL."""
-
-    def __init__(self):
-        self.urls, self.lock = [], threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, body):
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send({"data": [{"id": "m", "object": "model", "owned_by": "vllm"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                parts = body["messages"][0]["content"]
-                with outer.lock:
-                    outer.urls.append(parts[0]["image_url"]["url"] if parts[0]["type"] == "image_url" else None)
-                self._send({"choices": [{"message": {"role": "assistant", "content": ANSWER},
-                                         "finish_reason": "stop"}]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def recorder():
-    server = Recorder()
+    server = RecordingChatServer(ANSWER)
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
