@@ -93,6 +93,27 @@ class Workload:
         return self.patches // 4
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def save_result(result: dict[str, Any], out: str | Path, stem: str, quick: bool) -> Path:
+    """Write a benchmark's JSON as `<stem>_[quick_]<machine>_<date>.json` under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "-".join(x for x in "".join(c if c.isalnum() else "-" for c in result["machine"]).split("-") if x)[:48]
+    path = out / f"{stem}_{'quick_' if quick else ''}{name}_{result['date'][:10]}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 # The GPU anchor's workloads (docs/design.md, "Performance design"): 256 + 352 and 1,225 + 352 tokens.
 WORKLOADS = {"A": Workload("A", 448, 608), "B": Workload("B", 980, 1577)}
 # --tiny: same structure, a few visual tokens.
@@ -136,15 +157,7 @@ class Device:
     def card(self) -> str:
         if self.cuda:
             return self.torch.cuda.get_device_name(self.device)
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        return f"CPU {cpu} ({self.torch.get_num_threads()} threads)"
+        return f"CPU {cpu_model()} ({self.torch.get_num_threads()} threads)"
 
     def free(self) -> None:
         import gc

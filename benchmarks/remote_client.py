@@ -262,15 +262,11 @@ def _children_cpu() -> float:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({len(os.sched_getaffinity(0))} cores)"
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from common import cpu_model
+
+    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
 
 
 def png_levels(image: Path) -> list[dict[str, Any]]:
@@ -399,15 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r["speedup_vs_today"] = round(r["records_per_s"] / base["records_per_s"], 2) if base else None
     result["load_1min_at_end"] = round(os.getloadavg()[0], 2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "quick_" if args.quick else ""
-    name = "-".join(x for x in "".join(c if c.isalnum() else "-" for c in result["machine"]).split("-") if x)[:48]
-    path = out / f"remote_client_{tag}{name}_{result['date'][:10]}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-
     sys.path.insert(0, str(HERE))
-    from common import print_table
+    from common import print_table, save_result
+
+    path = save_result(result, args.out, "remote_client", args.quick)
 
     print(f"remote client on {result['machine']}, {result['date']}, load {result['load_1min_at_start']} -> "
           f"{result['load_1min_at_end']}; JPEGs {result['jpeg_mb_mean']} MB")

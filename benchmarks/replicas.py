@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -140,15 +139,11 @@ def run(urls: list[str], n: int, concurrency: int, kill: Server | None = None, k
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({len(os.sched_getaffinity(0))} cores)"
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from common import cpu_model
+
+    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,15 +132,11 @@ def same_rows(a: Path, b: Path) -> bool:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({len(os.sched_getaffinity(0))} cores)"
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from common import cpu_model
+
+    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,15 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         r["steady_overhead_vs_local"] = round(base["steady_items_per_s"] / r["steady_items_per_s"] - 1, 3)
         r["steady_speedup_vs_local"] = round(r["steady_items_per_s"] / base["steady_items_per_s"], 2)
     result["load_1min_at_end"] = round(os.getloadavg()[0], 2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "quick_" if args.quick else ""
-    name = "-".join(x for x in "".join(c if c.isalnum() else "-" for c in result["machine"]).split("-") if x)[:48]
-    path = out / f"scale_out_{tag}{name}_{result['date'][:10]}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-
     sys.path.insert(0, str(HERE))
-    from common import print_table
+    from common import print_table, save_result
+
+    path = save_result(result, args.out, "scale_out", args.quick)
 
     print(f"scale-out on {result['machine']}, {result['date']}, load {result['load_1min_at_start']} -> "
           f"{result['load_1min_at_end']}; Ray {result['ray']}, cluster start {result['cluster_start_s']} s")
