@@ -34,10 +34,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_short_data(folder: Path) -> tuple[Path, Path]:
-    """Eight short pointwise rows over the bundled images, and a short template: fast to train."""
+    """Eight short pointwise rows over the bundled images, and a short template: fast to train.
+    The images are copied beside the data: training reads images only from the data's folder."""
     data = folder / "eight.jsonl"
+    (folder / "images").mkdir(exist_ok=True)
+    for image in IMAGES:
+        shutil.copy(REPO / "examples" / "images" / image, folder / "images" / image)
     rows = [
-        {"id": f"item{i}", "image": str(REPO / "examples" / "images" / image), "label": "fake" if i % 2 else "real",
+        {"id": f"item{i}", "image": f"images/{image}", "label": "fake" if i % 2 else "real",
          "response": "<reasoning>Looks fine.</reasoning> <answer>real</answer>", "rationale": rationale,
          "score": i % 5 + 1}
         for i, (rationale, image) in enumerate(zip(RATIONALES, IMAGES))

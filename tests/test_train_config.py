@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from deepfakejudge.cli import main
+from deepfakejudge.errors import UsageError
 from deepfakejudge.train.config import CONFIG_KEYS, TrainConfig, load_config, parse_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,6 +185,8 @@ def _expected_default(name, default, kind):
         default = {"pointwise": 4096, "pairwise": 2048}[kind]
     if isinstance(default, bool):
         return f"default {str(default).lower()}"
+    if default == ():  # image_root: no folder but the data's
+        return "default none"
     return f"default {default:g}" if isinstance(default, float) else f"default {default}"
 
 
@@ -242,6 +245,10 @@ def test_every_flag_reaches_its_setting(tmp_path):
             argv.append(flag)
             expected[f.name] = True
             continue
+        if f.name == "image_root":  # repeatable: each use adds one folder
+            argv += [flag, "/a", flag, "/b"]
+            expected[f.name] = ("/a", "/b")
+            continue
         if f.name in picked:
             value = picked[f.name]
         else:
@@ -275,3 +282,15 @@ def dataclasses_replace(config, **changes):
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_image_root_is_a_list_of_folders_from_yaml_set_or_flag(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("image_root: [/a, /b]\n", encoding="utf-8")
+    assert load_config("pointwise", {"base": "B", "data": "D", "out": "O"}, config).image_root == ("/a", "/b")
+    assert parse_set(["image_root=/c"]) == {"image_root": ("/c",)}
+    assert parse_set(["image_root=[/c, /d]"]) == {"image_root": ("/c", "/d")}
+    assert load_config("pointwise", {"base": "B", "data": "D", "out": "O"}).image_root == ()
+    config.write_text("image_root: 3\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="'image_root' must be a list of strings"):
+        load_config("pointwise", {"base": "B", "data": "D", "out": "O"}, config)

@@ -4,6 +4,7 @@ loss only on the answer, and sequences refused rather than cut."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -160,6 +161,47 @@ def test_unreadable_image_is_reported_with_its_line(tmp_path, tiny_backend):
     rows[1]["image"] = str(tmp_path / "missing.jpg")
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    prepared = prepare_examples(data, default_template("pointwise"), tiny_backend.processor, 100_000)
+    prepared = prepare_examples(data, default_template("pointwise"), tiny_backend.processor, 100_000,
+                                image_roots=[REPO / "examples"])
     assert len(prepared.examples) == 1
     assert prepared.errors[0].field == "image" and prepared.errors[0].where.endswith(":2")
+
+
+def test_images_outside_the_data_folder_are_refused_unless_allowed(tmp_path, tiny_model_dir, capsys):
+    """`dfj train` reads images only from the data file's folder and the `--image-root` folders
+    (symlinks resolved), as `dfj judge` does: a data file cannot make training read any file."""
+    row = json.loads(POINTWISE.read_text(encoding="utf-8").splitlines()[0])
+    source = REPO / "examples" / row["image"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(source, outside / "a.jpg")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(source, folder / "inside.jpg")
+    (folder / "link.jpg").symlink_to(outside / "a.jpg")
+    rows = [{**row, "id": "in", "image": "inside.jpg"}, {**row, "id": "up", "image": "../outside/a.jpg"},
+            {**row, "id": "link", "image": "link.jpg"}]
+    data = folder / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    args = ["train", "pointwise", "--base", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "run"),
+            "--max-pixels", str(64 * 28 * 28)]
+
+    assert main(args) == 2  # refused before the model loads, as other rows that cannot be used
+    err = capsys.readouterr().err
+    assert "2 of 3 rows cannot be trained on" in err and "--image-root" in err
+    assert "d.jsonl:2: field 'image'" in err and "d.jsonl:3: field 'image'" in err
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+    args += ["--dry-run", "--json"]
+    assert main(args) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["data"]["examples"] == 1 and checked["data"]["skipped"] == 2
+
+    # Allowing the folder (flag, or a YAML list) makes both usable; the inside image always was.
+    assert main([*args, "--image-root", str(outside)]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["data"]["examples"] == 3 and checked["config"]["image_root"] == [str(outside)]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"image_root:\n  - {outside}\n", encoding="utf-8")
+    assert main([*args, "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["examples"] == 3

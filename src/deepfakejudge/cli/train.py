@@ -27,6 +27,8 @@ def add_config_options(parser: argparse.ArgumentParser, kind: str) -> dict[str, 
         kwargs = {"dest": f.name, "default": None, "help": help_text(f, kind)}
         if FIELD_TYPES[f.name].base is bool:
             kwargs["action"] = "store_true"
+        elif FIELD_TYPES[f.name].base is tuple:  # repeatable; None when never given
+            kwargs.update(action="append", metavar="DIR")
         else:
             kwargs["type"] = FIELD_TYPES[f.name].base
             kwargs["metavar"] = flag.removeprefix("--").replace("-", "_").upper()

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .. import runtime
 from ..backends.base import MAX_PIXELS, MIN_PIXELS, PixelBudget
@@ -132,6 +132,10 @@ class TrainConfig:
         False, "train on the usable rows when some cannot be used, rows over --max-length included (ms-swift drops "
         "those silently; here they are counted, listed and recorded; default {default})", flag="--allow-errors",
         group="run")
+    image_root: tuple[str, ...] = setting(
+        (), "also read images from under DIR (repeatable; YAML: a list); by default images are read only from inside "
+        "the data file's folder (symlinks resolved), anything else is a row that cannot be trained on",
+        flag="--image-root", group="run")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -153,7 +157,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FieldType:
-    """A setting's type, read from its annotation: the base type and whether null is allowed."""
+    """A setting's type, read from its annotation: the base type (`tuple`: a list of strings) and
+    whether null is allowed."""
 
     base: type
     nullable: bool
@@ -163,6 +168,9 @@ def _field_types() -> dict[str, FieldType]:
     out = {}
     for name, hint in get_type_hints(TrainConfig).items():
         if name == "kind":
+            continue
+        if get_origin(hint) is tuple:  # tuple[str, ...]: a list of strings
+            out[name] = FieldType(tuple, False)
             continue
         args = get_args(hint)
         nullable = type(None) in args
@@ -193,6 +201,8 @@ def shown_default(f: Field, kind: str) -> str | None:
         return f.metadata["none"] or "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(value) or "none"
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
@@ -229,6 +239,12 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise UsageError(f"{origin}: '{key}' must be a number, got {value!r}")
+    if kind.base is tuple:
+        # One string is a list of one (`--set image_root=DIR`); numbers are not read as paths.
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(items)
+        raise UsageError(f"{origin}: '{key}' must be a list of strings, got {value!r}")
     if isinstance(value, str):
         return value
     raise UsageError(f"{origin}: '{key}' must be a string, got {value!r}")
@@ -381,6 +397,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
             if FIELD_TYPES[key].base is str and value is not None:
                 value = raw  # paths and names stay text even when they look like numbers
+            elif FIELD_TYPES[key].base is tuple and not isinstance(value, list) and value is not None:
+                value = raw
         except ImportError:
             value = raw
         except yaml.YAMLError as exc:

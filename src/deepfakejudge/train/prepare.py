@@ -3,6 +3,7 @@ every full sequence measured against `max_length` (never truncated: refused or d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -50,10 +51,11 @@ def _image_size(sample: Sample) -> tuple[int, int] | InputError:
 
 def prepare_examples(
     data: str | Path, template: Template, processor: ImageTextProcessor, max_length: int,
-    end_of_turn: str = "im_end_newline",
+    end_of_turn: str = "im_end_newline", image_roots: Sequence[str | Path] = (),
 ) -> PreparedData:
     # verbatim: an official ms-swift row is trained on with its own prompt, recognised or not.
-    dataset = load_records(data, templates=(template,), verbatim=True)
+    # Images are confined to the data file's folder and `image_roots` (`--image-root`), as in judging.
+    dataset = load_records(data, templates=(template,), image_roots=image_roots, verbatim=True)
     errors: list[RowError] = list(dataset.errors)
     examples: list[TrainExample] = []
     sizes: dict[Path, tuple[int, int] | InputError] = {}

@@ -27,7 +27,8 @@ from .visual import VisualStore, encode_images
 # per step, or extending a run is the point of resuming; `out` changes when a run folder is
 # moved or copied to another machine).
 RESUMABLE_CHANGES = frozenset({"max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps",
-                               "dataloader_num_workers", "allow_errors", "device", "visual_cache_gb", "out"})
+                               "dataloader_num_workers", "allow_errors", "device", "visual_cache_gb", "out",
+                               "image_root"})
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,8 @@ def check_data(config: TrainConfig) -> dict[str, Any]:
     config, plan = plan_batch(config)
     _log(plan.describe())
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
-    data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn)
+    data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn,
+                            config.image_root)
     for line in data.report():
         _log(line)
     return {
@@ -295,7 +297,8 @@ def run_training(config: TrainConfig, resume: bool = False) -> TrainOutcome:
     _log(plan.describe())
     device, dtype, bf16, fp16 = training_runtime(config)
     processor = ImageTextProcessor.from_pretrained(config.base, config.min_pixels, config.max_pixels)
-    data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn)
+    data = prepare_examples(config.data, template, processor, config.max_length, config.end_of_turn,
+                            config.image_root)
     _report_data(data, config)
 
     # The training arguments first: under DeepSpeed ZeRO-3 they make from_pretrained shard the
