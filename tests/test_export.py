@@ -5,6 +5,7 @@ training rows."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,9 +157,35 @@ def test_convert_reports_unusable_rows(tmp_path, capsys):
         r["image"] = str(REPO / "examples" / r["image"])
     del rows[1]["score"]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert main(["data", "convert", str(data), "--to", "msswift", "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["data", "convert", str(data), "--to", "msswift", "--out", str(tmp_path / "o.jsonl"),
+                 "--image-root", str(REPO / "examples")]) == 1
     assert "d.jsonl:2: field 'score'" in capsys.readouterr().err
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
+
+
+def test_convert_reads_images_only_from_the_data_folder_and_image_roots(tmp_path, capsys):
+    """A row naming an image outside the data's folder (`../x`, a symlink out) is an error row naming
+    --image-root, not a written row that would make the trainer read that file."""
+    row = json.loads(POINTWISE.read_text().splitlines()[0])
+    source = REPO / "examples" / row["image"]
+    outside, folder = tmp_path / "outside", tmp_path / "data"
+    outside.mkdir()
+    folder.mkdir()
+    shutil.copy(source, outside / "a.jpg")
+    shutil.copy(source, folder / "in.jpg")
+    (folder / "link.jpg").symlink_to(outside / "a.jpg")
+    rows = [{**row, "id": "in", "image": "in.jpg"}, {**row, "id": "up", "image": "../outside/a.jpg"},
+            {**row, "id": "link", "image": "link.jpg"}]
+    data = folder / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o.jsonl"
+    args = ["data", "convert", str(data), "--to", "msswift", "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "d.jsonl:2: field 'image'" in err and "d.jsonl:3: field 'image'" in err and "--image-root" in err
+    assert [json.loads(line)["images"][0] for line in out.read_text().splitlines()] == [str(folder / "in.jpg")]
+    assert main([*args, "--image-root", str(outside)]) == 0
+    assert len(out.read_text().splitlines()) == 3
 
 
 def _swift_open(path: str, cwd: Path, root: Path | None) -> Path:

@@ -118,6 +118,7 @@ def add_convert(verbs: argparse._SubParsersAction) -> None:
     c = verbs.add_parser("convert", help="write judge training rows for ms-swift or LLaMA-Factory")
     c.add_argument("data", help="canonical or ms-swift JSONL, a split folder with data.jsonl, or a split name")
     add_data_root_option(c)
+    add_image_root_option(c)
     c.add_argument("--to", required=True, choices=("msswift", "llamafactory"), help="target trainer's format")
     c.add_argument("--out", required=True, help="output JSONL (LLaMA-Factory: dataset_info.json is written beside it)")
     c.add_argument("--kind", choices=("pointwise", "pairwise"), default=None,
@@ -140,7 +141,8 @@ def convert(args: argparse.Namespace) -> int:
         readers = (resolve_template(args.template, args.kind),)
     else:
         readers = _templates([args.template] if args.template else [])
-    dataset = load_records(args.data, templates=readers)
+    # Confined as the other batch commands: the written rows would make a trainer read any file.
+    dataset = load_records(args.data, templates=readers, image_roots=args.image_root)
     kind = args.kind or ("pairwise" if dataset.samples and dataset.samples[0].response_a is not None else "pointwise")
     template = resolve_template(args.template, kind)
     written, errors, info = convert_rows(dataset.samples, template, args.out, args.to, args.name, args.relative_to)
