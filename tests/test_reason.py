@@ -240,6 +240,45 @@ def test_reason_score_judge_options_reach_a_remote_judge_with_the_request_cache(
         server.close()
 
 
+def test_reason_score_judge_reads_gold_images_only_from_the_gold_folder_and_image_roots(tmp_path, capsys):
+    """The judge reads the gold images as `dfj judge` does: one outside the gold file's folder (`../x`,
+    a symlink out) gets no judge score and is a problem row naming --image-root, never a request;
+    the text metrics still score that item."""
+    import shutil
+
+    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    folder, outside = tmp_path / "gold", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    gold = write_gold(folder, gold_rows)
+    rows = [json.loads(line) for line in gold.read_text().splitlines()]
+    shutil.copy(EXAMPLES / gold_rows[1]["image"], outside / "b.jpg")
+    shutil.copy(EXAMPLES / gold_rows[2]["image"], outside / "c.jpg")
+    (folder / "link.jpg").symlink_to(outside / "c.jpg")
+    rows[1]["image"], rows[2]["image"] = "../outside/b.jpg", "link.jpg"
+    write_jsonl(gold, rows)
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>fake</answer>"} for g in gold_rows])
+    server = RecordingChatServer("<reasoning>clear artifacts</reasoning>\n<score>4</score>", model_id="judge")
+    try:
+        argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--no-reference-check",
+                "--bertscore-model", str(default_minilm_path()), "--json",
+                "--judge", "judge", "--judge-backend", "openai", "--judge-base-url", server.url, "--judge-no-cache"]
+        assert main(argv) == 1  # problem rows, without --allow-errors
+        out = capsys.readouterr()
+        first = json.loads(out.out)
+        assert first["dfj_score"]["n"] == 1 and len(server.bodies) == 1
+        assert first["bleu3"]["n"] == 3  # the text metrics keep every item
+        bad = [r for r in first["problems"]["rows"] if r["field"] == "image"]
+        assert [r["id"] for r in bad] == [gold_rows[1]["id"], gold_rows[2]["id"]]
+        assert all(r["where"].startswith(str(gold)) and "--image-root" in r["message"] for r in bad)
+        assert [i.get("dfj_score") for i in first["items"]] == [4, None, None]
+        assert main(argv + ["--image-root", str(outside)]) == 0
+        assert json.loads(capsys.readouterr().out)["dfj_score"]["n"] == 3 and len(server.bodies) == 4
+    finally:
+        server.close()
+
+
 # -- BERTScore: rescaled with a baseline, raw beside it ----------------------------------------------
 
 

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the judge's prompt (default: the authors' prompt when --judge is a released DFJ judge, "
                         "else the project's own rubric; see dfj judge --help)")
     g.add_argument("--batch-size", type=int, default=8, help="items per judge call (default 8)")
+    g.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="the judge also reads gold images from under DIR (repeatable); by default only from inside "
+                        "the --gold file's folder (symlinks resolved): an image elsewhere gets no judge score and "
+                        "is a problem row (the text metrics still score it)")
     add_engine_options(s)
     s.add_argument("--no-reference-check", action="store_true", help="skip the reference-guided check")
     s.add_argument("--details", default=None, metavar="PATH",
@@ -113,8 +117,12 @@ def score(args: argparse.Namespace) -> int:
 
     if args.name and len(args.name) != len(args.pred):
         raise UsageError(f"--name: give one name per --pred ({len(args.pred)}), got {len(args.name)}")
+    from ..data.reader import allowed_roots
+
     gold = load_gold(args.gold)
     preds = [read_predictions(p) for p in args.pred]  # all files checked before any model loads
+    # The judge reads the gold images: confined like `dfj judge` (checked before any model loads).
+    image_roots = None if args.judge_model is None else allowed_roots(gold.path.parent, args.image_root)
     judge_missing = "no --judge given"
     template = _judge_template(args)
     judge = _judge_engine(args, template)
@@ -131,7 +139,8 @@ def score(args: argparse.Namespace) -> int:
     config = ReasonConfig(bertscore_model=args.bertscore_model, bertscore_layers=args.bertscore_layers,
                           bertscore_baseline=args.bertscore_baseline,
                           similarity_model=args.similarity_model, device=args.text_device, judge=judge,
-                          judge_missing=judge_missing, batch_size=args.batch_size, reference=not args.no_reference_check)
+                          judge_missing=judge_missing, batch_size=args.batch_size, reference=not args.no_reference_check,
+                          image_roots=image_roots)
     try:
         names = args.name or [None] * len(preds)
         reports = [score_reasoning(p, gold, config, n) for p, n in zip(preds, names)]

@@ -15,8 +15,11 @@ BLEU-3 carries sacrebleu's signature.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..data import InputError as DataInputError
+from ..data.reader import confine
 from ..detect.predictions import Gold, PredictionFile
 from ..errors import InputError, MissingExtra
 from ..judge import PointwiseJudge
@@ -64,6 +67,10 @@ class ReasonConfig:
     judge: PointwiseJudge | None = None
     judge_missing: str = "no --judge given"
     batch_size: int = 8
+    # Folders the judge may read gold images from (`data.reader.allowed_roots`: the gold file's
+    # folder and --image-root); None: not confined. Only the judge reads images: the text metrics
+    # score every item whatever its image.
+    image_roots: tuple[Path, ...] | None = None
     reference: bool = True
 
 
@@ -170,14 +177,25 @@ def score_reasoning(pred: PredictionFile, gold: Gold, config: ReasonConfig, name
 
     judge, judge_unparsable = Metric(None, 0, config.judge_missing), 0
     if config.judge is not None:
-        samples = [Sample(id=it.id, image=it.gold.image, label=it.gold.label, response=it.response,
-                          artifacts=it.gold.artifacts, where=it.where) for it in items]
+        samples, judged = [], []  # judged: the item index of each sample
+        for k, it in enumerate(items):
+            sample = Sample(id=it.id, image=it.gold.image, label=it.gold.label, response=it.response,
+                            artifacts=it.gold.artifacts, where=it.where)
+            if config.image_roots is not None:
+                try:
+                    confine(sample, config.image_roots)
+                except DataInputError as exc:  # an image outside: no judge score, a problem row
+                    problems.append(RowError(it.gold.where or it.where, exc.field, exc.message, id=it.id))
+                    per[k]["dfj_score"] = None
+                    continue
+            samples.append(sample)
+            judged.append(k)
         js = judge_scores(config.judge, samples, config.batch_size)
         problems.extend(js.errors)
         judge_unparsable = js.unparsable
         scored = [s for s in js.scores if s is not None]
         judge = Metric(js.mean, len(scored), None if scored else "the judge gave no parsable score")
-        for k, s in enumerate(js.scores):
+        for k, s in zip(judged, js.scores):
             per[k]["dfj_score"] = s
 
     reference, components, checks = Metric(None, 0, "turned off (--no-reference-check)"), {}, ()
