@@ -28,6 +28,7 @@ pytest.importorskip("uvicorn", reason="needs the annotate extra: pip install -e 
 
 import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -107,7 +108,9 @@ def api(server, who: str, path: str, method: str = "GET", body: dict | None = No
 
 
 def wait_for(driver, predicate, what: str, timeout: float = 10):
-    return WebDriverWait(driver, timeout, 0.05).until(lambda d: predicate(d), message=f"waiting for {what}")
+    # An element found on the page being left goes stale when the next one loads: look again.
+    return WebDriverWait(driver, timeout, 0.05, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(lambda d: predicate(d), message=f"waiting for {what}")
 
 
 def saved(driver) -> bool:

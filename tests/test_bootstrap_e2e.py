@@ -90,7 +90,8 @@ def test_bootstrap_over_http_then_validate_and_train_dry_run(server, tiny_model_
     # Ready for dfj train: every row becomes an example of the tiny model's processor.
     for kind, data in (("pointwise", out / "pointwise-train.jsonl"), ("pairwise", out / "msswift" / "pairwise-train.jsonl")):
         assert main(["train", kind, "--base", str(tiny_model_dir), "--data", str(data),
-                     "--out", str(tmp_path / f"train-{kind}"), "--dry-run", "--json", "--max-pixels", SMALL_PIXELS]) == 0
+                     "--out", str(tmp_path / f"train-{kind}"), "--dry-run", "--json", "--max-pixels", SMALL_PIXELS,
+                     "--image-root", str(EXAMPLES.parent)]) == 0
         checked = json.loads(capsys.readouterr().out)
         assert checked["data"]["examples"] == rows[f"{kind}-train"] and checked["data"]["skipped"] == 0
     # The same run into a fresh folder with the same request cache: every call is answered by the cache.
