@@ -104,6 +104,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def spawn_server(argv: list[str], port_file: Path) -> tuple[Any, str]:
+    """Start a benchmark's stand-in server (`argv`, a process that writes its port to `port_file`
+    once listening); return the process and its `/v1` URL. Bounded wait: 30 s."""
+    import subprocess
+
+    port_file.unlink(missing_ok=True)  # a file left by an earlier run names a dead port
+    proc = subprocess.Popen(argv)
+    deadline = time.time() + 30
+    while not port_file.exists() or not port_file.read_text():
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("the benchmark server did not start")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port_file.read_text()}/v1"
+
+
 def save_result(result: dict[str, Any], out: str | Path, stem: str, quick: bool) -> Path:
     """Write a benchmark's JSON as `<stem>_[quick_]<machine>_<date>.json` under `out`."""
     out = Path(out)

@@ -112,15 +112,12 @@ def serve(port_file: Path) -> None:
 
 class Server:
     def __init__(self, workdir: Path) -> None:
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
+        from common import spawn_server
+
         port_file = workdir / "port"
-        port_file.unlink(missing_ok=True)  # a file left by an earlier run names a dead port
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file)])
-        deadline = time.time() + 30
-        while not port_file.exists() or not port_file.read_text():
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the benchmark server did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+        self.proc, self.url = spawn_server([sys.executable, __file__, "--serve", str(port_file)], port_file)
 
     def stats(self) -> dict[str, int]:
         import httpx

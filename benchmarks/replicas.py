@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -90,16 +89,13 @@ def serve(port_file: Path, slots: int, service: float) -> None:
 
 class Server:
     def __init__(self, workdir: Path, name: str, slots: int, service: float) -> None:
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
+        from common import spawn_server
+
         port_file = workdir / f"port-{name}"
-        port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file), "--slots", str(slots),
-                                      "--service", str(service)])
-        deadline = time.time() + 30
-        while not port_file.exists() or not port_file.read_text():
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("the benchmark server did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{port_file.read_text()}/v1"
+        self.proc, self.url = spawn_server([sys.executable, __file__, "--serve", str(port_file), "--slots", str(slots),
+                                            "--service", str(service)], port_file)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
