@@ -140,7 +140,7 @@ def compare_judges(
         required, calls = ("response",), (generate._judge, score_only._judge)
         length = lambda p: prompt_length(generate.request(p.sample, p.image))  # noqa: E731
     elif isinstance(generate, PairwiseJudge):
-        required = ("response_a", "response_b")
+        required = PairwiseJudge.required(both_orders)
         calls = (lambda items: generate._judge(items, both_orders), lambda items: score_only._judge(items, both_orders))
         length = lambda p: prompt_length(generate.request(p.sample, p.image, False))  # noqa: E731
     elif isinstance(generate, Detector):

@@ -66,8 +66,14 @@ class PairwiseJudge(Task):
         def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict | RowError]:
             return self._judge(items, both_orders)
 
-        required = ("response_a", "response_b", "prompt") + (("prompt_swapped",) if both_orders else ())
-        return self.batches(samples, batch_size, required, judge, lambda p: self.request(p.sample, p.image, False))
+        return self.batches(samples, batch_size, self.required(both_orders), judge,
+                            lambda p: self.request(p.sample, p.image, False))
+
+    @staticmethod
+    def required(both_orders: bool) -> tuple[str, ...]:
+        """The fields a pair needs (see `common.prepare`): a row with its own prompt needs its
+        swapped text too when both orders are judged."""
+        return ("response_a", "response_b", "prompt") + (("prompt_swapped",) if both_orders else ())
 
     def judge_prepared(self, items: Sequence[Prepared], both_orders: bool = True) -> list[PairwiseVerdict | RowError]:
         """Judge pairs whose image is already decoded (`dfj serve`): one entry per item."""
