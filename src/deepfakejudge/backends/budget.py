@@ -64,7 +64,9 @@ class PromptBudget:
         room = self.limit - (self.image_tokens if request.image is not None else 0)
         if len(text) > max(room, 0) * self.max_token_chars:
             return PromptTooLong(len(text), None, self.limit)
-        if self.count is None:
+        # Every token covers at least one byte of the text (one more for a tokenizer's added
+        # leading space): a text with fewer bytes than `room` fits without being tokenized.
+        if self.count is None or len(text.encode("utf-8")) < room:
             return None
         tokens = self.count(text)
         if tokens > room:

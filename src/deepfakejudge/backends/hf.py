@@ -370,10 +370,13 @@ class HFBackend(Backend):
         if kind is None:
             return StoppingCriteriaList()
         tok = self.processor.tokenizer
+        special = self.special_ids
         criterion = AnswerStop(
             kind, shape[1], shape[0],
             lambda ids: tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False),
-            self._piece,
+            # Special tokens ("<|im_end|>", the padding after a finished row) are skipped by the
+            # decode above, so they never complete a tag: no decode of the row for them.
+            lambda token: "" if token in special else self._piece(token),
         )
         made.append(criterion)
         return StoppingCriteriaList([criterion])

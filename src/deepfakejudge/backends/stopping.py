@@ -61,22 +61,18 @@ class AnswerStop:
     def __call__(self, input_ids: Any, scores: Any = None, **kwargs: Any) -> Any:
         import torch
 
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         generated = input_ids.shape[1] - self.prompt_length
         if generated < 1:
-            return done
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         last = input_ids[:, -1].tolist()
         for row, token in enumerate(last):
-            if self.stopped[row] is not None:
-                done[row] = True
-                continue
-            if ">" not in self.piece(token):
+            if self.stopped[row] is not None or ">" not in self.piece(token):
                 continue
             ids = input_ids[row, self.prompt_length :].tolist()
             if answer_complete(self.kind, self.decode(ids)):
                 self.stopped[row] = generated
-                done[row] = True
-        return done
+        # One tensor per step (not one device write per stopped row).
+        return torch.tensor([s is not None for s in self.stopped], dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at(ids: Sequence[int], stopped: int | None) -> tuple[list[int], bool]:
