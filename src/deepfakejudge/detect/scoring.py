@@ -89,10 +89,10 @@ class DetectionScore:
         }
         out.update(m.to_dict())
         out["policies"] = {
-            policy: {"accuracy": m.accuracy, **{k: getattr(self.under(policy), k) for k in POLICY_FIGURES},
+            policy: {"accuracy": m.accuracy, **{k: getattr(under, k) for k in POLICY_FIGURES},
                      "unparsable": m.n_unparsable,
                      "ci": {k: v.to_dict() for k, v in self.ci_under(policy).items()}}
-            for policy in POLICIES
+            for policy, under in ((p, self.under(p)) for p in POLICIES)
         }
         out["confusion"] = {
             gold: dict(zip(("real", "fake", "none"), row)) for gold, row in zip(("real", "fake"), m.confusion)
