@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -92,6 +93,7 @@ class Template:
         return {"template": self.name, "template_sha256": self.sha256, "template_official": self.official}
 
 
+@lru_cache(maxsize=None)  # a packaged file, read once: ms-swift loading asks for it per row
 def default_template(kind: Kind) -> Template:
     if kind not in PLACEHOLDERS:
         raise ValueError(f"template kind must be one of {sorted(PLACEHOLDERS)}, got {kind!r}")
