@@ -139,12 +139,6 @@ def add_model_options(p: argparse.ArgumentParser, prefix: str = "", *, names: It
     return groups
 
 
-def add_remote_options(p: argparse.ArgumentParser, reasks: int = 0) -> None:
-    """--backend openai settings, the request cache and re-asks (for a command that forwards them,
-    as dfj reproduce does). `reasks`: the command's default number of re-asks."""
-    add_model_options(p, names=REMOTE_OPTIONS, reasks=reasks)
-
-
 def model_dest(prefix: str, name: str) -> str:
     """The attribute `--{prefix}{name}` is parsed into."""
     return (prefix + name).replace("-", "_")

@@ -25,19 +25,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..backends import BACKENDS
 from ..data.jsonl import read_json_file
 from ..errors import InputError, UsageError
-from .options import add_data_root_option, add_remote_options, emit
+from .options import REMOTE_OPTIONS, add_data_root_option, add_model_options, emit, model_dest
 
 TABLE_CHOICES = ("meta", "detect", "reason")
 PROTOCOL_MODES = ("generate", "score-only")
 SETS = ("dfj-meta", "dfj-meta-human")  # meta-evaluation sets; the split of each is its paper table's dataset
-# Options passed through unchanged to `dfj judge` / `dfj detect run` (dest -> flag).
-FORWARD = ("backend", "device", "dtype", "min_pixels", "max_pixels", "vision_cache_mb", "base_url", "api_key_env",
-           "concurrency", "timeout", "max_retries", "top_logprobs", "prefill", "cache", "reasks", "batch_size",
-           "max_image_pixels")
+# The model options of `dfj judge` / `dfj detect run` that reproduce takes (registered from the same
+# table) and passes through unchanged, with the run options below (dest -> flag).
+MODEL_NAMES = ("backend", "device", "dtype", "min-pixels", "max-pixels", "vision-cache-mb", *REMOTE_OPTIONS)
 FORWARD_FLAGS = ("no_cache", "overwrite", "retry_errors", "allow_errors")
+FORWARD = (*(d for d in map(partial(model_dest, ""), MODEL_NAMES) if d not in FORWARD_FLAGS),
+           "batch_size", "max_image_pixels")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,14 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rescale BERTScore of --bertscore-model with this baseline (as in dfj reason score)")
     d.add_argument("--text-device", default="cpu", help="device for BERTScore (default cpu)")
 
-    m = p.add_argument_group("model")
-    m.add_argument("--backend", default="hf", choices=sorted(BACKENDS), help="how models are run (default: hf)")
-    m.add_argument("--device", default="auto")
-    m.add_argument("--dtype", default="auto")
-    m.add_argument("--min-pixels", type=int, default=None)
-    m.add_argument("--max-pixels", type=int, default=None)
-    m.add_argument("--vision-cache-mb", type=int, default=1024)
-    add_remote_options(p)
+    add_model_options(p, names=MODEL_NAMES)
 
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=int, default=8)

@@ -260,29 +260,24 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
         row = verdict_row(verdict)
         return {**row, "model": settings.model_name, "mode": mode, "template_sha256": templates[kind].sha256}
 
-    @app.post("/v1/judge/pointwise")
-    async def judge_pointwise(request: Request) -> dict[str, Any]:
+    async def judge_route(request: Request, kind: str) -> dict[str, Any]:
         authorize(request)
         ticket = Ticket(gate, settings.admission_wait_s)
         try:
             body = await read_body(request, settings)  # before watching for a disconnect: both read the connection
             data, image = await unless_gone(request, judge_fields(request, body, ticket))
-            counters.count("judge_pointwise")
-            return await run_judge(request, "pointwise", data, image)
+            counters.count(f"judge_{kind}")
+            return await run_judge(request, kind, data, image)
         finally:
             ticket.close()
 
+    @app.post("/v1/judge/pointwise")
+    async def judge_pointwise(request: Request) -> dict[str, Any]:
+        return await judge_route(request, "pointwise")
+
     @app.post("/v1/judge/pairwise")
     async def judge_pairwise(request: Request) -> dict[str, Any]:
-        authorize(request)
-        ticket = Ticket(gate, settings.admission_wait_s)
-        try:
-            body = await read_body(request, settings)  # before watching for a disconnect: both read the connection
-            data, image = await unless_gone(request, judge_fields(request, body, ticket))
-            counters.count("judge_pairwise")
-            return await run_judge(request, "pairwise", data, image)
-        finally:
-            ticket.close()
+        return await judge_route(request, "pairwise")
 
     app.state.batcher = batcher
     return app
