@@ -16,7 +16,7 @@ from ..errors import InputError, MissingExtra
 from ..parsing import parse_prediction
 from ..records import Sample
 from ..tables import markdown_table, num
-from .ladder import LadderResult, ladders, rank_agreement, reference_ladder
+from .ladder import LadderResult, ladders, perfect, rank_agreement, reference_ladder
 from .models import SentenceEncoder
 from .overlap import bleu3
 from .reference import ReferenceCheck
@@ -104,10 +104,9 @@ def ordering_line(tables: LevelTables) -> str:
             parts.append(f"{name} n/a")
             continue
         n = len(result.per_image)
-        perfect = sum(v is not None and v > 0.999 for v in result.per_image.values())
         tied = sum(v is None for v in result.per_image.values())
         extra = f"; undefined on {tied}: one score throughout" if tied else ""
-        parts.append(f"{name} {num(result.mean_rho, 2)} ({perfect}/{n} images in perfect order{extra})")
+        parts.append(f"{name} {num(result.mean_rho, 2)} ({perfect(result)}/{n} images in perfect order{extra})")
     return "Spearman with the level, mean over images: " + ", ".join(parts)
 
 
