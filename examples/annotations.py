@@ -9,8 +9,12 @@ edited region), a gold ``rationale``, and five candidate detector ``responses`` 
    the right evidence of authenticity);
 4  correct label with a minor lapse: a slightly imprecise location or one missing detail;
 3  correct label but generic or partial, with a noticeable omission;
-2  vague or hedged, mixing valid and invalid details; the label may be wrong;
+2  the wrong label, hedged and unsure, mixing valid and invalid details;
 1  hallucinated artifacts that are not in the image and a confidently wrong label.
+
+The answer of each level is the project's rubric, ``deepfakejudge.bootstrap.prompts.verdict``: the
+true class at levels 3..5, the wrong one at 2 and 1 (an edited image's true class is fake);
+``tests/test_examples.py`` checks every row against it.
 """
 
 ANNOTATIONS = {
@@ -86,11 +90,11 @@ ANNOTATIONS = {
                 "It is an old-looking grayscale photo of a person with a camera in a park. The "
                 "textures and lighting seem natural and nothing looks out of place, so it appears to be "
                 "real."),
-            2: ("real",
-                "The scene looks mostly normal, although the man's coat is almost completely black "
-                "with little detail and the sky is very flat, which sometimes happens in generated "
-                "images. The tripod and grass look fine. I am not sure, but it is probably a real "
-                "photo."),
+            2: ("fake",
+                "The scene looks mostly normal, but the man's coat is an almost solid black shape "
+                "with no folds and the sky is completely flat, which often happens in generated "
+                "images. The tripod legs also look very thin against the grass. I am not sure, but it "
+                "may well be fake."),
             1: ("fake",
                 "The photo is fake. The tripod legs pass through the man's coat, the camera has no "
                 "lens, and the buildings in the background are duplicated mirror copies of each "
@@ -228,10 +232,11 @@ ANNOTATIONS = {
             3: ("real",
                 "A rocket on a launch pad in the evening. The scene looks realistic and the lighting "
                 "is fine, so I believe this picture is real."),
-            2: ("real",
-                "The towers look realistic, but the lights at the bottom have very strong star shapes "
-                "that might be added effects, and the sky is unusually clean. Overall it probably is "
-                "real, though some parts could have been enhanced."),
+            2: ("fake",
+                "The towers look realistic, but the lights at the bottom have very strong, identical "
+                "star shapes that might be added effects, and the sky is suspiciously clean with no "
+                "stars at all. I can't be certain, but parts of it could be generated, so I lean "
+                "toward fake."),
             1: ("fake",
                 "This is a generated image. The rocket has no engines and floats above the pad, the "
                 "towers on the left and right are mirror copies, and the sky contains a strange "
@@ -273,10 +278,10 @@ ANNOTATIONS = {
             3: ("fake",
                 "Something about the helmet looks off, and there seems to be added text in the image. "
                 "The rest of the photo looks natural. I think it has been manipulated."),
-            2: ("fake",
+            2: ("real",
                 "The lighting on the face seems a bit too even and the flag on the left looks soft, "
-                "which may indicate editing. There may also be something written on the helmet. I'm "
-                "not certain, but it could be altered."),
+                "but that is common in studio portraits. There is something written on the helmet, "
+                "which could just be a printed marking. I'm not certain, but it is probably real."),
             1: ("real",
                 "This is a genuine official NASA portrait. The helmet shows the normal mission "
                 "markings that are printed on every visor, and the reflections in the glass match the "
@@ -355,10 +360,10 @@ ANNOTATIONS = {
             3: ("fake",
                 "The colours on one side of the cat's face look a little inconsistent with the rest "
                 "of the image. Apart from that it looks natural. It has likely been modified."),
-            2: ("fake",
-                "The eyes look unusually glossy and the fur near the ears is blurry, which might "
-                "indicate manipulation, and there is some odd colouring on the face. I am not fully "
-                "sure, but it might be fake."),
+            2: ("real",
+                "The eyes look glossy and the fur near the ears is blurry, as in many close-ups. There "
+                "is some bluish colouring on one side of the face, but it might just be light from a "
+                "window. I am not fully sure, but it is probably real."),
             1: ("real",
                 "This is a real photograph of a cat. The fur colour is uniform across the face, the "
                 "eyes have natural reflections and the blur in the background is normal for a "
@@ -396,9 +401,10 @@ ANNOTATIONS = {
             3: ("fake",
                 "The saucer has an area that looks smudged and unnatural. The rest of the picture "
                 "looks fine. It has probably been edited."),
-            2: ("fake",
-                "The crema looks a bit too smooth and the cup handle seems oddly shaped. There may "
-                "also be a darker region on the saucer, but it could be a shadow. Possibly edited."),
+            2: ("real",
+                "The crema looks a bit too smooth and the cup handle seems oddly shaped. There is a "
+                "darker region on the saucer, but it is probably the cup's shadow. I am not sure, but "
+                "it is possibly an unedited photo."),
             1: ("real",
                 "The image is an unedited photo. The spoon lies naturally on the saucer with correct "
                 "reflections, the cup casts a normal shadow and the wood grain is continuous. "
@@ -473,10 +479,10 @@ ANNOTATIONS = {
             3: ("fake",
                 "The sky looks odd, with some spots that don't match the rest of the scene. The "
                 "rocket and towers look natural. The image has likely been modified."),
-            2: ("fake",
+            2: ("real",
                 "The lights at the bottom have exaggerated star shapes and the sky has a few colourful "
-                "spots, so it might be edited, though it could also be fireworks or lens flare. Hard "
-                "to say."),
+                "spots, though these could be stars, fireworks or lens flare. The towers look "
+                "consistent. Hard to say, but it might be a real photo."),
             1: ("real",
                 "A real photo of a night launch. The stars visible in the sky are normal for a clear "
                 "night, the floodlights produce natural flares and the towers are consistent. "
@@ -558,10 +564,10 @@ ANNOTATIONS = {
             3: ("fake",
                 "The spheres look like a 3D render and the shadows do not quite match. The image is "
                 "probably synthetic."),
-            2: ("fake",
-                "The wall is very plain and the floor colour is uniform, which may suggest a render, "
-                "although the reflections on the balls look realistic and the shadows are maybe "
-                "fine. I'm not sure, it could be a studio photo."),
+            2: ("real",
+                "The wall is very plain and the floor colour is uniform, but the reflections on the "
+                "balls look realistic and the shadows are maybe fine. The edges look a little rough, "
+                "perhaps from compression. I'm not sure, but it could be a studio photo."),
             1: ("real",
                 "This is a real studio photograph of three glossy balls on a table. The shadows all "
                 "point away from the lamp, the edges are smooth and the reflections match the room. "

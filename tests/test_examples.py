@@ -1,6 +1,7 @@
 """The bundled demo dataset in examples/: well-formed records, real edits, reproducible build.
 
-Reads the files directly (no deepfakejudge import), so it checks the data, not the loader.
+Reads the files directly (no deepfakejudge loader), so it checks the data, not the loader; only
+the rubric check uses the project's rubric (`bootstrap.prompts.verdict`) and parser (`parsing`).
 """
 
 from __future__ import annotations
@@ -62,10 +63,6 @@ def builder():
     spec.loader.exec_module(module)
     yield module
     del sys.modules[spec.name]
-
-
-def truth(label: str) -> str:
-    return "real" if label == "real" else "fake"
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -189,16 +186,30 @@ def test_every_image_has_levels_one_to_five_once(detect, pointwise):
         assert sorted(found) == [1, 2, 3, 4, 5], image
 
 
-def test_responses_follow_the_detector_contract_and_the_rubric(pointwise):
+def test_responses_follow_the_detector_contract(pointwise):
     for row in pointwise:
         match = RESPONSE.fullmatch(row["response"])
         assert match, row["id"]
-        reasoning, answer = match.groups()
+        reasoning, _answer = match.groups()
         assert "<" not in reasoning and len(reasoning.split()) >= 15, row["id"]
-        if row["score"] >= 3:
-            assert answer == truth(row["label"]), row["id"]
-        if row["score"] == 1:
-            assert answer != truth(row["label"]), row["id"]
+
+
+def test_every_answer_is_the_rubric_verdict_of_its_level(pointwise, pairwise):
+    """Levels 3..5 answer the true class and levels 2 and 1 the wrong one, as the bootstrap, the
+    evaluator's scale and the docs state it (`verdict`), read with the project's one parser."""
+    from deepfakejudge.bootstrap.prompts import verdict
+    from deepfakejudge.parsing import parse_prediction
+
+    answers = [(row["id"], row["label"], row["score"], row["response"]) for row in pointwise]
+    for row in pairwise:
+        answers.append((row["id"], row["label"], row["score_a"], row["response_a"]))
+        answers.append((row["id"], row["label"], row["score_b"], row["response_b"]))
+    assert len(answers) == 70 + 2 * 56
+    off = [(row_id, level, parse_prediction(response), verdict(label, level))
+           for row_id, label, level, response in answers if parse_prediction(response) != verdict(label, level)]
+    assert not off, "(id, level, answered, the rubric's verdict): " + repr(off)
+    # The wrong verdict is "fake" for a real photo and "real" for an edited or fake image: both occur.
+    assert {parse_prediction(row["response"]) for row in pointwise if row["score"] == 2} == {"real", "fake"}
 
 
 def test_responses_are_written_per_image_not_templated(pointwise):
