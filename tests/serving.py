@@ -69,9 +69,10 @@ class Server:
 
 class RecordingChatServer:
     """An OpenAI-compatible chat server on 127.0.0.1 that keeps every request body and answers each
-    with `answer`; `/v1/models` names `model_id` as a vLLM model (so prefill is on)."""
+    with `answer`; `/v1/models` names `model_id` as a vLLM model (so prefill is on), with the
+    `listed` fields added to its entry (vLLM's `root`, `parent`)."""
 
-    def __init__(self, answer: str, model_id: str = "m"):
+    def __init__(self, answer: str, model_id: str = "m", listed: dict | None = None):
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
         outer = self
@@ -89,7 +90,7 @@ class RecordingChatServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                self._send({"data": [{"id": model_id, "object": "model", "owned_by": "vllm"}]})
+                self._send({"data": [{"id": model_id, "object": "model", "owned_by": "vllm", **(listed or {})}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

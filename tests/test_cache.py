@@ -246,3 +246,49 @@ def test_stop_at_answer_is_in_the_key_only_where_the_engine_honours_it(tmp_path,
     else:
         # An engine that ignores the stop answers the same either way: one call, one cache entry.
         assert cut == whole and inner.generated == 1
+
+
+def test_a_remote_model_is_cached_by_what_it_serves_not_where(tmp_path, capsys):
+    """The servers' addresses are not part of the key: a run against server A fills the cache, the
+    same run against [B, A] (a pool, another order) or against C (the model moved to another port)
+    sends no request at all; another model name, or other weights under the same name, is asked."""
+    from serving import RecordingChatServer
+
+    from deepfakejudge.cli import main
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    Image.new("RGB", (30, 40), (10, 200, 10)).save(tmp_path / "b.png")
+    (tmp_path / "d.jsonl").write_text("".join(
+        json.dumps({"id": f"i{i}", "image": "ab"[i % 2] + ".png", "label": "fake", "response": f"resp {i}"}) + "\n"
+        for i in range(3)))
+    answer = "<reasoning>warped text</reasoning>\n<score>4</score>"
+    root = {"root": "/models/judge-v1"}
+    a, b, c = (RecordingChatServer(answer, model_id="judge", listed=root) for _ in range(3))
+    renamed = RecordingChatServer(answer, model_id="judge-2", listed=root)
+    retrained = RecordingChatServer(answer, model_id="judge", listed={"root": "/models/judge-v2"})
+    servers = [a, b, c, renamed, retrained]
+
+    def run(name, *urls, model="judge"):
+        argv = ["judge", "pointwise", "--backend", "openai", "--model", model, "--data", str(tmp_path / "d.jsonl"),
+                "--mode", "generate", "--cache", str(tmp_path / "c.sqlite"), "--out", str(tmp_path / f"{name}.jsonl")]
+        for url in urls:
+            argv += ["--base-url", url]
+        assert main(argv) == 0, capsys.readouterr().err
+        rows = [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        return rows, json.loads((tmp_path / f"{name}.summary.json").read_text())["backend"]
+
+    try:
+        first, _ = run("a", a.url)
+        assert len(a.bodies) == 3 and [r["score"] for r in first] == [4, 4, 4]
+        pool, described = run("pool", b.url, a.url)
+        moved, _ = run("moved", c.url)
+        assert (len(a.bodies), len(b.bodies), len(c.bodies)) == (3, 0, 0)  # no request reached a server
+        assert pool == first and moved == first
+        # The summary still says where the run was sent, and which weights the servers listed.
+        assert described["base_url"] == [b.url, a.url] and described["weights"] == root
+        run("renamed", renamed.url, model="judge-2")
+        run("retrained", retrained.url)
+        assert (len(renamed.bodies), len(retrained.bodies)) == (3, 3)
+    finally:
+        for server in servers:
+            server.close()

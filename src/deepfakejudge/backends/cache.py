@@ -1,10 +1,21 @@
 """A content-addressed request cache around any backend: a rerun costs no model call.
 
 The key of a request is the SHA-256 of what determines its answer: the backend's identity
-(`describe()`: engine, model, adapter, server, pixel budget, dtype, device...), the prompt text
-(which embeds the template, hence its hash), the assistant prefix, the image's content hash
-(`ChatRequest.image_key`, else a hash of its pixels), and the sampling settings or the choices.
+(`describe()`: engine, model, adapter, pixel budget, dtype, device...; for a server, the model
+name, the server kind and the weights it lists), the prompt text (which embeds the template,
+hence its hash), the assistant prefix, the image's content hash (`ChatRequest.image_key`, else a
+hash of its pixels), and the sampling settings or the choices.
 Values are the results themselves (compressed JSON), so a cached item comes back identical.
+
+Server addresses are not part of the key: the answer depends on the model that is served, not on
+where. A run against another set of replicas of the same model (any number, any order), or
+against a server moved to another host or port, is answered from the cache. The served model is
+known by its `--model` name, the server kind (`owned_by`) and, where `/v1/models` lists them
+(vLLM, SGLang), its weights' path or hub id (`root`) and a LoRA module's base (`parent`). The
+risk this takes: two different models served under the same name, by servers that list no
+weights (OpenAI-style APIs, `dfj serve`) or from the same path (a model retrained in place), share
+their entries. Serve them under different names, or give each its own `--cache` file, or pass
+`--no-cache`.
 
 One SQLite file in WAL mode: any number of processes and threads may read and write it at
 once (a writer waits up to `busy_timeout` for another). Each answer is written as it arrives
@@ -38,11 +49,12 @@ from .base import (
     raise_failures,
 )
 
-SCHEMA_VERSION = 1
-# describe() entries that do not change an answer: left out of the key ("replicas": a server
-# pool's per-server counts).
+# 2: server addresses left the key (entries of version 1 hold them, and are never read as 2's).
+SCHEMA_VERSION = 2
+# describe() entries that do not change an answer: left out of the key ("base_url": where the
+# model is served, see above; "replicas": a server pool's per-server counts).
 VOLATILE = frozenset({"cache", "concurrency", "timeout", "max_retries", "vision_cache_mb", "vision_attention",
-                      "replicas"})
+                      "base_url", "replicas"})
 
 
 def default_cache_path() -> Path:

@@ -67,6 +67,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("deepfakejudge.backends.openai")
+# What a /v1/models entry says of the weights behind a model name (part of `describe()`, hence of
+# the request cache's key); `created` and `max_model_len` change no answer.
+WEIGHTS_FIELDS = ("root", "parent")
 
 
 class OpenAIBackend(Backend):
@@ -106,7 +109,7 @@ class OpenAIBackend(Backend):
         self.base_url = self._http.base_url
         self._pool = self._http.pool  # None with one server
         try:
-            self.server = self._http.run(self._server_kind())
+            self.server, self.weights = self._http.run(self._served_model())
         except BaseException:
             self.close()
             raise
@@ -135,18 +138,25 @@ class OpenAIBackend(Backend):
 
     # -- protocol --------------------------------------------------------------------------------
 
-    async def _server_kind(self) -> str:
-        """`owned_by` of the model in /v1/models ("vllm", "sglang", "deepfakejudge", "openai",
-        ...), or "unknown" where the server lists none."""
+    async def _served_model(self) -> tuple[str, dict[str, str] | None]:
+        """(server kind, weights) from this model's entry in /v1/models. The kind is its `owned_by`
+        ("vllm", "sglang", "deepfakejudge", "openai", ...; the first entry's where none has the
+        model's id, "unknown" where the server lists none); the weights are the entry's `root`
+        and `parent` where it lists them (vLLM, SGLang: the checkpoint's path or hub id, and a
+        LoRA module's base model), else None. With a pool, the first server that answers says."""
         try:
             data = await self._http.call("GET", "/models", None, missing_ok=True)
         except BackendError:
-            return "unknown"
+            return "unknown", None
         models = data.get("data") if isinstance(data, dict) else None
         if not isinstance(models, list) or not models:
-            return "unknown"
-        entry = next((m for m in models if isinstance(m, dict) and m.get("id") == self.options.model), models[0])
-        return str(entry.get("owned_by") or "unknown") if isinstance(entry, dict) else "unknown"
+            return "unknown", None
+        own = next((m for m in models if isinstance(m, dict) and m.get("id") == self.options.model), None)
+        entry = own or models[0]
+        kind = str(entry.get("owned_by") or "unknown") if isinstance(entry, dict) else "unknown"
+        # Another model's entry says nothing of these weights.
+        weights = {k: str(own[k]) for k in WEIGHTS_FIELDS if own.get(k)} if own else {}
+        return kind, weights or None
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -347,6 +357,7 @@ class OpenAIBackend(Backend):
             "model": self.options.model,
             "base_url": self.base_url,
             "server": self.server,
+            "weights": self.weights,
             "prefill": self._prefill_body is not None,
             "top_logprobs": self.remote.top_logprobs,
             "min_pixels": self.budget.min_pixels,
@@ -354,6 +365,8 @@ class OpenAIBackend(Backend):
             # The transport that ran (a cached answer is only reused for the same one): "png",
             # resized here; "original", the file's bytes, resized by the server.
             "image_format": self._prepare.transport,
+            # Where the answers came from (provenance): the request cache leaves the servers out of
+            # its key, as the model, server kind and weights say what answered (cache.py).
             **({} if self._pool is None else {"base_url": self._pool.urls, "replicas": self._pool.counts()}),
         }
 
