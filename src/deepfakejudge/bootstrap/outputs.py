@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import sample_from_dict
+from ..data.urls import is_url
 from ..errors import UsageError
 from ..prompts import default_template
 from ..records import Sample
@@ -146,7 +147,10 @@ def test_records(records: list[Variant], layout: str) -> list[Variant]:
 
 @lru_cache(maxsize=4096)
 def _image_path(image: Path, folder: Path) -> str:
-    """The image's path relative to the output folder (25+ rows per image: computed once)."""
+    """The image's path relative to the output folder (25+ rows per image: computed once); a URL
+    stays a URL."""
+    if is_url(image):
+        return str(image)
     return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import errors
 from ..records import LABELS, Artifact, Box, Sample
+from .urls import is_url, local_file, remote_image, url_protocol
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 KNOWN_FIELDS = (
     "id", "image", "label", "source", "artifacts", "rationale", "response", "score",
@@ -89,13 +93,28 @@ def parse_id(obj: Mapping[str, Any]) -> str:
     return str(value)
 
 
+def image_location(text: str, base_dir: Path, where: str, field: str = "image") -> Path | UPath:
+    """The image a row names: a path relative to `base_dir` (resolved) or absolute, or a URL
+    (`data/urls.py`): kept as a URL, except `file://`, which is a local path like any other."""
+    protocol = url_protocol(text)
+    if protocol is None:
+        return (base_dir / text).resolve() if not Path(text).is_absolute() else Path(text)
+    if protocol == "file":
+        local = local_file(text)
+        if local is None:
+            raise InputError(field, f"{text}: a file:// URL naming another host cannot be read here: "
+                                    "write file:///path for a local file, or mount the share")
+        return local
+    return remote_image(text, protocol, where, field)
+
+
 def sample_from_dict(obj: Any, base_dir: Path, where: str) -> Sample:
     if not isinstance(obj, dict):
         raise InputError("<row>", f"must be a JSON object, got {type(obj).__name__}")
     sample_id = parse_id(obj)
     image = obj.get("image")
     if not isinstance(image, str) or not image.strip():
-        raise InputError("image", f"must be a path relative to the data file, got {image!r}")
+        raise InputError("image", f"must be a path relative to the data file or a URL, got {image!r}")
     label = obj.get("label")
     if not isinstance(label, str) or label.strip().lower() not in LABELS:
         raise InputError("label", f"{label!r} is not one of {', '.join(LABELS)}")
@@ -107,7 +126,7 @@ def sample_from_dict(obj: Any, base_dir: Path, where: str) -> Sample:
         raise InputError("preferred", f"must be \"A\", \"B\" or null, got {preferred!r}")
     return Sample(
         id=sample_id,
-        image=(base_dir / image).resolve() if not Path(image).is_absolute() else Path(image),
+        image=image_location(image, base_dir, where),
         label=label.strip().lower(),  # type: ignore[arg-type]
         source=_text(obj, "source"),
         artifacts=parse_artifacts(obj.get("artifacts")),
@@ -123,9 +142,11 @@ def sample_from_dict(obj: Any, base_dir: Path, where: str) -> Sample:
 
 
 def sample_to_dict(sample: Sample, base_dir: Path) -> dict[str, Any]:
-    """The canonical row for `sample`, with its image path relative to `base_dir` when possible."""
+    """The canonical row for `sample`, with its image path relative to `base_dir` when possible
+    (a URL stays a URL)."""
     try:
-        image = sample.image.resolve().relative_to(base_dir.resolve()).as_posix()
+        image = str(sample.image) if is_url(sample.image) else \
+            sample.image.resolve().relative_to(base_dir.resolve()).as_posix()
     except ValueError:
         image = str(sample.image)
     row: dict[str, Any] = {"id": sample.id, "image": image, "label": sample.label}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import threading
 import warnings
 from collections import Counter
@@ -17,12 +18,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from .. import errors
 from ..records import Sample
 from .canonical import InputError
+from .urls import is_url
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 # PIL's own default: images larger than this are refused, not decoded (decompression bombs).
 MAX_IMAGE_PIXELS = 89_478_485
@@ -40,27 +46,74 @@ class LoadedImage:
 
 
 def open_image(sample: Sample, max_image_pixels: int = MAX_IMAGE_PIXELS) -> LoadedImage:
+    """The sample's image, decoded, its boxes checked against it: a local file or a URL (read with
+    fsspec, `data/urls.py`). Anything wrong is an `InputError` for that row only."""
     path = sample.image
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise InputError("image", f"file not found: {path}") from None
-    except OSError as exc:
-        raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
-    loaded = _decode(path, stat.st_mtime_ns, stat.st_size, max_image_pixels)
+    if is_url(path):
+        version = remote_version(path)
+    else:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise InputError("image", f"file not found: {path}") from None
+        except OSError as exc:
+            raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
+        version = (stat.st_mtime_ns, stat.st_size)
+    loaded = _decode(path, version, max_image_pixels)
     check_boxes(sample, loaded.image.size)
     return loaded
 
 
+# What identifies a version of a remote object in fsspec's `info` (S3 ETag/LastModified, GCS
+# generation/updated, HTTP ETag/Last-Modified, memory's created, local mtime): a changed object
+# changes at least one of them, so the decode cache never serves a replaced image.
+_VERSION_KEYS = ("size", "ETag", "etag", "generation", "VersionId", "version_id", "LastModified", "Last-Modified",
+                 "last_modified", "updated", "mtime", "created", "md5Hash", "Content-MD5")
+_unversioned = itertools.count()
+
+
+def remote_version(url: Any) -> tuple[Any, ...]:
+    """What identifies the object at `url` now (one cheap `info` call), or `InputError` when it is
+    missing or cannot be read. An object whose filesystem reports no version is never cached."""
+    try:
+        info = url.fs.info(url.path)
+    except FileNotFoundError:
+        raise InputError("image", f"not found: {url}") from None
+    except Exception as exc:  # each filesystem raises its own (aiohttp, botocore...): this row fails
+        raise InputError("image", f"cannot read {url}: {_reason(exc)}") from None
+    if info.get("type") == "directory":
+        raise InputError("image", f"{url} is a directory, not an image")
+    version = tuple((key, str(info[key])) for key in _VERSION_KEYS if info.get(key) is not None)
+    if not any(key != "size" for key, _ in version):
+        version += (("read", next(_unversioned)),)
+    return version
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _read(path: Any) -> bytes:
+    if not is_url(path):
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return path.fs.cat_file(path.path)  # one GET, not the ranged reads of fs.open
+    except FileNotFoundError:
+        raise InputError("image", f"not found: {path}") from None
+    except Exception as exc:  # as in remote_version
+        raise InputError("image", f"cannot read {path}: {_reason(exc)}") from None
+
+
 # Datasets hold many rows per image (5 levels x 5 variants in DFJ-Meta, pairs, several
 # detectors), usually next to each other: keep the last few decoded images. Keyed on the file's
-# mtime and size too, so an image replaced on disk is read again. Callers must not modify them.
+# mtime and size (a URL: its version, `remote_version`) too, so an image replaced on disk or in
+# its bucket is read again. Callers must not modify them.
 @lru_cache(maxsize=16)
-def _decode(path: Path, mtime_ns: int, size: int, max_image_pixels: int) -> LoadedImage:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
+def _decode(path: Path | UPath, version: tuple[Any, ...], max_image_pixels: int) -> LoadedImage:
+    data = _read(path)
     try:
         rgb = decode_bytes(data, max_image_pixels)
     except ImageTooLarge as exc:

@@ -23,7 +23,8 @@ from typing import Any, Mapping
 from ..parsing import parse_choice, parse_score
 from ..prompts import PLACEHOLDERS, Template, default_template
 from ..records import LABELS, Sample
-from .canonical import InputError, parse_id
+from .canonical import InputError, image_location, parse_id
+from .urls import is_url
 
 _IMAGE_TAG = "<image>"
 
@@ -86,7 +87,7 @@ def _image_path(obj: Mapping[str, Any]) -> str:
     item = images[0]
     path = item.get("path") if isinstance(item, dict) else item
     if not isinstance(path, str) or not path.strip():
-        raise InputError("images[0]", f"must be a path relative to the split folder, got {item!r}")
+        raise InputError("images[0]", f"must be a path relative to the split folder or a URL, got {item!r}")
     return path
 
 
@@ -115,13 +116,13 @@ def sample_from_msswift(
             "or --template official for the released DFJ-Meta)",
         )
     target = _turn(messages, "assistant")
-    image = _image_path(obj)
+    image = image_location(_image_path(obj), base_dir, where, "images[0]")
     extra = {k: v for k, v in obj.items() if k not in ("id", "messages", "images")}
     if target is not None:
         extra["target"] = target
     common = dict(
         id=parse_id(obj) if "id" in obj else f"{Path(where.rsplit(':', 1)[0]).stem}-{lineno}",
-        image=(base_dir / image).resolve(),
+        image=image if is_url(image) else image.resolve(),
         extra=extra,
         where=where,
         prompt=prompt,

@@ -19,6 +19,7 @@ from .canonical import InputError, parse_id, sample_from_dict
 from .jsonl import read_jsonl
 from .msswift import sample_from_msswift
 from .splits import SPLITS, is_split_name, resolve_split, split_file
+from .urls import is_url
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,11 @@ def load_records(
     `verbatim`, an ms-swift row whose prompt matches none is loaded too, to be sent as written.
 
     With `image_roots` (the batch commands pass their `--image-root` list, possibly empty),
-    images must resolve (symlinks followed) inside the data file's folder or one of those
+    local images must resolve (symlinks followed) inside the data file's folder or one of those
     folders; a row whose image lies elsewhere (`../x.png`, an absolute path, a symlink out) is
     an error row, so a data file cannot make a run read arbitrary files. None: not confined.
+    URL images (`s3://…`, `data/urls.py`) are kept as URLs; a protocol no installed package reads
+    stops the load with one error (`MissingExtra` / `InputError`) before any model is loaded.
     """
     path = resolve_data_path(path)
     base_dir = path.parent
@@ -120,7 +123,10 @@ def allowed_roots(base_dir: Path, image_roots: Sequence[str | Path] = ()) -> tup
 
 
 def confine(sample: Sample, roots: Sequence[Path], field: str = "image") -> Sample:
-    """`sample`, or `InputError` when its image path, symlinks resolved, lies outside every root."""
+    """`sample`, or `InputError` when its image path, symlinks resolved, lies outside every root.
+    A URL image is not confined: it names no file of this machine (`file://` URLs are paths)."""
+    if is_url(sample.image):
+        return sample
     real = Path(os.path.realpath(sample.image))
     for root in roots:
         if root in real.parents:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..data.urls import is_url
 from ..errors import InputError, UsageError
 from ..prompts import Template
 from ..records import RowError, Sample
@@ -31,11 +32,15 @@ IMAGE_TAG = "<image>"
 
 
 def _relative(image: Path, folder: Path) -> str:
+    if is_url(image):  # a URL stays a URL (ms-swift and LLaMA-Factory fetch http(s) images themselves)
+        return str(image)
     return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
 
 
 def image_path(image: Path, root: Path | None) -> str:
-    """The image as the row names it: absolute, or relative to `root`."""
+    """The image as the row names it: absolute, or relative to `root`; a URL as written."""
+    if is_url(image):
+        return str(image)
     return image.resolve().as_posix() if root is None else _relative(image, root)
 
 

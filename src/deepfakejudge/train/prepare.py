@@ -11,6 +11,8 @@ from ..backends.budget import longest_field, tokenizer_budget
 from ..backends.processor import ImageTextProcessor
 from ..data import InputError, load_records, open_image
 from ..data.images import check_boxes
+from ..data.urls import is_url
+from ..errors import InputError as FileError
 from ..prompts import Template
 from ..records import RowError, Sample
 from .collate import sequence_length, visual_tokens
@@ -56,6 +58,13 @@ def prepare_examples(
     # verbatim: an official ms-swift row is trained on with its own prompt, recognised or not.
     # Images are confined to the data file's folder and `image_roots` (`--image-root`), as in judging.
     dataset = load_records(data, templates=(template,), image_roots=image_roots, verbatim=True)
+    remote = next((s for s in dataset.samples if is_url(s.image)), None)
+    if remote is not None:
+        # The collator reopens every image at every epoch (in DataLoader workers): one download
+        # beforehand beats a fetch per step, so URL images are refused rather than read remotely.
+        raise FileError(
+            f"{remote.where}: field 'image': {remote.image}: dfj train reads images from local files only; "
+            "copy the images to a local or mounted folder and name them by path in the data file")
     errors: list[RowError] = list(dataset.errors)
     examples: list[TrainExample] = []
     sizes: dict[Path, tuple[int, int] | InputError] = {}
