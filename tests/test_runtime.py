@@ -148,3 +148,29 @@ def test_pin_device_puts_the_trainer_on_gpu_n_alone(monkeypatch, tmp_path):
     assert args.train_batch_size == 4  # no DataParallel multiplication
     pin_device(args, torch.device("cpu"))  # anything but cuda:N leaves the arguments alone
     assert current == [torch.device("cuda", 1)]
+
+
+def test_one_user_cache_folder_for_requests_prompts_and_data(monkeypatch, tmp_path):
+    """The request cache, the official prompts and the fetched data sit under one folder:
+    $XDG_CACHE_HOME/deepfakejudge (~/.cache when unset or empty); $DFJ_CACHE and $DFJ_DATA still
+    move their own file or folder."""
+    from deepfakejudge.backends.cache import default_cache_path
+    from deepfakejudge.data.splits import data_root
+    from deepfakejudge.prompts.official import COMMIT, cache_dir
+
+    def places():
+        return default_cache_path(), cache_dir(), data_root()
+
+    for name in ("DFJ_CACHE", "DFJ_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    base = tmp_path / "xdg" / "deepfakejudge"
+    assert places() == (base / "requests.sqlite", base / "official-prompts" / COMMIT, base / "DeepfakeJudge-Dataset")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home" / ".cache" / "deepfakejudge"
+    for unset in (lambda: monkeypatch.setenv("XDG_CACHE_HOME", ""), lambda: monkeypatch.delenv("XDG_CACHE_HOME")):
+        unset()
+        assert places() == (home / "requests.sqlite", home / "official-prompts" / COMMIT, home / "DeepfakeJudge-Dataset")
+    monkeypatch.setenv("DFJ_CACHE", str(tmp_path / "c.sqlite"))
+    monkeypatch.setenv("DFJ_DATA", str(tmp_path / "data"))
+    assert places() == (tmp_path / "c.sqlite", home / "official-prompts" / COMMIT, tmp_path / "data")

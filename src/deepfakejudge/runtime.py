@@ -4,11 +4,14 @@ Devices: `auto` (the first CUDA device when there is one, else the CPU), `cpu`, 
 checked against this machine. Precision: `auto` is bfloat16 on a GPU, float16 on a GPU without
 bfloat16 support, float32 on the CPU; `float32`, `bfloat16` and `float16` are used as given.
 torch is imported inside the functions, so checking a setting's spelling needs no torch.
+Where the project keeps what it downloads or caches on this machine: `user_cache_dir`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
@@ -63,3 +66,10 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
     if dtype not in DTYPES:
         raise UsageError(f"dtype: unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
     return getattr(torch, dtype)
+
+
+def user_cache_dir() -> Path:
+    """The project's folder in the user cache, `$XDG_CACHE_HOME/deepfakejudge` (`~/.cache` when
+    the variable is unset or empty): the request cache, the official prompts and the fetched data
+    live under it unless their own variable ($DFJ_CACHE, $DFJ_DATA) says otherwise."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfakejudge"

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..runtime import user_cache_dir
 from .base import (
     Backend,
     BackendError,
@@ -61,8 +62,7 @@ def default_cache_path() -> Path:
     """$DFJ_CACHE, else $XDG_CACHE_HOME/deepfakejudge/requests.sqlite (~/.cache by default)."""
     if os.environ.get("DFJ_CACHE"):
         return Path(os.environ["DFJ_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "deepfakejudge" / "requests.sqlite"
+    return user_cache_dir() / "requests.sqlite"
 
 
 def image_digest(request: ChatRequest) -> str | None:

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError, UsageError
+from ..runtime import user_cache_dir
 
 DATASET_ID = "MBZUAI/DeepfakeJudge-Dataset"
 DATASET_URL = f"https://huggingface.co/datasets/{DATASET_ID}"
@@ -51,8 +52,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 
 def default_data_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "deepfakejudge" / "DeepfakeJudge-Dataset"
+    return user_cache_dir() / "DeepfakeJudge-Dataset"
 
 
 def data_root(root: str | Path | None = None) -> Path:

@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import InputError
+from ..runtime import user_cache_dir
 from . import template as core
 from .template import Kind, Template, load_template, template_text
 
@@ -102,8 +103,7 @@ def _json(path: Path) -> dict:
 
 def cache_dir() -> Path:
     """Where downloaded prompt files are kept: beside the request cache, per pinned commit."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "deepfakejudge" / "official-prompts" / COMMIT
+    return user_cache_dir() / "official-prompts" / COMMIT
 
 
 def official_template(kind: Kind, path: str | Path | None = None) -> Template:
