@@ -73,7 +73,8 @@ def test_wrong_types_name_the_key(tmp_path, text, key):
     "cli, key",
     [({"learning_rate": -1.0}, "learning_rate"), ({"warmup_ratio": 1.5}, "warmup_ratio"),
      ({"min_pixels": 5000, "max_pixels": 4000}, "min_pixels"), ({"device": "tpu"}, "device"),
-     ({"dtype": "int8"}, "dtype"), ({"max_steps": 0}, "max_steps")],
+     ({"dtype": "int8"}, "dtype"), ({"max_steps": 0}, "max_steps"),
+     ({"lr_scheduler_type": "poly"}, "'lr_scheduler_type' = 'poly': must be one of cosine, linear, constant, ")],
 )
 def test_invalid_values_name_the_setting(cli, key):
     with pytest.raises(ValueError, match=key):

@@ -96,7 +96,7 @@ class TrainConfig:
     # transformers 5 reads a float in [0, 1) given as warmup_steps as a ratio of the total steps.
     warmup_ratio: float = setting(0.05, "warmup as a fraction of the steps", sft="warmup_steps")
     lr_scheduler_type: str = setting("cosine", f"learning-rate schedule: {' | '.join(SCHEDULERS)}",
-                                     sft="lr_scheduler_type")
+                                     choices=SCHEDULERS, sft="lr_scheduler_type")
     weight_decay: float = setting(0.1, "AdamW weight decay", sft="weight_decay")
     max_grad_norm: float = setting(1.0, "gradient clipping norm", sft="max_grad_norm")
     seed: int = setting(42, "default {default}", flag="--seed", sft="seed")
@@ -114,7 +114,7 @@ class TrainConfig:
                                   "several GPUs: accelerate launch, choose them with CUDA_VISIBLE_DEVICES)",
                           flag="--device")
     dtype: str = setting("auto", "auto (bf16 on GPU, fp16 on a GPU without bf16, fp32 on CPU) | float32 | bfloat16 "
-                                 "| float16 (default {default})", flag="--dtype")
+                                 "| float16 (default {default})", flag="--dtype", choices=DTYPES)
     # transformers 5's name for gradient checkpointing.
     gradient_checkpointing: bool = setting(True, "recompute activations in backward to save memory",
                                            sft="activation_checkpointing")
@@ -307,6 +307,10 @@ def validate(c: TrainConfig) -> None:
         if not ok:
             raise UsageError(f"'{key}' = {getattr(c, key)!r}: {what}")
 
+    for f in config_fields():  # the declared choices: YAML and --set as the flags (argparse offers them)
+        allowed = f.metadata["choices"]
+        if allowed is not None:
+            need(getattr(c, f.name) in allowed, f.name, f"must be one of {', '.join(allowed)}")
     need(c.lora_r >= 1, "lora_r", "must be >= 1")
     need(c.lora_alpha >= 1, "lora_alpha", "must be >= 1")
     need(0.0 <= c.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
@@ -317,15 +321,12 @@ def validate(c: TrainConfig) -> None:
     need(c.gradient_accumulation_steps is None or c.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
          "must be >= 1, or null (derived from effective_batch_size and the device count)")
     need(c.effective_batch_size >= 1, "effective_batch_size", "must be >= 1")
-    need(c.end_of_turn in END_OF_TURN, "end_of_turn", f"must be one of {', '.join(END_OF_TURN)}")
     need(0.0 <= c.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
-    need(c.lr_scheduler_type in SCHEDULERS, "lr_scheduler_type", f"must be one of {', '.join(SCHEDULERS)}")
     need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
     need(c.max_grad_norm > 0, "max_grad_norm", "must be > 0")
     need(c.max_length is not None and c.max_length >= 16, "max_length", "must be >= 16 tokens")
     need(runtime.DEVICE_PATTERN.fullmatch(c.device) is not None, "device",
          "use auto, cpu, cuda or cuda:N (several GPUs: accelerate launch; choose them with CUDA_VISIBLE_DEVICES)")
-    need(c.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
     need(c.logging_steps >= 1, "logging_steps", "must be >= 1")
     need(c.save_steps >= 1, "save_steps", "must be >= 1")
     need(c.save_total_limit is None or c.save_total_limit >= 1, "save_total_limit", "must be >= 1 or null (keep all)")
