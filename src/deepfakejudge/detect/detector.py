@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 from ..backends.base import BackendError, ChatRequest
 from ..data.images import LoadedImage
 from ..errors import UsageError
-from ..judge.base import Task
+from ..judge.base import Job, Task
 from ..judge.common import Prepared, distribution_at, generate_answers, model_error, normalise
 from ..parsing import find_prediction
 from ..records import RowError, Sample
@@ -85,7 +85,11 @@ class Detector(Task):
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[DetectVerdict | RowError]]:
-        return self.batches(samples, batch_size, (), self._detect, lambda p: self.request(p.image))
+        return self.batches(samples, batch_size, self.job())
+
+    def job(self) -> Job[DetectVerdict | RowError]:
+        """What detecting on prepared items takes (see `Job`): the image alone."""
+        return Job((), self._detect, lambda p: self.request(p.image))
 
     def _detect(self, items: Sequence[Prepared]) -> list[DetectVerdict | RowError]:
         requests = [self.request(item.image) for item in items]

@@ -1,11 +1,11 @@
 """The part every model task shares (PointwiseJudge, PairwiseJudge, Detector): the fields, the
 mode and template checks, the request with its prefilled answer prefix, the stop at the answer
-tag and the batch loop."""
+tag and the batch loop, which runs the task's `Job` (as `--mode compare` does, judge/compare.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, ClassVar, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, ClassVar, Generic, Iterable, Iterator, Sequence, TypeVar
 
 from ..backends.base import Backend, ChatRequest, GenerationConfig
 from ..data.images import MAX_IMAGE_PIXELS, LoadedImage
@@ -17,6 +17,21 @@ from .common import Prepared, judge_batches, prompt_length
 from .protocol import protocol
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Job(Generic[R]):
+    """One task's work over prepared items, as its batch loop and `--mode compare` both run it:
+    the fields an item needs (`common.prepare`), the call that judges a batch, and the item's
+    (first) request, by whose length generate batches are regrouped."""
+
+    required: tuple[str, ...]
+    call: Callable[[Sequence[Prepared]], list[R]]
+    request: Callable[[Prepared], ChatRequest]
+
+    def length(self, item: Prepared) -> int:
+        """The prompt length of `item`'s request (see `judge_batches`)."""
+        return prompt_length(self.request(item))
 
 
 @dataclass
@@ -66,15 +81,8 @@ class Task:
         """`generation`, stopping each output at its answer tag unless `stop_at_answer` is off."""
         return replace(self.generation, stop_at_answer=self.answer if self.stop_at_answer else None)
 
-    def batches(
-        self,
-        samples: Iterable[Sample],
-        batch_size: int,
-        required: Sequence[str],
-        call: Callable[[Sequence[Prepared]], list[R]],
-        request: Callable[[Prepared], ChatRequest],
-    ) -> Iterator[list[R | RowError]]:
-        """`judge_batches` for this task: in generate mode batches are regrouped by the length of
-        `request(item)`; in score-only mode (one forward pass each) they are not."""
-        length = None if self.mode == "score-only" else lambda p: prompt_length(request(p))
-        return judge_batches(samples, batch_size, required, self.max_image_pixels, call, length)
+    def batches(self, samples: Iterable[Sample], batch_size: int, job: Job[R]) -> Iterator[list[R | RowError]]:
+        """`judge_batches` running `job`: in generate mode batches are regrouped by the length of
+        each item's request; in score-only mode (one forward pass each) they are not."""
+        length = None if self.mode == "score-only" else job.length
+        return judge_batches(samples, batch_size, job.required, self.max_image_pixels, job.call, length)

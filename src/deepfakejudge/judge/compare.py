@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..records import RowError, Sample
-from .common import Prepared, judge_batches, prompt_length
+from .common import Prepared, judge_batches
 
 # Per task: the answer field, its values (confusion-matrix order) and the probability field.
 FIELDS: dict[str, tuple[str, tuple[Any, ...], str]] = {
@@ -129,24 +129,15 @@ def compare_judges(
     generate: Any, score_only: Any, samples: Iterable[Sample], batch_size: int, both_orders: bool = True
 ) -> Iterator[list[Compared | RowError]]:
     """`compare_batches` for two judges of one task (PointwiseJudge, PairwiseJudge or Detector)
-    built in generate and score-only mode over the same backend."""
-    from ..detect.detector import Detector
+    built in generate and score-only mode over the same backend (`both_orders`: pairwise only)."""
+    from .base import Task
     from .pairwise import PairwiseJudge
-    from .pointwise import PointwiseJudge
 
+    if not isinstance(generate, Task):
+        raise ValueError(f"compare: unsupported judge {type(generate).__name__}")
     if (generate.mode, score_only.mode) != ("generate", "score-only") or type(generate) is not type(score_only):
         raise ValueError("compare needs two judges of the same task, one in generate and one in score-only mode")
-    if isinstance(generate, PointwiseJudge):
-        required, calls = ("response",), (generate._judge, score_only._judge)
-        length = lambda p: prompt_length(generate.request(p.sample, p.image))  # noqa: E731
-    elif isinstance(generate, PairwiseJudge):
-        required = PairwiseJudge.required(both_orders)
-        calls = (lambda items: generate._judge(items, both_orders), lambda items: score_only._judge(items, both_orders))
-        length = lambda p: prompt_length(generate.request(p.sample, p.image, False))  # noqa: E731
-    elif isinstance(generate, Detector):
-        required, calls = (), (generate._detect, score_only._detect)
-        length = lambda p: prompt_length(generate.request(p.image))  # noqa: E731
-    else:
-        raise ValueError(f"compare: unsupported judge {type(generate).__name__}")
-    return compare_batches(samples, batch_size, required, generate.max_image_pixels, *calls,
-                           score_only.protocol, length)
+    options = {"both_orders": both_orders} if isinstance(generate, PairwiseJudge) else {}
+    g, s = generate.job(**options), score_only.job(**options)
+    return compare_batches(samples, batch_size, g.required, generate.max_image_pixels, g.call, s.call,
+                           score_only.protocol, g.length)

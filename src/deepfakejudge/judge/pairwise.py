@@ -9,7 +9,7 @@ from ..backends.base import BackendError, ChatRequest
 from ..data.images import LoadedImage
 from ..parsing import find_choice
 from ..records import CHOICES, PairwiseOrder, PairwiseVerdict, RowError, Sample
-from .base import Task
+from .base import Job, Task
 from .common import Prepared, call_isolated, distribution_at, generate_answers, model_error, normalise
 
 _SWAP = {"A": "B", "B": "A"}
@@ -63,11 +63,12 @@ class PairwiseJudge(Task):
     def iter_batches(
         self, samples: Iterable[Sample], both_orders: bool = True, batch_size: int = 8
     ) -> Iterator[list[PairwiseVerdict | RowError]]:
-        def judge(items: Sequence[Prepared]) -> list[PairwiseVerdict | RowError]:
-            return self._judge(items, both_orders)
+        return self.batches(samples, batch_size, self.job(both_orders))
 
-        return self.batches(samples, batch_size, self.required(both_orders), judge,
-                            lambda p: self.request(p.sample, p.image, False))
+    def job(self, both_orders: bool = True) -> Job[PairwiseVerdict | RowError]:
+        """What judging prepared pairs takes (see `Job`); batches are ordered by the first order's prompt."""
+        return Job(self.required(both_orders), lambda items: self._judge(items, both_orders),
+                   lambda p: self.request(p.sample, p.image, False))
 
     @staticmethod
     def required(both_orders: bool) -> tuple[str, ...]:
@@ -77,7 +78,7 @@ class PairwiseJudge(Task):
 
     def judge_prepared(self, items: Sequence[Prepared], both_orders: bool = True) -> list[PairwiseVerdict | RowError]:
         """Judge pairs whose image is already decoded (`dfj serve`): one entry per item."""
-        return call_isolated(items, lambda batch: self._judge(batch, both_orders))
+        return call_isolated(items, self.job(both_orders).call)
 
     def _judge(self, items: Sequence[Prepared], both_orders: bool) -> list[PairwiseVerdict | RowError]:
         passes = (False, True) if both_orders else (False,)

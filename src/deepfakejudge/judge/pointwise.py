@@ -9,7 +9,7 @@ from ..backends.base import BackendError, ChatRequest
 from ..data.images import LoadedImage
 from ..parsing import find_score, parse_reasoning
 from ..records import SCORES, PointwiseVerdict, RowError, Sample
-from .base import Task
+from .base import Job, Task
 from .common import Prepared, call_isolated, distribution_at, generate_answers, model_error, normalise
 
 
@@ -52,7 +52,11 @@ class PointwiseJudge(Task):
     def iter_batches(
         self, samples: Iterable[Sample], batch_size: int = 8
     ) -> Iterator[list[PointwiseVerdict | RowError]]:
-        return self.batches(samples, batch_size, ("response",), self._judge, lambda p: self.request(p.sample, p.image))
+        return self.batches(samples, batch_size, self.job())
+
+    def job(self) -> Job[PointwiseVerdict | RowError]:
+        """What judging prepared items takes (see `Job`)."""
+        return Job(("response",), self._judge, lambda p: self.request(p.sample, p.image))
 
     def judge_prepared(self, items: Sequence[Prepared]) -> list[PointwiseVerdict | RowError]:
         """Judge items whose image is already decoded (`dfj serve`): one entry per item."""
