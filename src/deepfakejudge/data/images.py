@@ -77,8 +77,8 @@ def remote_version(url: Any) -> tuple[Any, ...]:
     missing or cannot be read. An object whose filesystem reports no version is never cached."""
     try:
         info = url.fs.info(url.path)
-    except FileNotFoundError:
-        raise InputError("image", f"not found: {url}") from None
+    except FileNotFoundError as exc:
+        raise InputError("image", _not_found(url, exc)) from None
     except Exception as exc:  # each filesystem raises its own (aiohttp, botocore...): this row fails
         raise InputError("image", f"cannot read {url}: {_reason(exc)}") from None
     if info.get("type") == "directory":
@@ -87,6 +87,14 @@ def remote_version(url: Any) -> tuple[Any, ...]:
     if not any(key != "size" for key, _ in version):
         version += (("read", next(_unversioned)),)
     return version
+
+
+def _not_found(url: Any, exc: FileNotFoundError) -> str:
+    # fsspec's http filesystem reports any failure (a refused connection, a 403) as not found,
+    # with the real reason as the cause: say it.
+    cause = exc.__cause__
+    plain = cause is None or isinstance(cause, FileNotFoundError) or getattr(cause, "status", None) == 404
+    return f"not found: {url}" + ("" if plain else f" ({_reason(cause)})")
 
 
 def _reason(exc: BaseException) -> str:
@@ -101,8 +109,8 @@ def _read(path: Any) -> bytes:
             raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
     try:
         return path.fs.cat_file(path.path)  # one GET, not the ranged reads of fs.open
-    except FileNotFoundError:
-        raise InputError("image", f"not found: {path}") from None
+    except FileNotFoundError as exc:
+        raise InputError("image", _not_found(path, exc)) from None
     except Exception as exc:  # as in remote_version
         raise InputError("image", f"cannot read {path}: {_reason(exc)}") from None
 
