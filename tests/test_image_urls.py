@@ -136,6 +136,78 @@ def test_http_urls_judge_like_files_on_disk(tiny_model_dir, http_base, disk_rows
     assert f"{http_base}/absent.png" in rows["gone"]["error"]
 
 
+def _outputs(tiny_model_dir, data: Path, folder: Path, capsys) -> dict[str, object]:
+    """What pointwise and pairwise judging, detection, reason score (with its judge) and meta-eval make of `data`."""
+    model = ["--model", str(tiny_model_dir), *SMALL, "--batch-size", "2", "--allow-errors", "--json"]
+    assert main(["judge", "pairwise", "--data", str(data), "--out", str(folder / "pair.jsonl"), "--mode", "score-only",
+                 *model]) == 0
+    assert main(["judge", "pointwise", "--data", str(data), "--out", str(folder / "point.jsonl"), "--mode",
+                 "score-only", *model]) == 0
+    assert main(["detect", "run", "--data", str(data), "--out", str(folder / "det.jsonl"), "--max-new-tokens", "4",
+                 *model]) == 0
+    pred = folder / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"id": f"r{i}", "response": f"<reasoning>Region {i}.</reasoning> "
+                                        "<answer>fake</answer>"}) + "\n" for i in range(6)))
+    assert main(["reason", "score", "--pred", str(pred), "--gold", str(data), "--judge", str(tiny_model_dir),
+                 "--judge-mode", "score-only", "--device", "cpu", "--max-pixels", str(16 * 28 * 28),
+                 "--no-reference-check", "--allow-errors", "--json", "--details", str(folder / "reason.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["meta-eval", "pointwise", "--pred", str(folder / "point.jsonl"), "--gold", str(data), "--json",
+                 "--n-resamples", "20"]) == 1  # 1: the `gone` row's judge error is reported
+    meta = json.loads(capsys.readouterr().out)
+    out: dict[str, object] = {name: rows_by_id(folder / f"{name}.jsonl") for name in ("point", "pair", "det")}
+    out["reason"] = [json.loads(line)["dfj_score"] for line in (folder / "reason.jsonl").read_text().splitlines()]
+    out["meta"] = {k: meta[k] for k in ("counts", "figures")}
+    return out
+
+
+def test_pairwise_detect_reason_and_meta_eval_read_memory_urls_like_files(tiny_model_dir, image_dir, memory_images,
+                                                                           tmp_path, capsys):
+    results = []
+    for where, images in (("disk", list(NAMES)), ("url", [f"{memory_images}/{name}" for name in NAMES])):
+        folder = tmp_path / where
+        for name in NAMES:
+            folder.mkdir(exist_ok=True)
+            shutil.copy(image_dir / name, folder / name)
+        data = write_data(folder / "data.jsonl", images)
+        # pairwise fields and a gold score, so that every command finds what it needs
+        rows = [dict(json.loads(line), response_a="<reasoning>A</reasoning> <answer>fake</answer>",
+                     response_b="<reasoning>B</reasoning> <answer>real</answer>", score=3, rationale="smear")
+                for line in data.read_text().splitlines()]
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        results.append(_outputs(tiny_model_dir, data, folder, capsys))
+    disk, url = results
+    for name in ("point", "pair", "det"):
+        same_judgements(url[name], disk[name])
+        assert len(url[name]) == 7 and url[name]["gone"]["field"] == "image"
+    assert url["reason"] == disk["reason"] and len(url["reason"]) == 6
+    assert url["meta"] == disk["meta"] and url["meta"]["counts"]["joined"] == 6, url["meta"]
+
+
+def test_bootstrap_reads_memory_urls_and_writes_them_as_urls(tmp_path):
+    from test_bootstrap import Scripted, config, make_data, run  # the scripted generator + evaluator
+
+    data = make_data(tmp_path, n=3)
+    fs = fsspec.filesystem("memory")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for r in rows:
+        fs.pipe_file(f"/dfj-boot/{r['image']}", (tmp_path / r["image"]).read_bytes())
+        (tmp_path / r["image"]).unlink()  # only the URL can be read
+        r["image"] = f"memory://dfj-boot/{r['image']}"
+    urls = tmp_path / "urls.jsonl"
+    urls.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        result = run(config(tmp_path, urls), Scripted())
+    finally:
+        fs.rm("/dfj-boot", recursive=True)
+    assert result.summary["complete"] and result.summary["errors"] == 0
+    written = {json.loads(line)["image"] for name in ("pointwise-train", "pairwise-test")
+               for line in (result.out / f"{name}.jsonl").read_text().splitlines()}
+    swift = {json.loads(line)["images"][0]
+             for line in (result.out / "msswift" / "pointwise-train.jsonl").read_text().splitlines()}
+    assert written == {r["image"] for r in rows} and swift <= written and swift
+
+
 def test_unreachable_server_is_an_error_for_the_row(tmp_path):
     from deepfakejudge.errors import InputError
 
