@@ -209,7 +209,7 @@ def _png(w, h, color=(10, 200, 30)):
     return buf.getvalue()
 
 
-def test_bad_requests_get_the_right_4xx(server, root, tmp_path):
+def test_bad_requests_get_the_right_4xx(server, root, tiny_model_dir, tmp_path):
     auth = {"Authorization": f"Bearer {KEY}"}
     ok_url = "data:image/png;base64," + base64.b64encode(_png(40, 30)).decode()
     (root / "inside.png").write_bytes(_png(50, 40))
@@ -266,7 +266,26 @@ def test_bad_requests_get_the_right_4xx(server, root, tmp_path):
                 "response_a": RESPONSE, "response_b": OTHER, "mode": "score-only"})
     assert pair.status_code == 200 and pair.json()["choice"] in ("A", "B") and len(pair.json()["orders"]) == 2
     assert httpx.get(server.url + "/health").status_code == 200  # liveness needs no key
-    assert httpx.get(server.url + "/v1/models", headers=auth).json()["data"][0]["id"] == NAME
+    listed = httpx.get(server.url + "/v1/models", headers=auth).json()["data"][0]
+    assert listed["id"] == NAME and listed["root"] == str(tiny_model_dir) and len(listed["dfj_fingerprint"]) == 16
+
+
+def test_models_lists_the_weights_a_client_cache_keys_on(tiny_model_dir, tmp_path):
+    """`root`/`parent` as vLLM lists a checkpoint and an adapter; the fingerprint follows the files."""
+    from deepfakejudge.backends.hf import folder_fingerprint
+    from deepfakejudge.serve.app import listed_weights
+
+    base = {"model": str(tiny_model_dir), "adapter": None, "model_files": folder_fingerprint(tiny_model_dir)}
+    assert listed_weights(base)["root"] == str(tiny_model_dir) and "parent" not in listed_weights(base)
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    tuned = {**base, "adapter": str(adapter), "adapter_files": folder_fingerprint(adapter)}
+    assert (listed_weights(tuned)["root"], listed_weights(tuned)["parent"]) == (str(adapter), str(tiny_model_dir))
+    before = listed_weights(tuned)["dfj_fingerprint"]
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")
+    after = listed_weights({**tuned, "adapter_files": folder_fingerprint(adapter)})["dfj_fingerprint"]
+    assert before != after and before != listed_weights(base)["dfj_fingerprint"]
 
 
 def test_kill_the_server_mid_run_then_rerun_every_id_exactly_once(tiny_model_dir, tmp_path):

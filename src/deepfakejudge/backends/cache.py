@@ -11,9 +11,10 @@ Server addresses are not part of the key: the answer depends on the model that i
 where. A run against another set of replicas of the same model (any number, any order), or
 against a server moved to another host or port, is answered from the cache. The served model is
 known by its `--model` name, the server kind (`owned_by`) and, where `/v1/models` lists them
-(vLLM, SGLang), its weights' path or hub id (`root`) and a LoRA module's base (`parent`). The
-risk this takes: two different models served under the same name, by servers that list no
-weights (OpenAI-style APIs, `dfj serve`) or from the same path (a model retrained in place), share
+(vLLM, SGLang, `dfj serve`), its weights' path or hub id (`root`) and a LoRA module's base
+(`parent`), and `dfj serve`'s digest of its checkpoint files (`dfj_fingerprint`). The risk this
+takes: two different models served under the same name, by servers that list no weights
+(OpenAI-style APIs) or from the same path (a model retrained in place on vLLM/SGLang), share
 their entries. Serve them under different names, or give each its own `--cache` file, or pass
 `--no-cache`.
 

@@ -68,8 +68,9 @@ __all__ = [
 
 log = logging.getLogger("deepfakejudge.backends.openai")
 # What a /v1/models entry says of the weights behind a model name (part of `describe()`, hence of
-# the request cache's key); `created` and `max_model_len` change no answer.
-WEIGHTS_FIELDS = ("root", "parent")
+# the request cache's key); `created` and `max_model_len` change no answer. `dfj_fingerprint`:
+# `dfj serve`'s digest of the checkpoint's files (serve/app.py).
+WEIGHTS_FIELDS = ("root", "parent", "dfj_fingerprint")
 
 
 class OpenAIBackend(Backend):

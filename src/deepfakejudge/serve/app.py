@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -108,6 +110,20 @@ class _Counters:
         self.requests[route] = self.requests.get(route, 0) + 1
 
 
+def listed_weights(described: dict[str, Any]) -> dict[str, str]:
+    """What `/v1/models` says of the weights behind the served name, as vLLM lists them (`root`:
+    the checkpoint, or the adapter with its base as `parent`), plus a fingerprint of the folders'
+    files: a client's request cache keys on these (backends/cache.py), so a model retrained in
+    place or served under another model's name is not answered from old entries."""
+    model, adapter = described.get("model"), described.get("adapter")
+    listed = {"root": str(adapter), "parent": str(model)} if adapter else {"root": str(model)} if model else {}
+    files = {k: described.get(k) for k in ("model_files", "adapter_files") if described.get(k)}
+    if files:
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True, default=str).encode()).hexdigest()
+        listed["dfj_fingerprint"] = digest[:16]
+    return listed
+
+
 def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
     batcher = Batcher(backend, settings.batch_window_ms / 1000.0, settings.max_batch)
     judge_threads = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="dfj-judge")
@@ -118,6 +134,7 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
     counters = _Counters()
     started = time.time()
     templates = {kind: resolve_template(settings.template, kind) for kind in ("pointwise", "pairwise")}
+    weights = listed_weights(backend.describe())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -189,7 +206,8 @@ def create_app(backend: Backend, settings: ServeSettings) -> FastAPI:
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
         return {"object": "list", "data": [
-            {"id": settings.model_name, "object": "model", "created": int(started), "owned_by": "deepfakejudge"}
+            {"id": settings.model_name, "object": "model", "created": int(started), "owned_by": "deepfakejudge",
+             **weights}
         ]}
 
     @app.post("/v1/chat/completions")
