@@ -342,6 +342,27 @@ def test_train_refuses_url_images_with_one_clear_error(tiny_model_dir, http_base
         prepare_examples(data, default_template("pointwise"), processor, 4096)
 
 
+def test_annotation_app_refuses_url_images_and_loads_the_rest(http_base, image_dir, tmp_path):
+    from deepfakejudge.annotate.db import Store
+    from deepfakejudge.annotate.store import load_dataset
+
+    shutil.copy(image_dir / "a.png", tmp_path / "a.png")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "local", "image": "a.png", "label": "fake"},
+        {"id": "url", "image": f"{http_base}/a.png", "label": "fake"},
+    ]))
+    store = Store(str(tmp_path / "app.sqlite"))
+    try:
+        with store.write() as session:
+            report = load_dataset(session, data)
+    finally:
+        store.close()
+    assert report.added == 1
+    assert report.problems == (f"{data}:2: field 'image': {http_base}/a.png is a URL; the app serves images from the "
+                               "data folder only: download the image into it and name it by its path",)
+
+
 @pytest.fixture(scope="module")
 def ray_address():
     import ray
