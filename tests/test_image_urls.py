@@ -381,3 +381,52 @@ def test_ray_replica_reads_http_images(ray_address, tiny_model_dir, http_base, d
     summary = json.loads(capsys.readouterr().out)
     assert summary["judged"] == 6 and sum(summary["engine"]["items_per_replica"].values()) == 7
     same_judgements(rows_by_id(out), disk_rows, tol=1e-5)  # a replica runs torch on one thread
+
+
+def test_a_pool_reads_each_url_once_and_the_distinct_ones_in_parallel(image_dir, tmp_path):
+    """Twelve rows over three URLs plus a missing one: each image is fetched once however many rows
+    name it, the fetches overlap (the server sees several in flight), and rows keep their order."""
+    from deepfakejudge.judge.common import prepare_all
+
+    state = {"now": 0, "most": 0, "gets": {}}
+    lock = threading.Lock()
+    arrived = threading.Barrier(2, timeout=5)  # a GET waits here until another arrives beside it
+
+    class Counting(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+                state["gets"][self.path] = state["gets"].get(self.path, 0) + 1
+            try:
+                arrived.wait()
+            except threading.BrokenBarrierError:
+                pass
+            try:
+                super().do_GET()
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Counting, directory=str(image_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        names = [NAMES[i % 3] for i in range(12)] + ["absent.png"]
+        data = tmp_path / "d.jsonl"
+        data.write_text("".join(json.dumps({"id": f"r{i}", "image": f"{base}/{n}", "label": "fake", "response": "x"}) + "\n"
+                                for i, n in enumerate(names)))
+        samples = load_records(data).samples
+        prepared = prepare_all(samples, ("response",))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [p.sample.id for p in prepared[:12]] == [f"r{i}" for i in range(12)]
+    assert [p.image.size for p in prepared[:3]] == [Image.open(image_dir / n).size for n in NAMES]
+    assert prepared[12].field == "image" and "absent.png" in prepared[12].message
+    image_gets = {k: v for k, v in state["gets"].items() if k != "/absent.png"}
+    assert image_gets == {f"/{n}": 1 for n in NAMES}, state["gets"]
+    assert state["most"] >= 2

@@ -13,7 +13,8 @@ import itertools
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -62,6 +63,42 @@ def open_image(sample: Sample, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Load
     loaded = _decode(path, version, max_image_pixels)
     check_boxes(sample, loaded.image.size)
     return loaded
+
+
+# Remote stores answer in tens of milliseconds a request: a pool's distinct URLs are read at once
+# (I/O threads), each once however many rows name it (25 in DFJ-Meta).
+URL_READERS = 16
+
+
+def open_images(samples: Sequence[Sample], max_image_pixels: int = MAX_IMAGE_PIXELS) -> list[LoadedImage | InputError]:
+    """`open_image` for each sample, in order, an `InputError` in place of a row's failure. Local
+    files are opened one after another (they are cheap); the distinct URLs are read in parallel,
+    one `info` and one GET each, and the decoded image is shared by the rows that name it."""
+    remote = {str(s.image): s.image for s in samples if is_url(s.image)}
+    fetched: dict[str, LoadedImage | InputError] = {}
+    if remote:
+        def fetch(url: Any) -> LoadedImage | InputError:
+            try:
+                return _decode(url, remote_version(url), max_image_pixels)
+            except InputError as exc:
+                return exc
+
+        with ThreadPoolExecutor(min(URL_READERS, len(remote)), thread_name_prefix="dfj-url") as pool:
+            fetched = dict(zip(remote, pool.map(fetch, remote.values())))
+    out: list[LoadedImage | InputError] = []
+    for sample in samples:
+        try:
+            if not is_url(sample.image):
+                out.append(open_image(sample, max_image_pixels))
+                continue
+            loaded = fetched[str(sample.image)]
+            if isinstance(loaded, InputError):
+                raise loaded
+            check_boxes(sample, loaded.image.size)
+            out.append(loaded)
+        except InputError as exc:
+            out.append(exc)
+    return out
 
 
 # What identifies a version of a remote object in fsspec's `info` (S3 ETag/LastModified, GCS

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from ..backends.base import Backend, BackendError, ChatRequest, Generation, GenerationConfig
 from ..backends.budget import PromptTooLong, longest_field
-from ..data import InputError, LoadedImage, open_image
-from ..data.images import MAX_IMAGE_PIXELS
+from ..data import InputError, LoadedImage
+from ..data.images import MAX_IMAGE_PIXELS, open_images
 from ..errors import UsageError
 from ..records import RowError, Sample
 from ..results import MODEL_ERROR_FIELD
@@ -30,15 +30,10 @@ _NO_SWAP = ("matches no known template, so it is judged as written and the respo
             "data was built with (--template PATH, or --template official)")
 
 
-def prepare(
-    sample: Sample,
-    required: Sequence[str],
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
-) -> Prepared | RowError:
-    """Check the fields a task needs and open the image; any problem becomes a `RowError`.
-
-    A row with its own `prompt` (an official ms-swift row) is sent as written: the prompt stands
-    in for the fields it was filled from, and only `prompt*` names in `required` apply to it."""
+def missing_field(sample: Sample, required: Sequence[str]) -> RowError | None:
+    """The error row of a sample lacking a field the task needs, else None. A row with its own
+    `prompt` (an official ms-swift row) is sent as written: the prompt stands in for the fields
+    it was filled from, and only `prompt*` names in `required` apply to it."""
     for name in required:
         if name.startswith("prompt") != (sample.prompt is not None):
             continue
@@ -47,10 +42,24 @@ def prepare(
             return RowError(sample.where, "messages[user].content", _NO_SWAP, id=sample.id)
         if value is None or not str(value).strip():
             return RowError(sample.where, name, "is empty: nothing to judge", id=sample.id)
-    try:
-        return Prepared(sample, open_image(sample, max_image_pixels))
-    except InputError as exc:
-        return RowError(sample.where, exc.field, exc.message, id=sample.id)
+    return None
+
+
+def prepare_all(samples: Sequence[Sample], required: Sequence[str], max_image_pixels: int = MAX_IMAGE_PIXELS) -> list[Prepared | RowError]:
+    """Per sample, in order: its `Prepared` (fields checked, image opened), or the `RowError` of
+    what is wrong. The images are opened together (`open_images`: distinct URLs in parallel, once
+    each)."""
+    checked = [missing_field(s, required) for s in samples]
+    todo = [s for s, error in zip(samples, checked) if error is None]
+    opened = iter(open_images(todo, max_image_pixels))
+    out: list[Prepared | RowError] = []
+    for sample, entry in zip(samples, checked):
+        if entry is None:
+            image = next(opened)
+            entry = (RowError(sample.where, image.field, image.message, id=sample.id) if isinstance(image, InputError)
+                     else Prepared(sample, image))
+        out.append(entry)
+    return out
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -88,7 +97,7 @@ def judge_batches(
     """
     pool = batch_size * (SORT_POOL_BATCHES if length is not None else 1)
     for chunk in batched(samples, pool):
-        prepared = [prepare(s, required, max_image_pixels) for s in chunk]
+        prepared = prepare_all(chunk, required, max_image_pixels)
         ready = [i for i, p in enumerate(prepared) if isinstance(p, Prepared)]
         if length is not None:
             ready.sort(key=lambda i: length(prepared[i]))
