@@ -99,13 +99,16 @@ def test_pointwise_score_only_rows_equal_local(ray_address, tiny_model_dir, data
     engine = summary["engine"]
     assert engine["replicas"] == 2 and engine["cpus_per_replica"] == 1.0 and engine["chunk_size"] == 4
     # Both replicas worked, and between them judged every row of this run once.
-    assert all(v > 0 for v in engine["items_per_replica"].values())
+    assert sorted(engine["items_per_replica"]) == ["0", "1"] and all(v > 0 for v in engine["items_per_replica"].values())
+    assert engine["restarts_seen"] == {} and engine["chunks_redelivered"] == 0
     assert sum(engine["items_per_replica"].values()) == summary["this_run"]["judged"] == N + 2
     assert summary["backend"]["backend"] == "hf"
 
 
-def test_detect_generate_rows_equal_local(ray_address, tiny_model_dir, data, tmp_path, capsys):
-    argv = ["detect", "run", "--model", str(tiny_model_dir), "--data", str(data), "--max-new-tokens", "6",
+def test_detect_generate_rows_equal_local(ray_address, tiny_model_dir, data, tmp_path, monkeypatch, capsys):
+    # A relative --model means the same on the replicas as on the driver (they run in its directory).
+    monkeypatch.chdir(tiny_model_dir.parent)
+    argv = ["detect", "run", "--model", tiny_model_dir.name, "--data", str(data), "--max-new-tokens", "6",
             "--batch-size", "3", "--limit", "24", "--allow-errors", "--json", *SMALL]
     assert main(argv + ["--out", str(tmp_path / "local.jsonl")]) == 0
     assert main(argv + ["--out", str(tmp_path / "ray.jsonl"), *RAY]) == 0  # joins the running cluster
@@ -114,9 +117,17 @@ def test_detect_generate_rows_equal_local(ray_address, tiny_model_dir, data, tmp
     assert summary["engine"]["chunk_size"] == 12 and sum(summary["engine"]["items_per_replica"].values()) == 24
 
 
-@pytest.mark.parametrize("no_restart", [False, True], ids=["restarted", "gone"])
-def test_killed_replica_loses_and_duplicates_nothing(no_restart, ray_address, tiny_model_dir, data, local_pointwise,
-                                                     tmp_path, monkeypatch, capsys):
+def replica_handle(engine: RayEngine, tag: str):
+    """Ray Data's own handle (held in this driver process) of the replica the engine calls `tag`."""
+    import gc
+
+    [actor_id] = [a for a, t in engine.tags.items() if t == tag]
+    return next(o for o in gc.get_objects() if isinstance(o, ray.actor.ActorHandle) and o._actor_id.hex() == actor_id)
+
+
+def kill_on_first_rows(monkeypatch, no_restart: bool) -> list:
+    """Make the run's progress bar kill replica "0" with `ray.kill` when the first rows are written
+    (it holds pools in flight then: two per replica). Returns the list the kill is recorded in."""
     import deepfakejudge.cli.judge as cli_judge
 
     engines: list[RayEngine] = []
@@ -129,8 +140,6 @@ def test_killed_replica_loses_and_duplicates_nothing(no_restart, ray_address, ti
     killed = []
 
     class KillOnFirstRows:
-        """The progress bar: when the first rows are written, kill replica 0 (it holds chunks in flight)."""
-
         def __init__(self, total, desc):
             pass
 
@@ -142,21 +151,55 @@ def test_killed_replica_loses_and_duplicates_nothing(no_restart, ray_address, ti
 
         def update(self, n):
             if not killed:
-                ray.kill(engines[0].actors[0], no_restart=no_restart)
+                ray.kill(replica_handle(engines[-1], "0"), no_restart=no_restart)
                 killed.append(n)
 
     monkeypatch.setattr(RayEngine, "start", recording_start)
     monkeypatch.setattr(cli_judge, "progress", KillOnFirstRows)
+    return killed
+
+
+def test_killed_replica_is_restarted_and_loses_and_duplicates_nothing(ray_address, tiny_model_dir, data,
+                                                                      local_pointwise, tmp_path, monkeypatch, capsys):
+    killed = kill_on_first_rows(monkeypatch, no_restart=False)
     out = tmp_path / "ray.jsonl"
     assert main(pointwise_argv(tiny_model_dir, data, out, *RAY)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert killed
-    if no_restart:  # replica 0 is gone for good: the chunks it held moved to replica 1
-        assert summary["engine"]["chunks_moved"] >= 1 and summary["engine"]["restarts_seen"] == {}
-    else:  # Ray restarted replica 0 (a new process answered for it) and re-ran what it held
-        assert summary["engine"]["restarts_seen"] == {"0": 1} and summary["engine"]["chunks_moved"] == 0
+    # Ray restarted replica 0 (a new process answered for the same actor) and re-ran the pools it held.
+    assert summary["engine"]["restarts_seen"] == {"0": 1}
     same_rows(by_id(out), local_pointwise)
     assert sum(summary["engine"]["items_per_replica"].values()) == N + 2
+
+
+def test_replica_gone_for_good_stops_with_exit_3_and_a_rerun_completes(ray_address, tiny_model_dir, data,
+                                                                       local_pointwise, tmp_path, monkeypatch, capsys):
+    """A replica that cannot be restarted fails Ray Data's execution: the run stops (exit 3, the
+    backend is unavailable) keeping its rows, and the same command resumes."""
+    killed = kill_on_first_rows(monkeypatch, no_restart=True)
+    out = tmp_path / "ray.jsonl"
+    argv = pointwise_argv(tiny_model_dir, data, out, *RAY)
+    assert main(argv) == 3
+    assert killed
+    assert "a Ray replica died more than 4 times" in capsys.readouterr().err
+    before = by_id(out)
+    assert 1 <= len(before) < N + 2
+    monkeypatch.undo()
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["this_run"]["judged"] == N + 2 - len(before)
+    same_rows(by_id(out), local_pointwise)
+
+
+def test_unloadable_model_fails_with_the_replicas_error(ray_address, data, tmp_path, capsys):
+    """A replica that cannot open its model ends the run with the replica's own error, exit 2,
+    as the local engine does (not Ray's wrapper, not a retry loop)."""
+    missing = tmp_path / "no-such-model"
+    assert main(pointwise_argv(missing, data, tmp_path / "local.jsonl", "--limit", "2")) == 2
+    local = capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(pointwise_argv(missing, data, tmp_path / "ray.jsonl", "--limit", "2", *RAY)) == 2
+    remote = capsys.readouterr().err.strip().splitlines()[-1]
+    assert remote == local and f"directory not found: '{missing}'" in remote
 
 
 def test_killed_driver_resumes(ray_address, tiny_model_dir, data, local_pointwise, tmp_path):

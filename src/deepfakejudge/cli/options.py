@@ -222,8 +222,8 @@ def engine_lines(summary: dict[str, Any]) -> list[str]:
         return []
     per = ", ".join(f"#{k}: {v}" for k, v in e["items_per_replica"].items())
     line = f"ray: {e['replicas']} replicas at {e['address']}; items per replica {per}"
-    if e["restarts_seen"] or e["chunks_moved"]:
-        line += f"; restarts seen {e['restarts_seen']}, chunks moved to another replica {e['chunks_moved']}"
+    if e["restarts_seen"] or e["chunks_redelivered"]:
+        line += f"; restarts seen {e['restarts_seen']}, pools delivered twice (written once) {e['chunks_redelivered']}"
     return [line]
 
 

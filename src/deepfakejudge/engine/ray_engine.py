@@ -1,25 +1,41 @@
-"""`--engine ray`: the run's batch function on model replicas that are Ray actors.
+"""`--engine ray`: the run's batch function on model replicas, with Ray Data.
 
-The driver (the `dfj` process) keeps the results file: it sends chunks of samples (ids, texts
-and image *paths*; each replica opens the images itself from storage every node sees) to the
-replicas, two chunks queued per replica, and yields each chunk's rows as it comes back, so
-`run_judge` writes them at once, each id once, and a rerun resumes from the file as with the
-local engine.
+The records the driver (the `dfj` process) still has to do, after resume, are a Ray Dataset;
+`map_batches` runs them through a fixed pool of `--replicas` actors (`Replica`: the backend the
+command's flags describe, opened once per actor, and the local engine's batch function over it),
+each reserving `--gpus-per-replica` GPUs and `--cpus-per-replica` CPUs. The driver iterates the
+output as it completes (not in input order) and yields each pool's rows, so `run_judge` writes
+them at once and a rerun resumes from the results file as with the local engine.
 
-Why actors fed by the driver rather than a Ray Dataset pipeline: the driver must write every
-row itself, once, as it arrives, and resume from the file; that is a queue of chunks and
-`ray.wait`, and Ray's actor fault tolerance (`max_restarts`, `max_task_retries`) already re-runs
-the chunks a killed replica held. A chunk is `SORT_POOL_BATCHES` batches, the pool the local
-engine sorts and batches within, so every model call sees the batch it sees locally: the rows
-are the local engine's rows.
+A row of the dataset is one *pool* of records: `SORT_POOL_BATCHES` batches of `--batch-size`
+consecutive records, the unit the local engine sorts and batches within (judge/common.py), in
+a block of its own, and `map_batches` takes one row per call. Every model call therefore sees
+the batch it sees locally and the rows are the local engine's rows, whatever Ray Data does to
+blocks (it may split or coalesce them to its own sizes; a row it cannot split). A pool travels
+as its pickled `Sample` objects: ids, texts and image paths or URLs, never image bytes; each
+replica opens the images itself from storage every node sees.
+
+Failures. Ray Data's defaults for map actors are `max_restarts=-1` and `max_task_retries=-1`
+(restart and retry forever; actor_pool_map_operator.py). They are set here to `MAX_RESTARTS` and
+`MAX_TASK_RETRIES`: a killed replica is restarted (its model loaded again) and the pools it held
+re-run on it; a replica that dies past that fails the execution (Ray Data aborts on a failed
+task), which stops the run with `BackendUnavailable` (exit 3, rows kept, rerun resumes). A
+replica's own exception (a bad `--model`, a server that is down) is returned as a value and
+raised by the driver as it was raised, so the CLI exits as it does with the local engine (Ray
+Data would raise it wrapped, its message extended with retry advice). The driver writes each
+pool once: a pool delivered again (Ray re-executing a task whose output was already read) is
+dropped, and counted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import socket
-from collections import Counter, deque
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -33,19 +49,24 @@ if TYPE_CHECKING:  # annotations only: engine/__init__ imports this module
 
 INSTALL_HINT = "install it with: pip install 'deepfakejudge[ray]'"
 
-# A killed replica is restarted (its model loaded again) and the chunks it held re-run on it, up
-# to these many times; past that its chunks move to the other replicas.
+# A killed replica is restarted (its model loaded again) and the pools it held re-run on it, up to
+# these many times; past that the run stops (exit 3) and a rerun resumes. Also the number of
+# replicas in a row that may die while loading before the run stops.
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
-# Chunks queued per replica: the next one is ready when one ends, without a driver round trip.
-IN_FLIGHT = 2
+# Every replica has loaded its model before the first pool is sent (so pools are dealt evenly,
+# and a short run uses every replica), waiting up to this long: a large checkpoint read by every
+# node from one storage at once is slow. The plan already refused replicas the cluster cannot fit.
+WAIT_FOR_REPLICAS_S = 3600
 
 
 def import_ray():
+    """Ray with Ray Data (the `ray` extra), or MissingExtra with the install line."""
     try:
         import ray
+        import ray.data  # noqa: F401 - pandas and pyarrow: Ray Data's part of the extra
     except ImportError as exc:
-        raise MissingExtra(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
+        raise MissingExtra(f"--engine ray needs Ray Data, which is not installed ({exc}): {INSTALL_HINT}") from exc
     return ray
 
 
@@ -108,13 +129,6 @@ def plan_replicas(options: RayOptions, nodes: Sequence[Mapping[str, float]]) -> 
     return Plan(replicas, float(gpus), float(cpus))
 
 
-def _cause(exc: Exception) -> Exception:
-    """The exception a replica raised (its message, not Ray's wrapper with the remote traceback),
-    so the CLI reports it and exits as it does for the local engine."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, Exception) else exc
-
-
 def _check_reachable(address: str) -> None:
     """A HOST:PORT that nothing answers on is refused at once: Ray itself retries for minutes."""
     host, _, port = address.rpartition(":")
@@ -129,8 +143,8 @@ def _check_reachable(address: str) -> None:
 
 
 def _cluster_errors_to_stderr(ray) -> None:
-    """Ray's driver thread prints the cluster's error messages ("Task Replica.run failed ... will
-    be retried", possibly after the run) on stdout, which holds the --json summary: send them to
+    """Ray's driver thread prints the cluster's error messages ("A worker died or was killed while
+    executing a task", possibly after the run) on stdout, which holds the --json summary: send them to
     stderr. Ray has no setting for it, so its printer is wrapped (once; skipped if it moves)."""
     worker = getattr(getattr(ray, "_private", None), "worker", None)
     original = getattr(worker, "print_to_stdstream", None)
@@ -150,43 +164,90 @@ def _fit(available: float, need: float) -> int:
     return 1 << 30 if need <= 0 else int(available // need + 1e-9)
 
 
-class Replica:
-    """One model replica (a Ray actor): the backend the command's flags describe, loaded once,
-    and the task's batch function over it."""
 
-    def __init__(self, index: int, work: Work):
-        self.index = index
+
+def _quiet_ray_data(ray) -> Any:
+    """Ray Data's context for this run: no progress bars or execution banner of its own (the run
+    has one bar, and stdout holds the --json summary), its INFO lines kept in its log file only,
+    finite restarts for replicas that die while loading, and every replica loaded before the
+    first pool."""
+    from ray.data import DataContext
+    from ray.util.debug import log_once
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.max_consecutive_actor_init_deaths = MAX_RESTARTS
+    ctx.wait_for_min_actors_s = WAIT_FOR_REPLICAS_S
+    log_once("ray_data_progress_manager_disabled")  # its warning that the bars are off: they are, on purpose
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    return ctx
+
+
+def _pickled_error(exc: Exception) -> bytes:
+    """The replica's exception as the driver will raise it; one that cannot be pickled (it holds a
+    lock, a socket) becomes a RuntimeError with its type and message."""
+    try:
+        return pickle.dumps(("error", exc, None))
+    except Exception:  # noqa: BLE001 - any pickling failure: keep the message
+        return pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), None))
+
+
+class Replica:
+    """One model replica, a Ray Data actor: the backend the command's flags describe, opened once,
+    and the task's batch function over it, one pool per call."""
+
+    def __init__(self, work: Work, cwd: str):
+        import ray
+
+        if os.path.isdir(cwd):
+            # The driver's working directory, where a node has it (a local cluster, shared storage):
+            # a relative --model, --adapter or --cache means what it means on the driver.
+            os.chdir(cwd)
         self.work = work
+        self.pid = os.getpid()
+        self.tag = ray.get_runtime_context().get_actor_id()  # the same after a restart; the pid is not
         self.backend = None
         self.failed: Exception | None = None
+        self.described = False
         try:
             self.backend = work.open_backend()
-        except Exception as exc:  # noqa: BLE001 - kept and raised by the first call
-            # Ray keeps only the text of a constructor's error; raised from a method, the
-            # driver gets the exception itself (a bad --model exits 2 as with the local engine).
+        except Exception as exc:  # noqa: BLE001 - returned by the first call
+            # Raised here, Ray Data would keep only its text; returned from a call, the driver
+            # raises the exception itself (a bad --model exits 2 as with the local engine).
             self.failed = exc
 
-    def _backend(self):
-        if self.failed is not None:
-            raise self.failed
-        return self.backend
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, list]:
+        """One pool in ("pool": its number, "samples": the pickled samples); out: the pool, this
+        replica's tag and pid, and "result": pickled ("rows", rows, description) or ("error",
+        exception, None). The backend's description comes with the replica's first pool."""
+        [pool] = batch["pool"]
+        [payload] = batch["samples"]
+        try:
+            if self.failed is not None:
+                raise self.failed
+            samples = pickle.loads(payload)
+            rows = [r for b in self.work.batches(self.backend, samples) for r in b]
+            # As JSON types: torch.__version__ is a str subclass whose unpickling would import
+            # torch on the driver (~2 s), which needs none of it.
+            description = None if self.described else json.loads(json.dumps(self.backend.describe()))
+            result = pickle.dumps(("rows", rows, description))
+            self.described = True
+        except Exception as exc:  # noqa: BLE001 - raised by the driver, as the local engine raises it
+            result = _pickled_error(exc)
+        return {"pool": [int(pool)], "replica": [self.tag], "pid": [self.pid], "result": [result]}
 
-    def run(self, chunk: int, samples: Sequence[Sample]) -> tuple[int, int, int, list[Any]]:
-        """(chunk number, replica index, process id, one verdict or RowError per sample)."""
-        rows = [r for batch in self.work.batches(self._backend(), samples) for r in batch]
-        return chunk, self.index, os.getpid(), rows
-
-    def describe(self) -> tuple[int, dict[str, Any]]:
-        """(process id, the backend's description)."""
-        return os.getpid(), self._backend().describe()
-
-    def close(self) -> None:
-        if self.backend is not None:
+    def __del__(self):
+        # Ray Data drops the actor's UDF when the execution ends (not when the actor is killed).
+        if getattr(self, "backend", None) is not None:
             self.backend.close()
+            self.backend = None
 
 
 class RayEngine:
-    """Run a `Work` on `--replicas` Ray actors; `batches(samples)` yields each chunk's rows as
+    """Run a `Work` on `--replicas` Ray Data actors; `batches(samples)` yields each pool's rows as
     it completes (not in input order; `score` restores the order)."""
 
     name = "ray"
@@ -198,19 +259,23 @@ class RayEngine:
         self.work = work
         self.options = options
         self.plan: Plan | None = None
-        self.actors: list[Any] = []
-        self.items: Counter[int] = Counter()
-        self.pids: dict[int, set[int]] = {}
-        self.moved = 0
+        self.tags: dict[str, str] = {}  # actor id -> "0", "1", ... in the order replicas first delivered
+        self.items: Counter[str] = Counter()
+        self.pids: dict[str, set[int]] = {}
+        self.redelivered = 0
         self.address: str | None = None
         self._description: dict[str, Any] | None = None
         self._owns_ray = False
 
     @property
     def chunk_size(self) -> int:
+        """Records per pool: a row of the dataset, one replica call."""
         return self.options.batch_size * SORT_POOL_BATCHES
 
     def start(self) -> None:
+        """Join (or start) the cluster and plan the replicas; they start with the first pools."""
+        if self.plan is not None:
+            return
         ray = self.ray
         _cluster_errors_to_stderr(ray)
         if not ray.is_initialized():
@@ -223,23 +288,6 @@ class RayEngine:
         self.address = ray.get_runtime_context().gcs_address
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         self.plan = plan_replicas(self.options, nodes)
-        actor = ray.remote(Replica).options(
-            num_cpus=self.plan.cpus_per_replica, num_gpus=self.plan.gpus_per_replica,
-            max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
-        self.actors = [actor.remote(i, self.work) for i in range(self.plan.replicas)]
-        # Every replica has loaded its model before the first chunk: a bad --model fails here,
-        # with the replica's own error.
-        described = self._get([a.describe.remote() for a in self.actors])
-        self.pids = {i: {pid} for i, (pid, _) in enumerate(described)}
-        self._description = described[0][1]
-
-    def _get(self, refs):
-        from ray.exceptions import RayTaskError
-
-        try:
-            return self.ray.get(refs)
-        except RayTaskError as exc:
-            raise _cause(exc) from None
 
     def batches(self, samples: Sequence[Sample]) -> Iterator[list[Any]]:
         for _, rows in self.chunks(samples):
@@ -250,54 +298,79 @@ class RayEngine:
         done = dict(self.chunks(samples))
         return [r for k in sorted(done) for r in done[k]]
 
+    def _dataset(self, pools: list[list[Sample]]):
+        """The pools as a dataset (one row and one block each, built on the driver: no Ray task,
+        so no CPU is taken from the replicas), mapped by the replica pool."""
+        import ray.data
+
+        _quiet_ray_data(self.ray)
+        plan = self.plan
+        rows = [{"pool": k, "samples": pickle.dumps(pool, protocol=pickle.HIGHEST_PROTOCOL)}
+                for k, pool in enumerate(pools)]
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for an actor's restarts yet and warns that the
+            # `**ray_remote_args` it takes them through will change; they must be finite here.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+            return dataset.map_batches(
+                Replica, fn_constructor_args=(self.work, os.getcwd()), batch_size=1, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(plan.replicas, len(pools))),  # no idle replica
+                num_cpus=plan.cpus_per_replica, num_gpus=plan.gpus_per_replica,
+                max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
+
     def chunks(self, samples: Sequence[Sample]) -> Iterator[tuple[int, list[Any]]]:
-        """(chunk number, rows) as chunks complete. A replica Ray could not bring back within
-        its restarts is dropped and its chunks go to the others."""
-        from ray.exceptions import RayActorError, RayTaskError
+        """(pool number, rows) as pools complete, each pool once."""
+        from ray.exceptions import GetTimeoutError, RayActorError
 
-        ray = self.ray
-        if not self.actors:
-            self.start()
-        todo = deque(enumerate(batched(samples, self.chunk_size)))
-        pending: dict[Any, tuple[int, int, list[Sample]]] = {}
-        load: Counter[int] = Counter()
-        alive = set(range(len(self.actors)))
-
-        def feed(i: int, depth: int = IN_FLIGHT) -> None:
-            while load[i] < depth and todo:
-                k, chunk = todo.popleft()
-                pending[self.actors[i].run.remote(k, chunk)] = (i, k, chunk)
-                load[i] += 1
-
-        for depth in range(1, IN_FLIGHT + 1):  # round robin: a short run still uses every replica
-            for i in sorted(alive):
-                feed(i, depth)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            i, k, chunk = pending.pop(ref)
-            load[i] -= 1
-            try:
-                _, index, pid, rows = ray.get(ref)
-            except RayActorError:
-                alive.discard(i)
-                todo.appendleft((k, chunk))
-                self.moved += 1
-                if not alive:
+        self.start()
+        pools = list(batched(samples, self.chunk_size))
+        if not pools:
+            return
+        done: set[int] = set()
+        output = iter(self._dataset(pools).iter_rows())
+        try:
+            while True:
+                try:
+                    row = next(output)
+                except StopIteration:
+                    break
+                except RayActorError as exc:
                     raise BackendUnavailable(
-                        f"all {len(self.actors)} Ray replicas died, each after {MAX_RESTARTS} restarts (see the "
-                        "Ray logs for why); the rows written so far are kept: run the same command again to "
-                        "resume") from None
-                for j in sorted(alive):
-                    feed(j)
-                continue
-            except RayTaskError as exc:  # the task's own exception, raised as in the local engine
-                raise _cause(exc) from None
-            self.items[index] += len(rows)
-            self.pids.setdefault(index, set()).add(pid)
-            yield k, rows
-            feed(i)
+                        f"a Ray replica died more than {MAX_RESTARTS} times (the last: {str(exc).splitlines()[0]}; "
+                        "see the Ray logs for why); the rows written so far are kept: run the same command "
+                        "again to resume") from None
+                except GetTimeoutError:
+                    raise BackendUnavailable(
+                        f"the {self.plan.replicas} Ray replica(s) did not all start within {WAIT_FOR_REPLICAS_S} s "
+                        "(the cluster's resources taken by other jobs, or a model that loads that slowly); the "
+                        "rows written so far are kept: run the same command again to resume") from None
+                kind, value, description = pickle.loads(row["result"])
+                if kind == "error":
+                    raise value
+                k = int(row["pool"])
+                if k in done:  # Ray ran this pool again after its rows were read: written once
+                    self.redelivered += 1
+                    continue
+                done.add(k)
+                tag = self.tags.setdefault(row["replica"], str(len(self.tags)))
+                self.items[tag] += len(value)
+                self.pids.setdefault(tag, set()).add(int(row["pid"]))
+                if self._description is None and description is not None:
+                    self._description = description
+                yield k, value
+                if len(done) == len(pools):
+                    break  # every pool is in: no need to wait for Ray Data to wind down first
+        finally:
+            close = getattr(output, "close", None)
+            if close is not None:
+                close()  # stops the execution (and its replicas) when the driver stops early
+        if len(done) != len(pools):  # never expected: Ray Data ended without some pools
+            raise BackendUnavailable(
+                f"Ray Data returned {len(done)} of {len(pools)} pools; the rows written so far are kept: run the "
+                "same command again to resume")
 
     def describe(self) -> dict[str, Any] | None:
+        """The backend's description, as the first replica to deliver rows gave it."""
         return self._description
 
     def info(self) -> dict[str, Any]:
@@ -310,21 +383,15 @@ class RayEngine:
             "gpus_per_replica": None if plan is None else plan.gpus_per_replica,
             "cpus_per_replica": None if plan is None else plan.cpus_per_replica,
             "chunk_size": self.chunk_size,
-            "items_per_replica": {str(i): self.items[i] for i in range(0 if plan is None else plan.replicas)},
-            # Seen as a new process id answering for the replica: restarts after a crash or kill.
-            "restarts_seen": {str(i): len(p) - 1 for i, p in sorted(self.pids.items()) if len(p) > 1},
-            "chunks_moved": self.moved,
+            # Keyed "0", "1", ... in the order the replicas (Ray actors) first delivered rows.
+            "items_per_replica": dict(self.items),
+            # Seen as a new process id answering for the same actor: Ray restarted it.
+            "restarts_seen": {t: len(p) - 1 for t, p in sorted(self.pids.items()) if len(p) > 1},
+            "chunks_redelivered": self.redelivered,
         }
 
     def close(self) -> None:
-        ray = self.ray
-        for a in self.actors:
-            try:
-                ray.get(a.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - a dead replica has nothing left to close
-                pass
-            ray.kill(a, no_restart=True)
-        self.actors = []
+        """Ray Data stops the replicas when its execution ends; a cluster this run started is stopped."""
         if self._owns_ray:
-            ray.shutdown()
+            self.ray.shutdown()
             self._owns_ray = False
