@@ -3,8 +3,10 @@ the tiny model over `--records` records (default 1,000), with the local engine a
 
 Paths, each a fresh driver process running the real CLI (same data, same flags, batch size 8):
 - `local`: the local engine, torch on one thread (what one Ray replica with one CPU gets).
-- `ray-1`: `--engine ray --replicas 1 --cpus-per-replica 1`, joining a running 2-CPU cluster
-  (the cluster is started once by this script, as a real cluster is up before a run).
+- `ray-1`: `--engine ray --replicas 1 --cpus-per-replica 1` (the records a Ray Dataset, the
+  replica a Ray Data actor), joining a running 2-CPU cluster with `--ray-address` (the cluster is
+  started once by this script, as `ray start` has it up before a run; its start is reported
+  apart, `cluster_start_s`).
 - `ray-2`: the same with `--replicas 2`.
 - `ray-1-own`: `ray-1` without `--ray-address`: the driver starts (and stops) its own local
   cluster, as on a laptop; the difference to `ray-1` is the cluster's start.
@@ -15,7 +17,7 @@ chunk over the time from the first chunk to the last), and the Ray paths' overhe
 `local`, end to end and steady. Rows of every path are checked to equal the local ones
 (scores identical, probabilities within 1e-5).
 
-    python benchmarks/scale_out.py                # ~4 min on 2 shared cores
+    python benchmarks/scale_out.py                # ~2 min on 2 shared cores
     python benchmarks/scale_out.py --quick        # a smoke run: 48 records (tests use it)
 """
 
