@@ -8,12 +8,14 @@ output as it completes (not in input order) and yields each pool's rows, so `run
 them at once and a rerun resumes from the results file as with the local engine.
 
 A row of the dataset is one *pool* of records: `SORT_POOL_BATCHES` batches of `--batch-size`
-consecutive records, the unit the local engine sorts and batches within (judge/common.py), in
-a block of its own, and `map_batches` takes one row per call. Every model call therefore sees
-the batch it sees locally and the rows are the local engine's rows, whatever Ray Data does to
-blocks (it may split or coalesce them to its own sizes; a row it cannot split). A pool travels
-as its pickled `Sample` objects: ids, texts and image paths or URLs, never image bytes; each
-replica opens the images itself from storage every node sees.
+consecutive records, the unit the local engine sorts and batches within (judge/common.py), each
+in a block of its own, and `map_batches` takes one row per call (`batch_size=1`). Records as rows
+with a `batch_size` of one pool would not do: Ray Data forms batches within each task's input,
+whose blocks it sizes (splits, coalesces) itself, so a batch could end short of a pool's
+boundary; a row it never splits. So every model call sees the batch it sees locally and the rows are the local engine's rows. A pool
+travels as its pickled `Sample` objects: ids, texts and image paths or URLs, never image bytes;
+each replica opens the images itself from storage every node sees, in the driver's working
+directory where its node has it.
 
 Failures. Ray Data's defaults for map actors are `max_restarts=-1` and `max_task_retries=-1`
 (restart and retry forever; actor_pool_map_operator.py). They are set here to `MAX_RESTARTS` and
