@@ -12,10 +12,10 @@ consecutive records, the unit the local engine sorts and batches within (judge/c
 in a block of its own, and `map_batches` takes one row per call (`batch_size=1`). Records as rows
 with a `batch_size` of one pool would not do: Ray Data forms batches within each task's input,
 whose blocks it sizes (splits, coalesces) itself, so a batch could end short of a pool's
-boundary; a row it never splits. So every model call sees the batch it sees locally and the rows are the local engine's rows. A pool
-travels as its pickled `Sample` objects: ids, texts and image paths or URLs, never image bytes;
-each replica opens the images itself from storage every node sees, in the driver's working
-directory where its node has it.
+boundary; a row it never splits. So every model call sees the batch it sees locally and the
+rows are the local engine's rows. A pool travels as its pickled `Sample` objects: ids, texts and
+image paths or URLs, never image bytes; each replica opens the images itself from storage every
+node sees, in the driver's working directory where its node has it.
 
 Failures. Ray Data's defaults for map actors are `max_restarts=-1` and `max_task_retries=-1`
 (restart and retry forever; actor_pool_map_operator.py). They are set here to `MAX_RESTARTS` and
