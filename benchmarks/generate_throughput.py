@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepfakejudge.backends.scripted import script_model
     from deepfakejudge.backends.tiny import build_tiny_qwen25vl
     from deepfakejudge.judge import PointwiseJudge
-    from deepfakejudge.judge.common import prepare
+    from deepfakejudge.judge.common import prepare_all
     from deepfakejudge.parsing import parse_score
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         script_model(backend, script.reply)
         data = samples(tmp, args.items)
         judge = PointwiseJudge(backend, generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
-        requests = [judge.request(s, prepare(s, ("response",)).image) for s in data]
+        requests = [judge.request(s, prepare_all([s], ("response",))[0].image) for s in data]
         hf_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=list(backend.stop_ids),
                          pad_token_id=backend.processor.pad_token_id)
 
@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def naive() -> list[int | None]:
             # As a user script would: every item from its file, one at a time.
-            return [hf_generate([judge.request(s, prepare(s, ("response",)).image)])[0] for s in data]
+            return [hf_generate([judge.request(s, prepare_all([s], ("response",))[0].image)])[0] for s in data]
 
         def hf_batched() -> list[int | None]:
-            reqs = [judge.request(s, prepare(s, ("response",)).image) for s in data]
+            reqs = [judge.request(s, prepare_all([s], ("response",))[0].image) for s in data]
             return [x for k in range(0, len(reqs), args.batch) for x in hf_generate(reqs[k : k + args.batch])]
 
         def ours() -> list[int | None]:
