@@ -22,7 +22,7 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class Job(Generic[R]):
     """One task's work over prepared items, as its batch loop and `--mode compare` both run it:
-    the fields an item needs (`common.prepare`), the call that judges a batch, and the item's
+    the fields an item needs (`common.missing_field`), the call that judges a batch, and the item's
     (first) request, by whose length generate batches are regrouped."""
 
     required: tuple[str, ...]

@@ -72,7 +72,7 @@ class PairwiseJudge(Task):
 
     @staticmethod
     def required(both_orders: bool) -> tuple[str, ...]:
-        """The fields a pair needs (see `common.prepare`): a row with its own prompt needs its
+        """The fields a pair needs (see `common.missing_field`): a row with its own prompt needs its
         swapped text too when both orders are judged."""
         return ("response_a", "response_b", "prompt") + (("prompt_swapped",) if both_orders else ())
 
