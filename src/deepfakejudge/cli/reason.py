@@ -128,7 +128,9 @@ def score(args: argparse.Namespace) -> int:
     judge = _judge_engine(args, template)
     try:
         if judge is not None:
-            judge.start()  # loads the model (in each replica with --engine ray)
+            # Loads the model; with --engine ray it joins the cluster only (the replicas load the
+            # model with their first pools, and a judge they cannot load stops the run: exit 2).
+            judge.start()
     except (ValueError, ImportError, OSError, RuntimeError) as exc:
         # Like the other metrics' models: a judge that cannot be loaded (offline hub id, bad
         # path, missing extra) makes its column "n/a" with the reason; the rest is still scored.
