@@ -316,12 +316,11 @@ def test_length_sorted_pools_keep_input_order_and_error_rows(monkeypatch):
     import deepfakejudge.judge.common as common
     from deepfakejudge.records import RowError, Sample
 
-    def fake_prepare(sample, required, max_image_pixels):  # no image files needed here
-        if sample.id == "s2":
-            return RowError("f:3", "image", "missing", id="s2")
-        return common.Prepared(sample, None)
+    def fake_prepare_all(samples, required, max_image_pixels):  # no image files needed here
+        return [RowError("f:3", "image", "missing", id="s2") if s.id == "s2" else common.Prepared(s, None)
+                for s in samples]
 
-    monkeypatch.setattr(common, "prepare", fake_prepare)
+    monkeypatch.setattr(common, "prepare_all", fake_prepare_all)
     calls = []
 
     def call(items):
