@@ -364,3 +364,33 @@ def test_unreachable_ray_address_is_refused_at_once():
         _check_reachable(f"127.0.0.1:{port}")
     assert time.monotonic() - started < 5
     _check_reachable("ray://head:10001")  # Ray Client addresses are left to Ray
+
+
+def _no_backend():
+    return None
+
+
+def _stuck_batches(backend, samples):
+    time.sleep(120)  # a replica that never returns its pool (dead for good, or hung)
+    yield [None] * len(samples)
+
+
+def test_no_progress_stops_with_exit_3_rather_than_waiting_forever(ray_address, monkeypatch):
+    """Ray Data's no-progress guard firing (no pool back for its timeout: the only replica dead for
+    good between pools, or hung) stops the run as BackendUnavailable (exit 3, resumable)."""
+    from ray import cloudpickle
+    from ray.data import DataContext
+
+    from deepfakejudge.backends.base import BackendUnavailable
+    from deepfakejudge.engine import Work
+    from deepfakejudge.records import Sample
+
+    monkeypatch.setattr(DataContext.get_current(), "execution_no_progress_timeout_s", 3)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica cannot import this test module
+    engine = RayEngine(Work(_no_backend, _stuck_batches), RayOptions(replicas=1, cpus_per_replica=1, batch_size=1))
+    try:
+        with pytest.raises(BackendUnavailable, match="no Ray replica delivered a pool for 3 s"):  # the CLI: exit 3
+            list(engine.chunks([Sample(id="a", image=Path("a.png"), label="fake", response="x")]))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        engine.close()

@@ -166,8 +166,6 @@ def _fit(available: float, need: float) -> int:
     return 1 << 30 if need <= 0 else int(available // need + 1e-9)
 
 
-
-
 def _quiet_ray_data(ray) -> Any:
     """Ray Data's context for this run: no progress bars or execution banner of its own (the run
     has one bar, and stdout holds the --json summary), its INFO lines kept in its log file only,
@@ -322,6 +320,7 @@ class RayEngine:
 
     def chunks(self, samples: Sequence[Sample]) -> Iterator[tuple[int, list[Any]]]:
         """(pool number, rows) as pools complete, each pool once."""
+        from ray.data.exceptions import ExecutionTimeoutError
         from ray.exceptions import GetTimeoutError, RayActorError
 
         self.start()
@@ -341,6 +340,15 @@ class RayEngine:
                         f"a Ray replica died more than {MAX_RESTARTS} times (the last: {str(exc).splitlines()[0]}; "
                         "see the Ray logs for why); the rows written so far are kept: run the same command "
                         "again to resume") from None
+                except ExecutionTimeoutError:
+                    # Ray Data's no-progress guard: no pool came back for that long. Seen when the
+                    # only replica died for good between two pools (Ray Data sends it no more and
+                    # starts no other), or when the replicas cannot be placed.
+                    raise BackendUnavailable(
+                        f"no Ray replica delivered a pool for {self._no_progress_s():g} s (replicas dead for good, or "
+                        "no room for them on the cluster; see the Ray logs); the rows written so far are kept: run "
+                        "the same command again to resume (RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S sets this "
+                        "wait)") from None
                 except GetTimeoutError:
                     raise BackendUnavailable(
                         f"the {self.plan.replicas} Ray replica(s) did not all start within {WAIT_FOR_REPLICAS_S} s "
@@ -370,6 +378,12 @@ class RayEngine:
             raise BackendUnavailable(
                 f"Ray Data returned {len(done)} of {len(pools)} pools; the rows written so far are kept: run the "
                 "same command again to resume")
+
+    @staticmethod
+    def _no_progress_s() -> float:
+        from ray.data import DataContext
+
+        return DataContext.get_current().execution_no_progress_timeout_s
 
     def describe(self) -> dict[str, Any] | None:
         """The backend's description, as the first replica to deliver rows gave it."""
