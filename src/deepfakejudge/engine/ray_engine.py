@@ -310,7 +310,8 @@ class RayEngine:
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         with warnings.catch_warnings():
             # Ray 2.60 has no named parameter for an actor's restarts yet and warns that the
-            # `**ray_remote_args` it takes them through will change; they must be finite here.
+            # `**ray_remote_args` it takes them through goes in 2.64 (the extra pins below it);
+            # they must be finite here.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
             return dataset.map_batches(
                 Replica, fn_constructor_args=(self.work, os.getcwd()), batch_size=1, batch_format="numpy",
