@@ -104,6 +104,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine() -> str:
+    """This machine in a line: the CPU's model and the cores this process may use."""
+    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
+
+
+def cpu_header(name: str) -> dict[str, Any]:
+    """The fields a CPU benchmark's result starts with (the GPU ones use `header`)."""
+    return {
+        "benchmark": name,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
+
+
 def spawn_server(argv: list[str], port_file: Path) -> tuple[Any, str]:
     """Start a benchmark's stand-in server (`argv`, a process that writes its port to `port_file`
     once listening); return the process and its `/v1` URL. Bounded wait: 30 s."""

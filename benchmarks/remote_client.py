@@ -37,16 +37,15 @@ import asyncio
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # benchmarks/common.py, imported where used
 RESULTS_DIR = HERE / "results"
 PATHS = ("today", "png", "original")
 ANSWER = "<reasoning>The lighting is consistent.</reasoning><score>3</score>"
@@ -112,8 +111,6 @@ def serve(port_file: Path) -> None:
 
 class Server:
     def __init__(self, workdir: Path) -> None:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
         from common import spawn_server
 
         port_file = workdir / "port"
@@ -258,14 +255,6 @@ def _children_cpu() -> float:
 # -- the driver --------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from common import cpu_model
-
-    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
-
-
 def png_levels(image: Path) -> list[dict[str, Any]]:
     """Preparing one image for the png transport (resize + PNG + base64) at zlib levels 0, 1 and
     6 (PIL's default) with zlib's default strategy, and the project's setting (level 1, Z_RLE)."""
@@ -363,12 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         "shared": (args.records, images[: args.images]),
         "unique": (args.unique_records, images[: args.unique_records]),
     }
+    from common import cpu_header
+
     result: dict[str, Any] = {
-        "benchmark": "remote_client",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "load_1min_at_start": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
+        **cpu_header("remote_client"),
         "settings": {"concurrency": args.concurrency, "batch_size": args.batch_size, "records": args.records,
                      "images": args.images, "unique_records": args.unique_records, "paths": paths},
         "jpeg_mb_mean": round(sum(p.stat().st_size for p in images) / len(images) / 2**20, 3),
@@ -392,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r["speedup_vs_today"] = round(r["records_per_s"] / base["records_per_s"], 2) if base else None
     result["load_1min_at_end"] = round(os.getloadavg()[0], 2)
-    sys.path.insert(0, str(HERE))
     from common import print_table, save_result
 
     path = save_result(result, args.out, "remote_client", args.quick)

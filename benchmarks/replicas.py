@@ -25,18 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # benchmarks/common.py, imported where used
 RESULTS_DIR = HERE / "results"
 ANSWER = "<reasoning>The lighting is consistent.</reasoning><score>3</score>"
 
@@ -89,8 +88,6 @@ def serve(port_file: Path, slots: int, service: float) -> None:
 
 class Server:
     def __init__(self, workdir: Path, name: str, slots: int, service: float) -> None:
-        if str(HERE) not in sys.path:
-            sys.path.insert(0, str(HERE))
         from common import spawn_server
 
         port_file = workdir / f"port-{name}"
@@ -134,14 +131,6 @@ def run(urls: list[str], n: int, concurrency: int, kill: Server | None = None, k
             "per_server": info.get("replicas")}
 
 
-def machine() -> str:
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from common import cpu_model
-
-    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -182,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     one, two = rows[0]["requests_per_s"], rows[1]["requests_per_s"]
     cost_one, cost_two = rows[3]["client_cpu_ms_per_request"], rows[4]["client_cpu_ms_per_request"]
+    from common import cpu_header
+
     result = {
-        "benchmark": "replicas", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "python": sys.version.split()[0],
+        **cpu_header("replicas"),
         "settings": {"slots": args.slots, "service_s": args.service, "concurrency": concurrency,
                      "requests": args.requests, "cost_requests": args.cost_requests, "quick": args.quick},
         "ceiling_per_server_requests_per_s": round(args.slots / args.service, 1),
@@ -199,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['client_cpu_ms_per_request']:>12}  {per}")
     print(f"two servers / one: {result['speedup_two_over_one']}x (ceiling {result['ceiling_per_server_requests_per_s']} "
           f"req/s per server); client CPU per request, pool / one URL: {result['pool_client_cost_ratio']}x")
-    name = f"replicas_{'quick_' if args.quick else ''}{machine().split('(')[-1].rstrip(')').replace(' ', '-')}_" \
+    name = f"replicas_{'quick_' if args.quick else ''}{result['machine'].split('(')[-1].rstrip(')').replace(' ', '-')}_" \
            f"{result['date'][:10]}.json"
     path = args.out / name
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -37,16 +37,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # benchmarks/common.py, imported where used
 RESULTS_DIR = HERE / "results"
 PATHS = ("local", "ray-1", "ray-2", "ray-1-own")
 
@@ -196,14 +195,6 @@ def same_rows(a: Path, b: Path) -> bool:
     return True
 
 
-def machine() -> str:
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from common import cpu_model
-
-    return f"CPU {cpu_model()} ({len(os.sched_getaffinity(0))} cores)"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=sorted(PROFILES), default="toy",
@@ -242,12 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     stats_actor_waited = warm_cluster()
     first_job = time.perf_counter() - started
     address = ray.get_runtime_context().gcs_address
+    from common import cpu_header
+
     result: dict[str, Any] = {
-        "benchmark": "scale_out",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "load_1min_at_start": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
+        **cpu_header("scale_out"),
         "ray": ray.__version__,
         "settings": {"profile": profile.name, "records": args.records, "images": args.images,
                      "image_sizes": sizes, "visual_tokens": tokens,
@@ -273,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         r["steady_overhead_vs_local"] = round(base["steady_items_per_s"] / r["steady_items_per_s"] - 1, 3)
         r["steady_speedup_vs_local"] = round(r["steady_items_per_s"] / base["steady_items_per_s"], 2)
     result["load_1min_at_end"] = round(os.getloadavg()[0], 2)
-    sys.path.insert(0, str(HERE))
     from common import print_table, save_result
 
     # The toy profile keeps the name it always had: results and the test suite's smoke run find it.
