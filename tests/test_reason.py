@@ -34,6 +34,17 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def example_rows(start: int = 0, stop: int = 3) -> list[dict]:
+    """Rows `start:stop` of the bundled examples/detect.jsonl (gold rationales and images)."""
+    return [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][start:stop]
+
+
+def rationale_preds(path: Path, gold_rows, answer: str) -> Path:
+    """Predictions whose explanation is each gold row's own rationale, answering `answer`."""
+    return write_jsonl(path, [
+        {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>{answer}</answer>"} for g in gold_rows])
+
+
 def write_gold(tmp_path: Path, rows) -> Path:
     """Gold rows of examples/detect.jsonl with their images copied beside the file (images are
     read only from under the data file's folder)."""
@@ -182,11 +193,10 @@ def test_ladder_cli(capsys, encoder):
 
 
 def test_reason_score_by_hand_and_missing_metrics(tmp_path, capsys):
-    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    gold_rows = example_rows()
     gold = write_gold(tmp_path, gold_rows)
     # Each explanation is the gold rationale itself: BLEU-3 and BERTScore are 1.
-    pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>real</answer>"} for g in gold_rows])
+    pred = rationale_preds(tmp_path / "pred.jsonl", gold_rows, "real")
     argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--json"]
     assert main(argv + ["--bertscore-model", str(default_minilm_path())]) == 0
     s = json.loads(capsys.readouterr().out)
@@ -212,10 +222,9 @@ def test_reason_score_judge_options_reach_a_remote_judge_with_the_request_cache(
     """`dfj reason score` takes the judge's whole model option set under --judge-: a remote judge
     on a local server, its request cache (a rerun is answered from it: no request reaches the
     server) and --judge-no-cache (asked again)."""
-    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    gold_rows = example_rows()
     gold = write_gold(tmp_path, gold_rows)
-    pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>fake</answer>"} for g in gold_rows])
+    pred = rationale_preds(tmp_path / "pred.jsonl", gold_rows, "fake")
     server = RecordingChatServer("<reasoning>clear artifacts</reasoning>\n<score>4</score>", model_id="judge")
     try:
         argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--no-reference-check",
@@ -246,7 +255,7 @@ def test_reason_score_judge_reads_gold_images_only_from_the_gold_folder_and_imag
     the text metrics still score that item."""
     import shutil
 
-    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    gold_rows = example_rows()
     folder, outside = tmp_path / "gold", tmp_path / "outside"
     folder.mkdir()
     outside.mkdir()
@@ -257,8 +266,7 @@ def test_reason_score_judge_reads_gold_images_only_from_the_gold_folder_and_imag
     (folder / "link.jpg").symlink_to(outside / "c.jpg")
     rows[1]["image"], rows[2]["image"] = "../outside/b.jpg", "link.jpg"
     write_jsonl(gold, rows)
-    pred = write_jsonl(tmp_path / "pred.jsonl", [
-        {"id": g["id"], "response": f"<reasoning>{g['rationale']}</reasoning> <answer>fake</answer>"} for g in gold_rows])
+    pred = rationale_preds(tmp_path / "pred.jsonl", gold_rows, "fake")
     server = RecordingChatServer("<reasoning>clear artifacts</reasoning>\n<score>4</score>", model_id="judge")
     try:
         argv = ["reason", "score", "--pred", str(pred), "--gold", str(gold), "--no-reference-check",
@@ -373,7 +381,7 @@ def test_bertscore_without_bert_score_installed_is_unavailable(tmp_path, monkeyp
 
 
 def test_reason_score_reports_rescaled_and_raw_bertscore(tmp_path, capsys):
-    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][:3]
+    gold_rows = example_rows()
     gold = write_gold(tmp_path, gold_rows)
     pred = write_jsonl(tmp_path / "pred.jsonl", [
         {"id": g["id"], "response": f"<reasoning>{c}</reasoning> <answer>real</answer>"} for g, c in zip(gold_rows, CANDS)])
@@ -404,7 +412,7 @@ def test_reason_score_reports_rescaled_and_raw_bertscore(tmp_path, capsys):
 
 
 def test_reason_score_bad_rows(tmp_path, capsys):
-    gold_rows = [json.loads(line) for line in (EXAMPLES / "detect.jsonl").read_text().splitlines()][6:8]
+    gold_rows = example_rows(6, 8)
     gold = write_gold(tmp_path, gold_rows)
     good = {"id": gold_rows[0]["id"], "response": "<reasoning>Letters on the visor.</reasoning> <answer>fake</answer>"}
     pred = write_jsonl(tmp_path / "pred.jsonl", [
