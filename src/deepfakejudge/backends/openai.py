@@ -142,9 +142,10 @@ class OpenAIBackend(Backend):
     async def _served_model(self) -> tuple[str, dict[str, str] | None]:
         """(server kind, weights) from this model's entry in /v1/models. The kind is its `owned_by`
         ("vllm", "sglang", "deepfakejudge", "openai", ...; the first entry's where none has the
-        model's id, "unknown" where the server lists none); the weights are the entry's `root`
-        and `parent` where it lists them (vLLM, SGLang: the checkpoint's path or hub id, and a
-        LoRA module's base model), else None. With a pool, the first server that answers says."""
+        model's id, "unknown" where the server lists none); the weights are the entry's
+        `WEIGHTS_FIELDS` where it lists them (vLLM, SGLang, `dfj serve`: the checkpoint's path or
+        hub id, a LoRA module's base model, `dfj serve`'s digest), else None. With a pool, the
+        first server that answers says."""
         try:
             data = await self._http.call("GET", "/models", None, missing_ok=True)
         except BackendError:

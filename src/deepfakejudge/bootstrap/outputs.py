@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,8 +40,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from ..data import sample_from_dict
-from ..data.urls import is_url
+from ..data import relative_image, sample_from_dict
 from ..errors import UsageError
 from ..prompts import default_template
 from ..records import Sample
@@ -149,9 +147,7 @@ def test_records(records: list[Variant], layout: str) -> list[Variant]:
 def _image_path(image: Path, folder: Path) -> str:
     """The image's path relative to the output folder (25+ rows per image: computed once); a URL
     stays a URL."""
-    if is_url(image):
-        return str(image)
-    return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
+    return relative_image(image, folder)
 
 
 def _base_row(sample: Sample, folder: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ and moves on.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -106,6 +107,14 @@ def image_location(text: str, base_dir: Path, where: str, field: str = "image") 
                                     "write file:///path for a local file, or mount the share")
         return local
     return remote_image(text, protocol, where, field)
+
+
+def relative_image(image: Path | UPath, folder: Path) -> str:
+    """How a row written in `folder` names `image`: its path relative to `folder` (`..` where
+    needed), or a URL as written."""
+    if is_url(image):
+        return str(image)
+    return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
 
 
 def sample_from_dict(obj: Any, base_dir: Path, where: str) -> Sample:

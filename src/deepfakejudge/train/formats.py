@@ -16,11 +16,11 @@ defaults to the dataset folder: its rows get paths relative to the output file, 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..data import relative_image
 from ..data.urls import is_url
 from ..errors import InputError, UsageError
 from ..prompts import Template
@@ -31,17 +31,12 @@ FORMATS: tuple[str, ...] = ("msswift", "llamafactory")
 IMAGE_TAG = "<image>"
 
 
-def _relative(image: Path, folder: Path) -> str:
-    if is_url(image):  # a URL stays a URL (ms-swift and LLaMA-Factory fetch http(s) images themselves)
-        return str(image)
-    return Path(os.path.relpath(image.resolve(), folder.resolve())).as_posix()
-
-
 def image_path(image: Path, root: Path | None) -> str:
-    """The image as the row names it: absolute, or relative to `root`; a URL as written."""
-    if is_url(image):
-        return str(image)
-    return image.resolve().as_posix() if root is None else _relative(image, root)
+    """The image as the row names it: absolute, or relative to `root`; a URL as written (ms-swift
+    and LLaMA-Factory fetch http(s) images themselves)."""
+    if root is not None or is_url(image):
+        return relative_image(image, root)
+    return image.resolve().as_posix()
 
 
 def conversation_rows(samples: Iterable[Sample], template: Template, out: Path,
