@@ -49,7 +49,14 @@ class LoadedImage:
 def open_image(sample: Sample, max_image_pixels: int = MAX_IMAGE_PIXELS) -> LoadedImage:
     """The sample's image, decoded, its boxes checked against it: a local file or a URL (read with
     fsspec, `data/urls.py`). Anything wrong is an `InputError` for that row only."""
-    path = sample.image
+    loaded = load_image(sample.image, max_image_pixels)
+    check_boxes(sample, loaded.image.size)
+    return loaded
+
+
+def load_image(path: Path | UPath, max_image_pixels: int = MAX_IMAGE_PIXELS) -> LoadedImage:
+    """The image at `path` (a file or a URL), decoded, from the cache while the file or object is
+    unchanged; `InputError` when it is missing or unreadable."""
     if is_url(path):
         version = remote_version(path)
     else:
@@ -60,9 +67,7 @@ def open_image(sample: Sample, max_image_pixels: int = MAX_IMAGE_PIXELS) -> Load
         except OSError as exc:
             raise InputError("image", f"cannot read {path}: {exc.strerror}") from None
         version = (stat.st_mtime_ns, stat.st_size)
-    loaded = _decode(path, version, max_image_pixels)
-    check_boxes(sample, loaded.image.size)
-    return loaded
+    return _decode(path, version, max_image_pixels)
 
 
 # Remote stores answer in tens of milliseconds a request: a pool's distinct URLs are read at once
@@ -79,7 +84,7 @@ def open_images(samples: Sequence[Sample], max_image_pixels: int = MAX_IMAGE_PIX
     if remote:
         def fetch(url: Any) -> LoadedImage | InputError:
             try:
-                return _decode(url, remote_version(url), max_image_pixels)
+                return load_image(url, max_image_pixels)
             except InputError as exc:
                 return exc
 
@@ -88,10 +93,7 @@ def open_images(samples: Sequence[Sample], max_image_pixels: int = MAX_IMAGE_PIX
     out: list[LoadedImage | InputError] = []
     for sample in samples:
         try:
-            if not is_url(sample.image):
-                out.append(open_image(sample, max_image_pixels))
-                continue
-            loaded = fetched[str(sample.image)]
+            loaded = fetched[str(sample.image)] if is_url(sample.image) else load_image(sample.image, max_image_pixels)
             if isinstance(loaded, InputError):
                 raise loaded
             check_boxes(sample, loaded.image.size)

@@ -31,13 +31,13 @@ the score so a reader sees why. The weights and thresholds were set by hand whil
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..data.images import open_image
+from ..data.images import load_image
 from ..data.urls import is_url
 from ..records import Sample
 from .models import SentenceEncoder
@@ -114,7 +114,7 @@ def _credit(sim: float) -> float:
 def _image_size(sample: Sample) -> tuple[int, int] | None:
     try:
         if is_url(sample.image):  # read with fsspec, decoded once for all rows of the image
-            return open_image(replace(sample, artifacts=())).size
+            return load_image(sample.image).size
         with Image.open(sample.image) as img:
             return img.size
     except (OSError, ValueError):
